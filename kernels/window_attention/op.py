@@ -1,0 +1,105 @@
+"""`torch.ops.edgestack.window_masked_attention`: the op MAT calls, and how it crosses into ONNX.
+
+On CPU (and until the CUDA kernel is loaded) it runs the reference. For ONNX it is either decomposed
+into `reference.window_masked_attention` (portable flavour) or written as one
+`EdgeWindowMaskedAttention` node (plugins flavour, `onnx_plugin_node`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgestack.errors import EdgestackError
+from edgestack.kernels.autograd import register_reference_autograd
+from edgestack.kernels.window_attention import reference
+
+PLUGIN_NAME = "EdgeWindowMaskedAttention"
+PLUGIN_VERSION = "1"
+
+
+def resolve_scale(channels: int, num_heads: int, scale: float) -> float:
+    """scale <= 0 means the default head_dim^-0.5."""
+    return scale if scale > 0 else (channels // num_heads) ** -0.5
+
+
+def check_inputs(q, k, v, mask, num_heads: int, window_size: int, shift_size: int) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise EdgestackError(
+            "window_masked_attention: q, k, v must all be [B,H,W,C] of one shape, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, w, c = q.shape
+    if tuple(mask.shape) != (b, h, w, 1):
+        raise EdgestackError(f"window_masked_attention: mask must be [{b},{h},{w},1], got {tuple(mask.shape)}")
+    if num_heads < 1 or c % num_heads:
+        raise EdgestackError(f"window_masked_attention: C={c} is not divisible by num_heads={num_heads}")
+    if window_size < 1 or h % window_size or w % window_size:
+        raise EdgestackError(
+            f"window_masked_attention: H={h} and W={w} must be multiples of window_size={window_size}; pad the input"
+        )
+    if not 0 <= shift_size < window_size:
+        raise EdgestackError(f"window_masked_attention: shift_size={shift_size} must be in [0, {window_size})")
+
+
+@torch.library.custom_op("edgestack::window_masked_attention", mutates_args=())
+def window_masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+    scale: float,
+    masked_bias: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_inputs(q, k, v, mask, num_heads, window_size, shift_size)
+    return _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
+
+
+@window_masked_attention.register_fake
+def _(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
+    check_inputs(q, k, v, mask, num_heads, window_size, shift_size)
+    return torch.empty_like(q), torch.empty_like(mask)
+
+
+def _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
+    scale = resolve_scale(q.shape[-1], num_heads, scale)
+    return reference.window_masked_attention(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
+
+
+register_reference_autograd(window_masked_attention, _reference, num_tensors=4)
+decomposition = _reference
+
+
+def onnx_plugin_node(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
+    """Plugins ONNX: one custom node carrying the plugin's fields as attributes (scale resolved)."""
+    from edgestack.export.onnx_ops import plugin_op
+
+    node = plugin_op(
+        PLUGIN_NAME,
+        inputs=["q", "k", "v", "mask"],
+        outputs=["out", "mask_out"],
+        attributes={
+            "num_heads": int,
+            "window_size": int,
+            "shift_size": int,
+            "scale": float,
+            "masked_bias": float,
+            "plugin_version": str,
+        },
+    )
+    channels = q.shape[-1] if isinstance(q.shape[-1], int) else int(q.shape[-1].value)
+    return node(
+        q,
+        k,
+        v,
+        mask,
+        num_heads=num_heads,
+        window_size=window_size,
+        shift_size=shift_size,
+        scale=float(resolve_scale(channels, num_heads, scale)),
+        masked_bias=float(masked_bias),
+        plugin_version=PLUGIN_VERSION,
+        _num_outputs=2,
+    )

@@ -1,0 +1,73 @@
+"""Loading weights from files the user names: safetensors, or torch state dicts read with weights_only.
+
+Never unpickles arbitrary objects. Key mismatches are listed in full so the user sees what is wrong.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgestack.errors import EdgestackError
+
+_NESTED_KEYS = ("state_dict", "model", "model_state", "G_ema", "generator")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors by name from a .safetensors or a torch .pt/.pth (weights_only), unwrapping common nestings."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgestackError(f"checkpoint {path} does not exist; pass the path of a .pth/.pt/.safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError, ValueError) as exc:
+            raise EdgestackError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    try:
+        loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise EdgestackError(
+            f"checkpoint {path} could not be read as a weights-only torch file ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Use a state dict saved with torch.save or a "
+            ".safetensors file."
+        ) from None
+    for key in _NESTED_KEYS:
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise EdgestackError(f"checkpoint {path} does not hold a state dict of tensors")
+    return loaded
+
+
+def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """Load `state` into `model` strictly; on any mismatch raise one error listing every bad key."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"checkpoint {source} does not fit this model config:"]
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        lines.append("  check that --model/--config match the checkpoint")
+        raise EdgestackError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return {"checkpoint": source, "tensors": len(state)}
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    return apply_state_dict(model, read_state_dict(path), str(path))
