@@ -10,6 +10,8 @@ import onnx
 from onnx.defs import OpSchema
 from onnxscript.values import Op, Opset
 
+from edgestack.kernels import PluginSignature
+
 PLUGIN_DOMAIN = "edgestack"
 PLUGIN_OPSET_VERSION = 1
 _ATTRIBUTE_TYPES = {
@@ -20,22 +22,23 @@ _ATTRIBUTE_TYPES = {
 }
 
 
-def plugin_op(op_type: str, inputs: list[str], outputs: list[str], attributes: dict[str, type]) -> Op:
+def plugin_op(plugin: PluginSignature) -> Op:
     """The onnxscript Op for a plugin node, registering its schema the first time it is asked for."""
     try:
-        onnx.defs.get_schema(op_type, PLUGIN_OPSET_VERSION, PLUGIN_DOMAIN)
+        onnx.defs.get_schema(plugin.name, PLUGIN_OPSET_VERSION, PLUGIN_DOMAIN)
     except onnx.defs.SchemaError:
         schema = OpSchema(
-            op_type,
+            plugin.name,
             PLUGIN_DOMAIN,
             PLUGIN_OPSET_VERSION,
-            doc=f"edgestack TensorRT plugin {op_type}",
-            inputs=[OpSchema.FormalParameter(name, "T") for name in inputs],
-            outputs=[OpSchema.FormalParameter(name, "T") for name in outputs],
+            doc=f"edgestack TensorRT plugin {plugin.name} version {plugin.version}",
+            inputs=[OpSchema.FormalParameter(name, "T") for name in plugin.inputs],
+            outputs=[OpSchema.FormalParameter(name, "T") for name in plugin.outputs],
             type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "fp32 or fp16")],
             attributes=[
-                OpSchema.Attribute(name, _ATTRIBUTE_TYPES[kind], required=False) for name, kind in attributes.items()
+                OpSchema.Attribute(name, _ATTRIBUTE_TYPES[kind], required=False)
+                for name, kind in plugin.attributes.items()
             ],
         )
         onnx.defs.register_schema(schema)
-    return Op(Opset(PLUGIN_DOMAIN, PLUGIN_OPSET_VERSION), op_type)
+    return Op(Opset(PLUGIN_DOMAIN, PLUGIN_OPSET_VERSION), plugin.name)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+
+@dataclass(frozen=True)
+class PluginSignature:
+    """A plugin node as it appears in ONNX and to TensorRT: op_type = plugin name, fields = attributes."""
+
+    name: str
+    version: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: dict[str, type]
 
 
 @dataclass(frozen=True)
@@ -13,29 +23,15 @@ class CustomOp:
     """How one op crosses into ONNX: decomposed (portable) or as a plugin node (plugins flavour)."""
 
     torch_op: Any
-    decomposition: Any
-    onnx_plugin_node: Any
-    plugin_name: str
-    plugin_version: str
+    decomposition: Callable
+    onnx_plugin_node: Callable
+    plugin: PluginSignature
+    run_plugin_node: Callable
+    """(numpy inputs..., **node attributes) -> numpy outputs: executes a plugin node with the reference."""
 
 
 def custom_ops() -> list[CustomOp]:
     from edgestack.kernels.pyramid_pooling import op as pyramid_pooling
     from edgestack.kernels.window_attention import op as window_attention
 
-    return [
-        CustomOp(
-            torch.ops.edgestack.pyramid_pooling.default,
-            pyramid_pooling.reference.pyramid_pooling,
-            pyramid_pooling.onnx_plugin_node,
-            pyramid_pooling.PLUGIN_NAME,
-            pyramid_pooling.PLUGIN_VERSION,
-        ),
-        CustomOp(
-            torch.ops.edgestack.window_masked_attention.default,
-            window_attention.decomposition,
-            window_attention.onnx_plugin_node,
-            window_attention.PLUGIN_NAME,
-            window_attention.PLUGIN_VERSION,
-        ),
-    ]
+    return [module.CUSTOM_OP for module in (pyramid_pooling, window_attention)]

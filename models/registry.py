@@ -59,6 +59,9 @@ class ModelSpec:
     parity_sizes: Callable[[dict[str, Any]], list[tuple[int, int]]]
     preprocess: dict[str, Any]
     postprocess: Callable[[dict[str, Any]], dict[str, Any]]
+    parity_tolerance: dict[str, float] = field(default_factory=lambda: {"max_abs_over_max_ref": 1e-4})
+    """Export fails unless every flavour meets these (keys of edgestack.export.parity.compare; argmax_agreement
+    and other agreement figures are minimums, error figures maximums)."""
     load_checkpoint: Callable[[torch.nn.Module, str], dict[str, Any]] | None = None
     """Optional model-specific loader (e.g. MAT's official pickles); the default handles state dicts."""
     extras: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,5 @@
+"""Run bundles: `edgestack.runtime.load(path, backend="auto")` -> Engine."""
+
+from edgestack.runtime.engine import BACKENDS, Engine, load
+
+__all__ = ["BACKENDS", "Engine", "load"]

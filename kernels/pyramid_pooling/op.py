@@ -10,11 +10,17 @@ from __future__ import annotations
 import torch
 
 from edgestack.errors import EdgestackError
+from edgestack.kernels import CustomOp, PluginSignature
 from edgestack.kernels.autograd import register_reference_autograd
 from edgestack.kernels.pyramid_pooling import reference
 
-PLUGIN_NAME = "EdgePyramidPooling"
-PLUGIN_VERSION = "1"
+PLUGIN = PluginSignature(
+    name="EdgePyramidPooling",
+    version="1",
+    inputs=("x", "weight", "bias"),
+    outputs=("y",),
+    attributes={"bins": list, "align_corners": int, "plugin_version": str},
+)
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bins: list[int]) -> None:
@@ -53,12 +59,20 @@ def onnx_plugin_node(x, weight, bias, bins, align_corners):
     """Plugins ONNX: one custom node carrying the plugin's fields as attributes."""
     from edgestack.export.onnx_ops import plugin_op
 
-    node = plugin_op(
-        PLUGIN_NAME,
-        inputs=["x", "weight", "bias"],
-        outputs=["y"],
-        attributes={"bins": list, "align_corners": int, "plugin_version": str},
+    return plugin_op(PLUGIN)(
+        x, weight, bias, bins=list(bins), align_corners=int(align_corners), plugin_version=PLUGIN.version
     )
-    return node(
-        x, weight, bias, bins=list(bins), align_corners=int(align_corners), plugin_version=PLUGIN_VERSION
-    )
+
+
+def run_plugin_node(x, weight, bias, bins, align_corners, plugin_version):
+    tensors = (torch.from_numpy(t) for t in (x, weight, bias))
+    return reference.pyramid_pooling(*tensors, tuple(bins), bool(align_corners)).numpy()
+
+
+CUSTOM_OP = CustomOp(
+    torch.ops.edgestack.pyramid_pooling.default,
+    reference.pyramid_pooling,
+    onnx_plugin_node,
+    PLUGIN,
+    run_plugin_node,
+)

@@ -10,11 +10,24 @@ from __future__ import annotations
 import torch
 
 from edgestack.errors import EdgestackError
+from edgestack.kernels import CustomOp, PluginSignature
 from edgestack.kernels.autograd import register_reference_autograd
 from edgestack.kernels.window_attention import reference
 
-PLUGIN_NAME = "EdgeWindowMaskedAttention"
-PLUGIN_VERSION = "1"
+PLUGIN = PluginSignature(
+    name="EdgeWindowMaskedAttention",
+    version="1",
+    inputs=("q", "k", "v", "mask"),
+    outputs=("out", "mask_out"),
+    attributes={
+        "num_heads": int,
+        "window_size": int,
+        "shift_size": int,
+        "scale": float,
+        "masked_bias": float,
+        "plugin_version": str,
+    },
+)
 
 
 def resolve_scale(channels: int, num_heads: int, scale: float) -> float:
@@ -69,28 +82,13 @@ def _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_
 
 
 register_reference_autograd(window_masked_attention, _reference, num_tensors=4)
-decomposition = _reference
 
 
 def onnx_plugin_node(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
     """Plugins ONNX: one custom node carrying the plugin's fields as attributes (scale resolved)."""
     from edgestack.export.onnx_ops import plugin_op
 
-    node = plugin_op(
-        PLUGIN_NAME,
-        inputs=["q", "k", "v", "mask"],
-        outputs=["out", "mask_out"],
-        attributes={
-            "num_heads": int,
-            "window_size": int,
-            "shift_size": int,
-            "scale": float,
-            "masked_bias": float,
-            "plugin_version": str,
-        },
-    )
-    channels = q.shape[-1] if isinstance(q.shape[-1], int) else int(q.shape[-1].value)
-    return node(
+    return plugin_op(PLUGIN)(
         q,
         k,
         v,
@@ -98,8 +96,27 @@ def onnx_plugin_node(q, k, v, mask, num_heads, window_size, shift_size, scale, m
         num_heads=num_heads,
         window_size=window_size,
         shift_size=shift_size,
-        scale=float(resolve_scale(channels, num_heads, scale)),
+        scale=float(resolve_scale(_static_size(q.shape[-1]), num_heads, scale)),
         masked_bias=float(masked_bias),
-        plugin_version=PLUGIN_VERSION,
+        plugin_version=PLUGIN.version,
         _num_outputs=2,
     )
+
+
+def _static_size(dim) -> int:
+    return dim if isinstance(dim, int) else int(dim.value)
+
+
+def run_plugin_node(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias, plugin_version):
+    tensors = (torch.from_numpy(t) for t in (q, k, v, mask))
+    out, mask_out = _reference(*tensors, num_heads, window_size, shift_size, scale, masked_bias)
+    return out.numpy(), mask_out.numpy()
+
+
+CUSTOM_OP = CustomOp(
+    torch.ops.edgestack.window_masked_attention.default,
+    _reference,
+    onnx_plugin_node,
+    PLUGIN,
+    run_plugin_node,
+)

@@ -1,0 +1,5 @@
+import sys
+
+from edgestack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The bundle on disk (`artifacts/<model>/`): file names, meta.json schema, integrity checks.
+
+Export writes bundles and runtime reads them; both go through this module so the format lives in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from edgestack.errors import EdgestackError
+
+SCHEMA_VERSION = 1
+META = "meta.json"
+REPORT = "report.md"
+PORTABLE_ONNX = "model.onnx"
+PLUGINS_ONNX = "model.plugins.onnx"
+PLAN = "model.plan"
+WEIGHTS = "weights.safetensors"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json atomically (temp file + rename) so a crash never leaves half a file."""
+    tmp = bundle / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    tmp.replace(bundle / META)
+
+
+def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
+    """meta.json of a bundle; with `verify`, every file it lists must exist and match its sha256."""
+    bundle = Path(bundle)
+    meta_path = bundle / META
+    if not meta_path.is_file():
+        raise EdgestackError(
+            f"{bundle} is not an edgestack bundle (no {META}); create one with `edgestack export MODEL --out {bundle}`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgestackError(f"{meta_path} is not valid JSON ({exc}); re-export the bundle") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise EdgestackError(
+            f"{meta_path} has schema version {meta.get('schema_version')!r}, this edgestack reads "
+            f"{SCHEMA_VERSION}; re-export the bundle with this version"
+        )
+    if verify:
+        for name, expected in meta.get("files", {}).items():
+            path = bundle / name
+            if not path.is_file():
+                raise EdgestackError(f"bundle {bundle} is missing {name}; re-export it")
+            if sha256(path) != expected:
+                raise EdgestackError(
+                    f"bundle file {path} does not match the sha256 recorded in {META} (modified or corrupted); "
+                    "re-export the bundle"
+                )
+    return meta

@@ -1,0 +1,133 @@
+"""`Engine`: one bundle on one backend, called with numpy arrays, returning numpy arrays by output name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgestack import bundle as bundle_format
+from edgestack.errors import EdgestackError
+
+log = logging.getLogger("edgestack.runtime")
+BACKENDS = ("onnxruntime", "torch", "torch-compiled")
+
+
+class OnnxRuntimeBackend:
+    """The portable ONNX on onnxruntime: CUDA provider when this onnxruntime has it, else CPU."""
+
+    def __init__(self, bundle: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(bundle / bundle_format.PORTABLE_ONNX), options, providers=providers)
+        self.name = "onnxruntime"
+        self.device = self.session.get_providers()[0]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feed)
+
+
+class TorchBackend:
+    """The model rebuilt from the registry with the bundle's weights; eager or torch.compile'd."""
+
+    def __init__(self, bundle: Path, meta: dict[str, Any], compiled: bool = False):
+        import torch
+        from safetensors.torch import load_file
+
+        from edgestack.models import resolve
+
+        if not (bundle / bundle_format.WEIGHTS).is_file():
+            raise EdgestackError(f"bundle {bundle} has no {bundle_format.WEIGHTS}; re-export it for the torch backend")
+        spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
+        model = spec.build(spec.configs[config])
+        model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.eval().to(self.device)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.name = "torch-compiled" if compiled else "torch"
+        self.input_names = [spec["name"] for spec in meta["inputs"]]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self.torch.inference_mode():
+            out = self.forward(*(self.torch.from_numpy(feed[n]).to(self.device) for n in self.input_names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.float().cpu().numpy() for o in out]
+
+
+class Engine:
+    """A loaded bundle. `engine(x)` or `engine(image=x, mask=m)` -> {output name: array}."""
+
+    def __init__(self, bundle: Path, meta: dict[str, Any], backend):
+        self.bundle = bundle
+        self.meta = meta
+        self.backend = backend
+        self.inputs: list[dict[str, Any]] = meta["inputs"]
+        self.outputs: list[dict[str, Any]] = meta["outputs"]
+        self.axes: dict[str, dict[str, int]] = meta["axes"]
+
+    @property
+    def description(self) -> str:
+        return f"{self.meta['model']['config']} on {self.backend.name} ({self.backend.device})"
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        names = [spec["name"] for spec in self.inputs]
+        if len(args) > len(names):
+            raise EdgestackError(f"{len(args)} inputs given, the model takes {len(names)}: {', '.join(names)}")
+        feed = dict(zip(names, args))
+        unknown = set(kwargs) - set(names)
+        if unknown:
+            raise EdgestackError(f"unknown inputs {sorted(unknown)}; the model takes {', '.join(names)}")
+        feed.update(kwargs)
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise EdgestackError(f"missing inputs {missing}; the model takes {', '.join(names)}")
+        feed = {spec["name"]: self._check(spec, feed[spec["name"]]) for spec in self.inputs}
+        outputs = self.backend.run(feed)
+        return {spec["name"]: value for spec, value in zip(self.outputs, outputs)}
+
+    def _check(self, spec: dict[str, Any], value: Any) -> np.ndarray:
+        """Validate rank, static dims and dynamic-axis ranges; cast to the input's dtype."""
+        name = spec["name"]
+        array = np.asarray(value)
+        if array.ndim != len(spec["shape"]):
+            raise EdgestackError(f"input {name!r} must have shape {spec['shape']}, got {list(array.shape)}")
+        for size, want in zip(array.shape, spec["shape"]):
+            if isinstance(want, int) and size != want:
+                raise EdgestackError(f"input {name!r} must have shape {spec['shape']}, got {list(array.shape)}")
+            if isinstance(want, str) and want in self.axes:
+                rng = self.axes[want]
+                if not rng["min"] <= size <= rng["max"] or size % rng["multiple_of"]:
+                    raise EdgestackError(
+                        f"input {name!r}: {want}={size} is outside the model's range {rng['min']}..{rng['max']}"
+                        + (f" (multiple of {rng['multiple_of']})" if rng["multiple_of"] > 1 else "")
+                    )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise EdgestackError(f"input {name!r} holds NaN or Inf values")
+        return np.ascontiguousarray(array, dtype=spec["dtype"])
+
+
+def _make_backend(name: str, bundle: Path, meta: dict[str, Any]):
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(bundle)
+    if name in ("torch", "torch-compiled"):
+        return TorchBackend(bundle, meta, compiled=name == "torch-compiled")
+    if name == "tensorrt":
+        raise EdgestackError("the tensorrt backend is not available in this build; use backend='onnxruntime'")
+    raise EdgestackError(f"unknown backend {name!r}; choose auto, {', '.join(BACKENDS)}")
+
+
+def load(bundle: str | Path, backend: str = "auto") -> Engine:
+    """Load a bundle (sha256 of every file checked) on `backend`; `auto` picks the fastest that works here."""
+    bundle = Path(bundle)
+    meta = bundle_format.read_meta(bundle, verify=True)
+    engine = Engine(bundle, meta, _make_backend("onnxruntime" if backend == "auto" else backend, bundle, meta))
+    if backend == "auto":
+        log.info("backend auto -> %s", engine.description)
+    return engine

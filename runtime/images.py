@@ -1,0 +1,90 @@
+"""Images in and out: reading with clear errors, preprocessing from meta.json, segmentation overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgestack.errors import EdgestackError
+
+ImageLike = str | Path | np.ndarray
+
+
+def read_image(source: ImageLike, gray_to_rgb: bool = False) -> np.ndarray:
+    """An RGB uint8 HxWx3 image from a path or an array (uint8 0..255 or float 0..1, RGB order)."""
+    name = str(source) if isinstance(source, (str, Path)) else f"array of shape {getattr(source, 'shape', '?')}"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise EdgestackError(f"image {path} does not exist; check the path")
+        data = np.fromfile(str(path), dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            raise EdgestackError(f"image {path} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
+        if image.ndim == 3 and image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    elif isinstance(source, np.ndarray):
+        image = source
+        if image.dtype.kind == "f":
+            if not np.isfinite(image).all():
+                raise EdgestackError(f"image {name} holds NaN or Inf values")
+            image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+    else:
+        raise EdgestackError(f"cannot read an image from {type(source).__name__}; pass a file path or an HxWx3 array")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise EdgestackError(f"image {name} has dtype {image.dtype}; use uint8 (0..255) or float (0..1)")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        if not gray_to_rgb:
+            raise EdgestackError(
+                f"image {name} is grayscale but the model expects RGB; convert it, or pass --gray-to-rgb "
+                "(gray_to_rgb=True) to replicate the channel"
+            )
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise EdgestackError(f"image {name} has shape {image.shape}; expected HxWx3 RGB")
+    return np.ascontiguousarray(image)
+
+
+def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 1x3xHxW as the model was trained: x*scale, then (x-mean)/std or +offset."""
+    height, width = image.shape[:2]
+    min_size = int(preprocess.get("min_size", 1))
+    if height < min_size or width < min_size:
+        raise EdgestackError(
+            f"{name} is {width}x{height}; this model needs at least {min_size}x{min_size}. Use a larger image"
+        )
+    x = image.astype(np.float32) * np.float32(preprocess.get("scale", 1 / 255))
+    if "mean" in preprocess:
+        x = (x - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)
+    x = x + np.float32(preprocess.get("offset", 0.0))
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """A fixed, well-spread RGB colour per class (golden-ratio hues)."""
+    hues = (np.arange(num_classes) * 0.618033988749895) % 1.0
+    hsv = np.stack([hues * 179, np.full(num_classes, 200), np.full(num_classes, 230)], axis=1).astype(np.uint8)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def overlay(image: np.ndarray, class_map: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
+    colours = palette(num_classes)[class_map]
+    return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def write_image(path: str | Path, image_rgb: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise EdgestackError(f"cannot encode an image as {path.suffix!r}; use .png or .jpg for {path}")
+    encoded.tofile(str(path))

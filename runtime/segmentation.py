@@ -1,0 +1,28 @@
+"""Segmentation on a loaded engine: image in, class map (and colour overlay) out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.engine import Engine
+from edgestack.runtime.images import ImageLike, overlay, read_image, to_tensor
+
+
+def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB image, class map HxW) for one image; preprocessing comes from the bundle's meta.json."""
+    post = engine.meta["postprocess"]
+    if post.get("kind") != "segmentation":
+        raise EdgestackError(
+            f"bundle {engine.bundle} is a {engine.meta['model']['task']} model, not segmentation; "
+            "use the command for its task"
+        )
+    rgb = read_image(image, gray_to_rgb=gray_to_rgb)
+    name = str(image) if not isinstance(image, np.ndarray) else "image"
+    logits = engine(to_tensor(rgb, engine.meta["preprocess"], name))[post["output"]]
+    class_map = logits[0].argmax(0).astype(np.int32)
+    return rgb, class_map
+
+
+def segmentation_overlay(engine: Engine, rgb: np.ndarray, class_map: np.ndarray) -> np.ndarray:
+    return overlay(rgb, class_map, engine.meta["postprocess"]["num_classes"])
