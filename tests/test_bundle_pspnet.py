@@ -1,0 +1,187 @@
+"""End to end on pspnet-r18: export both flavours, parity at 473x473 and 375x500, runtime, CLI, bench."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgestack import bundle as bundle_format
+from edgestack.cli import main
+from edgestack.errors import EdgestackError
+from edgestack.export import export_bundle
+from edgestack.runtime import load
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path, _ = export_bundle("pspnet-r18", out=tmp_path_factory.mktemp("art") / "pspnet-r18", progress=lambda m: None)
+    return path
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    return path
+
+
+def test_bundle_files_meta_and_parity(bundle):
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert set(meta["files"]) == {"model.onnx", "model.plugins.onnx", "weights.safetensors"}
+    assert meta["onnx"]["plugin_nodes"] == {"EdgePyramidPooling": 1}
+    assert meta["onnx"]["portable_custom_nodes"] == {}
+    results = meta["parity"]["results"]
+    assert {(r["flavour"], r["height"], r["width"]) for r in results} == {
+        (f, h, w) for f in ("portable", "plugins") for h, w in ((473, 473), (375, 500))
+    }
+    for r in results:
+        assert r["passed"] and r["max_abs_over_max_ref"] <= 1e-4 and r["argmax_agreement"] >= 0.9999
+    assert "Parity vs PyTorch" in (bundle / "report.md").read_text()
+
+
+def test_both_onnx_flavours_pass_checker_with_dynamic_axes(bundle):
+    portable = onnx.load(str(bundle / "model.onnx"))
+    plugins = onnx.load(str(bundle / "model.plugins.onnx"))
+    for proto in (portable, plugins):
+        onnx.checker.check_model(proto)
+        dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, "height", "width"]
+    assert not [n for n in portable.graph.node if n.domain not in ("", "ai.onnx")]
+    assert not [n for n in portable.graph.node if n.op_type in ("Dropout", "BatchNormalization")]
+    (node,) = [n for n in plugins.graph.node if n.op_type == "EdgePyramidPooling"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs == {"bins": [1, 2, 3, 6], "align_corners": 1, "plugin_version": b"1"}
+    assert len(node.input) == 3  # x, folded weights, folded bias
+
+
+def test_portable_onnx_is_exact_at_sizes_no_bin_divides(bundle):
+    engine = load(bundle, backend="onnxruntime")
+    torch_engine = load(bundle, backend="torch")
+    x = np.random.default_rng(1).standard_normal((2, 3, 97, 131)).astype(np.float32)
+    got, want = engine(x)["logits"], torch_engine(x)["logits"]
+    assert got.shape == (2, 150, 97, 131)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_engine_checks_inputs(bundle):
+    engine = load(bundle)
+    with pytest.raises(EdgestackError, match="must have shape"):
+        engine(np.zeros((1, 4, 97, 97), np.float32))
+    with pytest.raises(EdgestackError, match="outside the model's range"):
+        engine(np.zeros((1, 3, 33, 97), np.float32))
+    with pytest.raises(EdgestackError, match="NaN"):
+        engine(np.full((1, 3, 97, 97), np.nan, np.float32))
+    with pytest.raises(EdgestackError, match="missing inputs"):
+        engine()
+
+
+def test_infer_cli_writes_overlay(bundle, image_file, tmp_path, capsys):
+    out = tmp_path / "seg.png"
+    assert main(["infer", str(bundle), str(image_file), "--out", str(out)]) == 0
+    overlay = cv2.imread(str(out))
+    assert overlay.shape == (120, 160, 3)
+    assert "top classes" in capsys.readouterr().out
+
+
+def write_case(folder, case):
+    path = folder / f"{case}.png"
+    if case == "corrupt":
+        path.write_bytes(b"not a png")
+    elif case == "gray":
+        cv2.imwrite(str(path), np.zeros((100, 100), np.uint8))
+    elif case == "small":
+        cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("missing", "does not exist"), ("corrupt", "could not be decoded"), ("gray", "grayscale"),
+     ("small", "at least 65x65")],
+)
+def test_bad_images_are_clear_errors(bundle, tmp_path, capsys, case, message):
+    path = write_case(tmp_path, case)
+    assert main(["infer", str(bundle), str(path), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(EdgestackError, match="sha256"):
+        load(copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(EdgestackError, match="missing model.onnx"):
+        load(copy)
+    with pytest.raises(EdgestackError, match="not an edgestack bundle"):
+        load(tmp_path / "nothing-here")
+
+
+def test_bench_writes_json_markdown_and_plot(bundle, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", str(bundle), "--backends", "torch,onnxruntime", "--sizes", "97x97",
+                 "--batches", "1,2", "--warmup", "1", "--runs", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "latency.json").read_text())
+    rows = data["results"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "onnxruntime") for n in (1, 2)}
+    for r in rows:
+        assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3
+    assert "| onnxruntime |" in (out / "latency.md").read_text()
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, bad)
+    cases = [
+        (["export", "no-such-model"], "unknown model 'no-such-model'"),
+        (["export", "pspnet", "--config", "pspnet-r999"], "unknown config 'pspnet-r999'"),
+        (["export", "pspnet-r18", "--checkpoint", str(tmp_path / "missing.pth")], "does not exist"),
+        (["export", "pspnet-r18", "--checkpoint", str(bad), "--out", str(tmp_path / "b")], "missing keys"),
+    ]
+    for argv, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "edgestack", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_checkpoint_roundtrip_and_misshaped_keys_listed(tmp_path):
+    from edgestack.models import resolve
+    from edgestack.models.checkpoints import load_checkpoint
+
+    spec, config = resolve("pspnet-r18")
+    model = spec.build(spec.configs[config])
+    state = model.state_dict()
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ok.pth")
+    other = spec.build(spec.configs[config])
+    load_checkpoint(other, tmp_path / "ok.pth")
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
+    state["head.2.weight"] = torch.zeros(3, 3, 1, 1)
+    state["extra.weight"] = torch.zeros(1)
+    del state["head.2.bias"]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(EdgestackError) as info:
+        load_checkpoint(other, tmp_path / "bad.pth")
+    text = str(info.value)
+    assert "missing keys (1): head.2.bias" in text
+    assert "unexpected keys (1): extra.weight" in text
+    assert "head.2.weight: checkpoint (3, 3, 1, 1)" in text
+
+
+def test_bundle_format_rejects_other_schema(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(EdgestackError, match="schema version"):
+        bundle_format.read_meta(tmp_path)
