@@ -49,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         table = markdown_table(records)
         console.print(table)
         for row in speedups(records):
-            console.print(f"onnxruntime vs torch eager: {row['speedup_vs_torch']:.2f}x")
+            console.print(f"{row['backend']} vs torch eager: {row['speedup_vs_torch']:.2f}x")
         meta["latency"] = {"results": records, "speedups": speedups(records)}
         bundle_format.write_meta(bundle, meta)
         write_report(bundle, meta, table)

@@ -21,7 +21,9 @@ def register_reference_autograd(op, reference: Callable, num_tensors: int) -> No
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             wanted = [t for t in tensors if t.requires_grad]
             pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
-            found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs]) if wanted and pairs else ()
+            found = ()
+            if wanted and pairs:
+                found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs])
         found = iter(found)
         return tuple(next(found) if t.requires_grad and pairs else None for t in tensors) + (None,) * len(
             ctx.attributes

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgestack.bundle import read_meta
 from edgestack.errors import EdgestackError
 from edgestack.runtime.engine import Engine, load
 
@@ -60,21 +61,22 @@ def bench_bundle(
 ) -> list[dict[str, Any]]:
     """One record per (backend, batch, size); a backend that fails to load or run gets an `error` record."""
     records = []
+    model = read_meta(bundle, verify=False)["model"]["config"]
     for backend in backends:
         try:
             engine = load(bundle, backend=backend)
         except Exception as exc:  # a backend that does not work here is a result, not a crash
-            records.append({"backend": backend, "error": f"{exc.__class__.__name__}: {exc}"})
+            records.append({"model": model, "backend": backend, "error": f"{exc.__class__.__name__}: {exc}"})
             continue
         for batch in batches:
             for height, width in sizes:
                 if progress:
                     progress(f"{backend} batch {batch} {height}x{width}")
                 feed = random_inputs(engine, batch, height, width)
-                record = {"backend": backend, "device": engine.backend.device, "batch": batch,
+                record = {"model": model, "backend": backend, "device": engine.backend.device, "batch": batch,
                           "height": height, "width": width}
                 try:
-                    record |= time_calls(lambda: engine(**feed), warmup, runs)
+                    record |= time_calls(lambda e=engine, f=feed: e(**f), warmup, runs)
                     record["throughput_per_s"] = batch / (record["median_ms"] / 1e3)
                 except Exception as exc:  # e.g. torch.compile failing on this machine
                     record["error"] = f"{exc.__class__.__name__}: {exc}"
@@ -84,29 +86,31 @@ def bench_bundle(
 
 def speedups(records: list[dict[str, Any]], baseline: str = "torch") -> list[dict[str, Any]]:
     """Median-latency ratio baseline / backend for each case both ran."""
-    base = {(r["batch"], r["height"], r["width"]): r["median_ms"] for r in records
-            if r["backend"] == baseline and "median_ms" in r}
-    out = []
-    for r in records:
-        key = (r.get("batch"), r.get("height"), r.get("width"))
-        if r["backend"] != baseline and "median_ms" in r and key in base:
-            out.append({"backend": r["backend"], "batch": key[0], "height": key[1], "width": key[2],
-                        "speedup_vs_" + baseline: base[key] / r["median_ms"]})
-    return out
+    def key(r):
+        return r["model"], r.get("batch"), r.get("height"), r.get("width")
+
+    base = {key(r): r["median_ms"] for r in records if r["backend"] == baseline and "median_ms" in r}
+    return [
+        {"model": r["model"], "backend": r["backend"], "batch": r["batch"], "height": r["height"],
+         "width": r["width"], "speedup_vs_" + baseline: base[key(r)] / r["median_ms"]}
+        for r in records
+        if r["backend"] != baseline and "median_ms" in r and key(r) in base
+    ]
 
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     lines = [
-        "| backend | device | batch | size | median ms | p90 ms | p99 ms | items/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | backend | device | batch | size | median ms | p90 ms | p99 ms | items/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['backend']} | | {r.get('batch', '')} | | failed: {r['error'][:120]} | | | |")
+            lines.append(f"| {r['model']} | {r['backend']} | | {r.get('batch', '')} | | failed: {r['error'][:120]} |"
+                         " | | |")
             continue
         lines.append(
-            f"| {r['backend']} | {r['device']} | {r['batch']} | {r['height']}x{r['width']} | {r['median_ms']:.1f} | "
-            f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} |"
+            f"| {r['model']} | {r['backend']} | {r['device']} | {r['batch']} | {r['height']}x{r['width']} | "
+            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -143,10 +147,11 @@ def write_results(records: list[dict[str, Any]], out_dir: str | Path, title: str
                         f"onnxruntime {env['onnxruntime']}\n\n{markdown_table(records)}\n")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ok = [r for r in records if "median_ms" in r]
-    for backend in dict.fromkeys(r["backend"] for r in ok):
-        rows = [r for r in ok if r["backend"] == backend]
+    for model, backend in dict.fromkeys((r["model"], r["backend"]) for r in ok):
+        rows = [r for r in ok if (r["model"], r["backend"]) == (model, backend)]
         labels = [f"b{r['batch']} {r['height']}x{r['width']}" for r in rows]
-        ax.plot(labels, [r["median_ms"] for r in rows], marker="o", label=backend)
+        ax.plot(labels, [r["median_ms"] for r in rows], marker="o", label=f"{model} {backend}")
+    ax.set_yscale("log")
     ax.set_ylabel("median latency (ms)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -61,5 +61,6 @@ def test_custom_op_runs_the_reference_and_has_gradients():
     ],
 )
 def test_bad_shapes_raise_clear_errors(x_shape, w_shape, b_shape, bins, message):
+    x, weight, bias = torch.randn(x_shape), torch.randn(w_shape), torch.randn(b_shape)
     with pytest.raises(EdgestackError, match=message):
-        torch.ops.edgestack.pyramid_pooling(torch.randn(x_shape), torch.randn(w_shape), torch.randn(b_shape), bins, True)
+        torch.ops.edgestack.pyramid_pooling(x, weight, bias, bins, True)
