@@ -86,6 +86,53 @@ def cmd_bench(args: argparse.Namespace) -> None:
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    from edgestack.runtime.defects import load_rules
+    from edgestack.runtime.inspect import Inspector
+
+    inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
+                          overlap=args.overlap, gray_to_rgb=args.gray_to_rgb)
+    print(f"backend: {inspector.engine.description}", file=sys.stderr)
+    counts = {"OK": 0, "NG": 0, "ERROR": 0}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("inspecting", total=None)
+        for result in inspector.run(args.source, args.out, overlay=args.overlay, max_frames=args.max_frames):
+            counts[result["status"]] += 1
+            progress.update(task, advance=1, description=f"{result['id']}: {result['status']}")
+    summary = (Path(args.out) / "summary.md").read_text()
+    print(summary.strip())
+    print(f"this run: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} errors; results in {args.out}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import ipaddress
+
+    from edgestack.runtime.defects import load_rules
+    from edgestack.runtime.inspect import Inspector
+    from edgestack.runtime.service import serve
+
+    token = None
+    if args.token_file:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise EdgestackError(f"token file {path} does not exist")
+        token = path.read_text().strip()
+        if not token:
+            raise EdgestackError(f"token file {path} is empty")
+    try:
+        host_is_loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:  # a host name
+        host_is_loopback = False
+    if not host_is_loopback and token is None:
+        print(f"warning: serving on {args.host} without --token-file: anyone on the network can call it",
+              file=sys.stderr)
+    inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch)
+    print(f"serving {inspector.engine.description} on http://{args.host}:{args.port}", file=sys.stderr)
+    serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgestack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", help="results folder (default: BUNDLE/bench)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("inspect", help="inspect images/video/camera with a defect bundle: OK/NG per item")
+    p.add_argument("source", help="folder, glob, image, video file or camera index")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", required=True, help="run folder (results.jsonl/csv, overlays, summary); reruns resume")
+    p.add_argument("--rules", help="rules file (JSON or TOML): threshold, min_area_px, min_score, max_count, rois")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--batch", type=int, default=4, help="tiles per engine call")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="which items get overlay PNGs")
+    p.add_argument("--max-frames", type=int, help="stop a video or camera after this many frames")
+    p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("serve", help="HTTP service: POST an image, get verdict and defects as JSON")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="file holding a bearer token that every request must carry")
+    p.add_argument("--rules")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image (width*height)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,299 @@
+"""The inspection pipeline: sources -> tiles -> batches -> engine -> probability map -> defects -> verdict.
+
+    inspector = Inspector("artifacts/defectseg-s", load_rules("rules.json"))
+    for result in inspector.run("line3/frames/", run_dir="runs/line3"):
+        ...
+
+Images are decoded in a background thread into a bounded queue while the engine runs. Every item gives
+exactly one result: OK, NG (with the rule that fired) or ERROR (with the reason). With a run folder,
+each result is appended and flushed to results.jsonl before the next item, and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.defects import Rules, find_defects, judge
+from edgestack.runtime.engine import Engine, load
+from edgestack.runtime.images import to_tensor
+from edgestack.runtime.sources import Item, open_source
+from edgestack.runtime.tiling import run_tiled
+
+CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error"]
+_END = object()
+
+
+class Inspector:
+    """A defect-probability bundle + rules. `run(source)` yields one result dict per item."""
+
+    def __init__(
+        self,
+        bundle: str | Path | Engine,
+        rules: Rules | None = None,
+        backend: str = "auto",
+        batch: int = 4,
+        overlap: int = 32,
+        prefetch: int = 4,
+        gray_to_rgb: bool = False,
+    ):
+        self.engine = bundle if isinstance(bundle, Engine) else load(bundle, backend=backend)
+        meta = self.engine.meta
+        if meta["postprocess"].get("kind") != "defect_probability":
+            raise EdgestackError(
+                f"bundle {self.engine.bundle} is a {meta['model']['task']} model; inspection needs a defect "
+                "segmentation bundle such as artifacts/defectseg-s"
+            )
+        self.rules = rules or Rules()
+        self.output = meta["postprocess"]["output"]
+        self.tile = tuple(meta["default_size"])
+        self.multiple = max(meta["axes"].get("height", {}).get("multiple_of", 1),
+                            meta["axes"].get("width", {}).get("multiple_of", 1))
+        self.batch = max(1, min(batch, meta["axes"].get("batch", {}).get("max", batch)))
+        self.overlap = overlap
+        self.prefetch = prefetch
+        self.gray_to_rgb = gray_to_rgb
+        self._lock = threading.Lock()  # one engine, many callers (service threads)
+
+    def probability(self, rgb: np.ndarray) -> np.ndarray:
+        """Full-resolution defect probability [H, W] for one RGB image."""
+        chw = to_tensor(rgb, self.engine.meta["preprocess"])[0]
+
+        def predict(tiles: np.ndarray) -> np.ndarray:
+            with self._lock:
+                return self.engine(tiles)[self.output]
+
+        return run_tiled(chw, predict, self.tile, self.overlap, self.batch, self.multiple)
+
+    def inspect(self, rgb: np.ndarray, item_id: str = "image") -> tuple[dict[str, Any], np.ndarray]:
+        """(result, probability map) for one decoded image."""
+        started = time.perf_counter()
+        prob = self.probability(rgb)
+        defects = find_defects(prob, self.rules.threshold, self.rules.mm_per_px)
+        status, rule = judge(defects, self.rules)
+        return {
+            "id": item_id,
+            "status": status,
+            "rule": rule,
+            "defects": defects,
+            "max_score": float(prob.max()),
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+            "latency_ms": (time.perf_counter() - started) * 1e3,
+        }, prob
+
+    def run(
+        self,
+        source: str | Path | int | Iterable[np.ndarray],
+        run_dir: str | Path | None = None,
+        overlay: str = "ng",
+        max_frames: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume."""
+        items, skipped = open_source(source, self.gray_to_rgb, max_frames)
+        writer = RunWriter(Path(run_dir), overlay, self.rules) if run_dir else None
+        done = writer.done if writer else set()
+        for note in skipped:
+            if writer:
+                writer.note(note)
+        try:
+            for item, image, error in self._prefetched(items, done):
+                if error is None:
+                    try:
+                        result, prob = self.inspect(image, item.id)
+                    except EdgestackError as exc:
+                        result, prob = _error_result(item.id, str(exc)), None
+                else:
+                    result, prob = _error_result(item.id, error), None
+                if writer:
+                    writer.write(result, image, prob)
+                yield result
+        finally:
+            if writer:
+                writer.finish()
+
+    def _prefetched(self, items: Iterator[Item], done: set[str]):
+        """Decode items in a background thread into a bounded queue: (item, image or None, error or None)."""
+        slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for item in items:
+                    if stop.is_set():
+                        return
+                    if item.id in done:
+                        continue
+                    try:
+                        slots.put((item, item.load(), None))
+                    except EdgestackError as exc:
+                        slots.put((item, None, str(exc)))
+                    except Exception as exc:  # a decoder crash on one file must not end the run
+                        slots.put((item, None, f"{exc.__class__.__name__}: {exc}"))
+            finally:
+                slots.put(_END)
+
+        thread = threading.Thread(target=produce, name="edgestack-reader", daemon=True)
+        thread.start()
+        try:
+            while (entry := slots.get()) is not _END:
+                yield entry
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    slots.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
+
+
+def _error_result(item_id: str, error: str) -> dict[str, Any]:
+    return {"id": item_id, "status": "ERROR", "rule": None, "defects": [], "max_score": None, "width": None,
+            "height": None, "latency_ms": None, "error": error}
+
+
+class RunWriter:
+    """results.jsonl (source of truth, fsync'd per item), results.csv, overlays/, summary, score histogram."""
+
+    def __init__(self, run_dir: Path, overlay: str, rules: Rules):
+        if overlay not in ("ng", "all", "none"):
+            raise EdgestackError(f"overlay must be ng, all or none, got {overlay!r}")
+        self.dir = run_dir
+        self.overlay = overlay
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.dir / "results.jsonl"
+        records = self._recover()
+        self.done = {r["id"] for r in records}
+        self.resumed = len(records)
+        self.started = time.perf_counter()
+        self.new = 0
+        (self.dir / "rules.json").write_text(json.dumps(rules.as_dict(), indent=2) + "\n")
+        self._write_csv(records)
+        self.jsonl_file = open(self.jsonl, "a", encoding="utf-8")
+        self.csv_file = open(self.dir / "results.csv", "a", newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
+        self.notes = open(self.dir / "skipped.txt", "a", encoding="utf-8")
+
+    def _recover(self) -> list[dict[str, Any]]:
+        """Records of an earlier run; a line cut off by a crash is dropped (its item is redone)."""
+        if not self.jsonl.exists():
+            return []
+        data = self.jsonl.read_bytes()
+        good_end = data.rfind(b"\n") + 1
+        if good_end < len(data):
+            with open(self.jsonl, "r+b") as f:
+                f.truncate(good_end)
+        records = {}
+        for line in data[:good_end].splitlines():
+            record = json.loads(line)
+            records[record["id"]] = record
+        return list(records.values())
+
+    def _write_csv(self, records: list[dict[str, Any]]) -> None:
+        with open(self.dir / "results.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for record in records:
+                writer.writerow(_csv_row(record))
+
+    def note(self, text: str) -> None:
+        self.notes.write(text + "\n")
+        self.notes.flush()
+
+    def write(self, result: dict[str, Any], image: np.ndarray | None, prob: np.ndarray | None) -> None:
+        if image is not None and prob is not None and (self.overlay == "all" or
+                                                       (self.overlay == "ng" and result["status"] == "NG")):
+            from edgestack.runtime.images import write_image
+
+            name = result["id"].replace(os.sep, "__").replace("/", "__")
+            write_image(self.dir / "overlays" / f"{Path(name).stem}.png", defect_overlay(image, prob, result))
+        self.jsonl_file.write(json.dumps(result) + "\n")
+        self.jsonl_file.flush()
+        os.fsync(self.jsonl_file.fileno())
+        self.csv.writerow(_csv_row(result))
+        self.csv_file.flush()
+        self.new += 1
+
+    def finish(self) -> dict[str, Any]:
+        for f in (self.jsonl_file, self.csv_file, self.notes):
+            f.close()
+        return write_summary(self.dir, self.new, time.perf_counter() - self.started)
+
+
+def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "defects": sum(1 for d in record["defects"] if d.get("counted"))}
+
+
+def defect_overlay(image: np.ndarray, prob: np.ndarray, result: dict[str, Any]) -> np.ndarray:
+    """Image with the probability as a red tint and counted defects boxed (ignored ones in yellow)."""
+    import cv2
+
+    tinted = image.astype(np.float32)
+    tinted[..., 0] = np.clip(tinted[..., 0] + 180.0 * prob, 0, 255)
+    tinted = tinted.astype(np.uint8)
+    for d in result["defects"]:
+        x0, y0, x1, y1 = d["bbox"]
+        colour = (255, 0, 0) if d.get("counted") else (255, 220, 0)
+        cv2.rectangle(tinted, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
+    label = f"{result['status']} max {result['max_score']:.2f}"
+    cv2.putText(tinted, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+    return tinted
+
+
+def write_summary(run_dir: Path, new_items: int, seconds: float) -> dict[str, Any]:
+    """summary.json + summary.md + scores.png over every record in the run folder."""
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+    counts = {status: sum(r["status"] == status for r in records) for status in ("OK", "NG", "ERROR")}
+    latencies = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
+    summary = {
+        "items": len(records),
+        "counts": counts,
+        "this_session": {"items": new_items, "seconds": round(seconds, 3),
+                         "items_per_s": new_items / seconds if seconds > 0 and new_items else None},
+        "latency_ms": {"median": float(np.median(latencies)), "p99": float(np.percentile(latencies, 99))}
+        if latencies else None,
+        "errors": [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "ERROR"],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rate = summary["this_session"]["items_per_s"]
+    lines = [
+        "# Inspection summary", "",
+        f"{len(records)} items: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} errors.",
+        f"This session: {new_items} items in {seconds:.1f} s" + (f" ({rate:.2f} items/s)." if rate else "."),
+    ]
+    if summary["latency_ms"]:
+        lines.append(f"Per-item latency: median {summary['latency_ms']['median']:.1f} ms, "
+                     f"p99 {summary['latency_ms']['p99']:.1f} ms.")
+    lines += [f"- ERROR {e['id']}: {e['error']}" for e in summary["errors"]]
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    _score_histogram(run_dir / "scores.png", records)
+    return summary
+
+
+def _score_histogram(path: Path, records: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for status, colour in (("OK", "tab:green"), ("NG", "tab:red")):
+        scores = [r["max_score"] for r in records if r["status"] == status]
+        if scores:
+            ax.hist(scores, bins=40, range=(0, 1), alpha=0.7, color=colour, label=f"{status} ({len(scores)})")
+    ax.set_xlabel("max defect probability per item")
+    ax.set_ylabel("items")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

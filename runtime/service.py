@@ -1,0 +1,137 @@
+"""A small HTTP service for line integration: POST an image, get the verdict and defects as JSON.
+
+    edgestack serve --bundle artifacts/defectseg-s --port 8000 [--token-file secret.txt]
+    curl --data-binary @part.png -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/v1/inspect
+
+Binds to loopback unless told otherwise. Request bodies and image dimensions are limited (the image
+header is read before any pixel is decoded, so decompression bombs are refused cheaply). One engine
+serves every request; inference runs in worker threads behind the inspector's lock.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.inspect import Inspector
+
+
+class Metrics:
+    """Counters for /metrics in the Prometheus text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.inference_seconds = 0.0
+        self.inferences = 0
+        self.started = time.time()
+
+    def count(self, outcome: str, seconds: float | None = None) -> None:
+        with self.lock:
+            self.requests[outcome] = self.requests.get(outcome, 0) + 1
+            if seconds is not None:
+                self.inference_seconds += seconds
+                self.inferences += 1
+
+    def text(self) -> str:
+        with self.lock:
+            lines = ["# TYPE edgestack_requests_total counter"]
+            lines += [f'edgestack_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(self.requests.items())]
+            lines += [
+                "# TYPE edgestack_inference_seconds summary",
+                f"edgestack_inference_seconds_sum {self.inference_seconds:.6f}",
+                f"edgestack_inference_seconds_count {self.inferences}",
+                "# TYPE edgestack_uptime_seconds gauge",
+                f"edgestack_uptime_seconds {time.time() - self.started:.1f}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB uint8 array from encoded bytes; dimensions are checked from the header before decoding."""
+    import cv2
+    from PIL import Image
+
+    if not data:
+        raise EdgestackError("empty request body; send the encoded image (PNG/JPEG/BMP/TIFF) as the body")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        raise EdgestackError(f"image dimensions exceed the limit of {max_pixels} pixels") from None
+    except Exception:  # PIL raises many types for non-images
+        raise EdgestackError("the body is not a readable image; send PNG/JPEG/BMP/TIFF bytes") from None
+    if width * height > max_pixels:
+        raise EdgestackError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EdgestackError("the image could not be decoded (corrupt or unsupported); send PNG/JPEG/BMP/TIFF")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
+               max_pixels: int = 64_000_000):
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.concurrency import run_in_threadpool
+        from fastapi.responses import JSONResponse, PlainTextResponse
+    except ImportError:
+        raise EdgestackError("the service needs FastAPI and uvicorn: pip install 'edgestack[serve]'") from None
+
+    app = FastAPI(title="edgestack inspection", version="1")
+    metrics = Metrics()
+    meta = inspector.engine.meta
+
+    def reject(status: int, outcome: str, message: str) -> JSONResponse:
+        metrics.count(outcome)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": meta["model"]["config"], "backend": inspector.engine.description}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_text() -> str:
+        return metrics.text()
+
+    @app.post("/v1/inspect")
+    async def inspect(request: Request, id: str = "request"):
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return reject(401, "unauthorized", "missing or wrong bearer token")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                return reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes")
+        try:
+            image = decode_upload(bytes(body), max_pixels)
+        except EdgestackError as exc:
+            status = 413 if "limit" in str(exc) else 400
+            return reject(status, "too_large" if status == 413 else "bad_image", str(exc))
+        started = time.perf_counter()
+        try:
+            result, _ = await run_in_threadpool(inspector.inspect, image, id)
+        except EdgestackError as exc:
+            return reject(422, "bad_image", str(exc))
+        metrics.count(result["status"], time.perf_counter() - started)
+        return result
+
+    return app
+
+
+def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_bytes: int = 64 << 20, max_pixels: int = 64_000_000) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(inspector, token, max_bytes, max_pixels), host=host, port=port, log_level="warning")

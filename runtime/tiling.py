@@ -1,0 +1,66 @@
+"""Run a dense model over an image of any size at its native scale: overlapping tiles, blended back.
+
+Tiles are the model's native size; neighbours overlap and are blended with weights that fall off
+linearly towards tile edges, so seams vanish. Images smaller than a tile run whole (padded by
+reflection to the model's size multiple).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, size) with tiles of `tile`, neighbours overlapping by >= `overlap`."""
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def blend_weights(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
+    def ramp(n: int) -> np.ndarray:
+        edge = np.minimum(np.arange(n) + 1, np.arange(n)[::-1] + 1).astype(np.float32)
+        return np.clip(edge / max(overlap, 1), 1e-3, 1.0)
+
+    return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
+
+
+def _pad_to(chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    pad_h, pad_w = height - chw.shape[1], width - chw.shape[2]
+    if pad_h == 0 and pad_w == 0:
+        return chw
+    mode = "reflect" if pad_h < chw.shape[1] and pad_w < chw.shape[2] else "edge"
+    return np.pad(chw, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+
+
+def run_tiled(
+    chw: np.ndarray,
+    predict: Callable[[np.ndarray], np.ndarray],
+    tile: tuple[int, int],
+    overlap: int,
+    batch: int,
+    multiple: int = 1,
+) -> np.ndarray:
+    """Probability map [H, W] for a normalized image [C, H, W]; `predict` maps [N,C,h,w] -> [N,1,h,w]."""
+    _, height, width = chw.shape
+    tile_h, tile_w = tile
+    if height <= tile_h and width <= tile_w:  # one pass, padded to the model's multiple
+        padded = _pad_to(chw, math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
+        return predict(padded[None])[0, 0, :height, :width]
+    padded = _pad_to(chw, max(height, tile_h), max(width, tile_w))
+    full_h, full_w = padded.shape[1:]
+    boxes = [(y, x) for y in tile_starts(full_h, tile_h, overlap) for x in tile_starts(full_w, tile_w, overlap)]
+    weights = blend_weights(tile_h, tile_w, overlap)
+    acc = np.zeros((full_h, full_w), np.float32)
+    total = np.zeros((full_h, full_w), np.float32)
+    for i in range(0, len(boxes), batch):
+        group = boxes[i : i + batch]
+        probs = predict(np.stack([padded[:, y : y + tile_h, x : x + tile_w] for y, x in group]))
+        for (y, x), prob in zip(group, probs):
+            acc[y : y + tile_h, x : x + tile_w] += prob[0] * weights
+            total[y : y + tile_h, x : x + tile_w] += weights
+    return (acc / total)[:height, :width]
