@@ -1,0 +1,217 @@
+"""The inspection pipeline and service on a real defectseg-s bundle (shipped weights)."""
+
+import json
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from edgestack.errors import EdgestackError
+from edgestack.export import export_bundle
+from edgestack.runtime.defects import Rules
+from edgestack.runtime.inspect import Inspector
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path, _ = export_bundle("defectseg-s", out=tmp_path_factory.mktemp("art") / "defectseg-s",
+                            parity_sizes=[(128, 128)], progress=lambda m: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inspector(bundle):
+    return Inspector(bundle, Rules(), backend="onnxruntime")
+
+
+def synthetic_images(count, size, seed=0):
+    from edgestack.train.synthetic import SyntheticDefects
+
+    generator = SyntheticDefects(seed=seed, size=size)
+    return [generator.sample(i) for i in range(count)]
+
+
+def write_folder(folder, count, size=256, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = synthetic_images(count, size, seed)
+    for i, sample in enumerate(samples):
+        cv2.imwrite(str(folder / f"part{i:03d}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+    return samples
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_folder_run_writes_every_result_file(inspector, tmp_path):
+    write_folder(tmp_path / "in", 6)
+    (tmp_path / "in" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "in" / "notes.txt").write_text("operator notes")
+    results = list(inspector.run(tmp_path / "in", tmp_path / "run", overlay="all"))
+    assert len(results) == 7
+    by_id = {r["id"]: r for r in results}
+    assert by_id["corrupt.png"]["status"] == "ERROR" and "could not be decoded" in by_id["corrupt.png"]["error"]
+    assert {r["status"] for r in results} <= {"OK", "NG", "ERROR"}
+    run = tmp_path / "run"
+    assert [r["id"] for r in records(run)] == [r["id"] for r in results]
+    csv_rows = (run / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("id,status") and len(csv_rows) == 8
+    assert len(list((run / "overlays").glob("*.png"))) == 6
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["items"] == 7 and summary["counts"]["ERROR"] == 1
+    assert "notes.txt: not an image file" in (run / "skipped.txt").read_text()
+    assert (run / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shipped_model_finds_synthetic_defects(inspector):
+    samples = synthetic_images(16, 256, seed=123)
+    verdicts = [inspector.inspect(s.image)[0]["status"] for s in samples]
+    truth = ["NG" if s.mask.any() else "OK" for s in samples]
+    assert sum(v == t for v, t in zip(verdicts, truth)) >= 13  # >= 80% on 16 fresh samples
+
+
+def test_large_frame_is_tiled_and_tiny_frame_runs(inspector):
+    big = np.random.default_rng(0).integers(90, 110, (3000, 4096, 3), dtype=np.uint8)
+    big[1500:1504, 1000:1400] = 40  # a dark scratch
+    result, prob = inspector.inspect(big)
+    assert prob.shape == (3000, 4096) and result["width"] == 4096
+    tiny = np.full((40, 50, 3), 128, np.uint8)
+    with pytest.raises(EdgestackError, match="at least"):
+        inspector.inspect(tiny)
+
+
+def test_iterator_source_and_error_items(inspector):
+    arrays = [np.full((128, 128, 3), 120, np.uint8), np.zeros((5,), np.uint8), np.full((128, 128, 3), 90, np.uint8)]
+    results = list(inspector.run(iter(arrays)))
+    assert [r["status"] == "ERROR" for r in results] == [False, True, False]
+    assert [r["id"] for r in results] == ["item-000000", "item-000001", "item-000002"]
+
+
+def test_video_source(inspector, tmp_path):
+    path = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 128))
+    for sample in synthetic_images(4, 128):
+        writer.write(cv2.resize(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), (160, 128)))
+    writer.release()
+    results = list(inspector.run(path, max_frames=3))
+    assert [r["id"] for r in results] == ["frame-000000", "frame-000001", "frame-000002"]
+
+
+def test_resume_after_kill_gives_every_item_exactly_once(bundle, tmp_path):
+    count = 24
+    write_folder(tmp_path / "in", count, size=384, seed=5)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "edgestack", "inspect", str(tmp_path / "in"), "--bundle", str(bundle),
+               "--out", str(run), "--backend", "onnxruntime", "--overlay", "all"]
+    kill_after = random.Random().randint(2, count - 6)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "results.jsonl").exists() and len((run / "results.jsonl").read_bytes().splitlines()) >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = len(records(run))
+    assert before < count
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ids = [r["id"] for r in records(run)]
+    assert sorted(ids) == sorted(f"part{i:03d}.png" for i in range(count))  # every item exactly once
+    csv_ids = [line.split(",")[0] for line in (run / "results.csv").read_text().splitlines()[1:]]
+    assert sorted(csv_ids) == sorted(ids)
+
+
+def png_header_only(width, height):
+    """A PNG whose header claims width x height; the pixel data is a stub (never decoded)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def encoded(image):
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def client(inspector):
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import create_app
+
+    return TestClient(create_app(inspector, token="s3cret", max_bytes=2_000_000, max_pixels=4_000_000))
+
+
+def test_service_verdicts_auth_limits_and_metrics(client):
+    image = encoded(synthetic_images(1, 256, seed=9)[0].image)
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/v1/inspect", content=image).status_code == 401
+    assert client.post("/v1/inspect", content=image, headers={"Authorization": "Bearer nope"}).status_code == 401
+    ok = client.post("/v1/inspect?id=part-1", content=image, headers=auth)
+    assert ok.status_code == 200
+    body = ok.json()
+    assert body["id"] == "part-1" and body["status"] in ("OK", "NG") and isinstance(body["defects"], list)
+    assert client.post("/v1/inspect", content=b"x" * 2_000_001, headers=auth).status_code == 413
+    bomb = client.post("/v1/inspect", content=png_header_only(100_000, 100_000), headers=auth)
+    assert bomb.status_code == 413 and "limit" in bomb.json()["error"]
+    corrupt = client.post("/v1/inspect", content=b"GIF89a-garbage", headers=auth)
+    assert corrupt.status_code == 400
+    tiny = client.post("/v1/inspect", content=encoded(np.zeros((8, 8, 3), np.uint8)), headers=auth)
+    assert tiny.status_code == 422 and "at least" in tiny.json()["error"]
+    assert client.get("/health").json()["status"] == "ok"
+    metrics = client.get("/metrics").text
+    assert 'edgestack_requests_total{outcome="unauthorized"} 2' in metrics
+    assert 'edgestack_requests_total{outcome="too_large"} 2' in metrics
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_service_under_concurrent_clients(bundle, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgestack", "serve", "--bundle", str(bundle), "--port",
+                             str(port), "--backend", "onnxruntime"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        images = [encoded(s.image) for s in synthetic_images(4, 128, seed=3)]
+        failures, statuses = [], []
+
+        def client(worker):
+            with httpx.Client(timeout=60) as http:
+                for i in range(5):
+                    r = http.post(f"{url}/v1/inspect?id=w{worker}-{i}", content=images[(worker + i) % 4])
+                    (statuses if r.status_code == 200 else failures).append(r.json().get("id", r.text))
+
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == [] and sorted(statuses) == sorted(f"w{w}-{i}" for w in range(8) for i in range(5))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
