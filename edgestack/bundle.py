@@ -18,6 +18,7 @@ REPORT = "report.md"
 PORTABLE_ONNX = "model.onnx"
 PLUGINS_ONNX = "model.plugins.onnx"
 PLAN = "model.plan"
+INT8_ONNX = "model.int8.onnx"  # the Q/DQ model `edgestack quantize` writes
 WEIGHTS = "weights.safetensors"
 
 

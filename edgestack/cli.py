@@ -133,6 +133,68 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels)
 
 
+def cmd_build(args: argparse.Namespace) -> None:
+    from edgestack.export.tensorrt import build_engine
+
+    record = build_engine(args.bundle, args.precision, args.calib, args.workspace, args.profile,
+                          args.version_compatible, args.hardware_compatible)
+    figures = record["parity_vs_onnxruntime"]
+    print(f"plan: TensorRT {record['version']}, {record['gpu']} (sm {record['compute_capability']}), "
+          f"{record['precision']}; vs onnxruntime fp32: max abs / max ref {figures['max_abs_over_max_ref']:.3g}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from edgestack.export.quantize import quantize
+    from edgestack.runtime.bench import parse_sizes
+
+    sizes = parse_sizes(args.size) if args.size else [None]
+    if len(sizes) != 1 or (sizes[0] and len(sizes[0]) != 2):
+        raise EdgestackError(f"--size {args.size!r} must be one HEIGHTxWIDTH, e.g. 97x97")
+    record = quantize(args.bundle, args.calib, args.samples, sizes[0])
+    figures = record["parity_vs_fp32"]
+    print(f"wrote {Path(args.bundle) / record['file']} ({record['quantization']['qdq_nodes']} Q/DQ nodes); "
+          f"vs fp32 on {figures['images']} images: rel L2 {figures['rel_l2']:.3g}"
+          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32")
+                    if k in figures))
+
+
+def cmd_triton(args: argparse.Namespace) -> None:
+    from edgestack.export.triton import write_repository
+
+    model_dir = write_repository(args.bundle, args.repo, args.name, args.max_batch, args.instances, args.format,
+                                 args.cpu)
+    print(f"wrote {model_dir}; serve with `tritonserver --model-repository {args.repo}`"
+          + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob("libedgestack_trt_plugins.so")))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from edgestack.train.loop import train
+
+    summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
+                    args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
+                    resume=args.resume, threads=args.threads)
+    best = summary["best_val"]
+    print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
+          f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
+          f"{best['accuracy']:.3f}; checkpoints in {args.out or f'runs/{args.config or args.model}'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from edgestack.train.evaluate import evaluate_checkpoint
+
+    results, paths = evaluate_checkpoint(args.model, args.config, args.data, args.checkpoint, args.out,
+                                         args.size, args.count, args.min_area, args.threads)
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from edgestack.train.synthetic import write_synthetic
+
+    counts = write_synthetic(args.out, args.count, args.seed, args.size, args.negative_fraction)
+    print(f"wrote {counts['positive']} positives and {counts['negative']} negatives to {args.out} (CDS2K layout)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgestack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +248,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image (width*height)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("build", help="build a TensorRT plan (model.plan) for this GPU from a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument("--calib", help="int8: folder of real images to calibrate on (default: reuse model.int8.onnx, "
+                                   "else synthetic images)")
+    p.add_argument("--workspace", type=int, help="TensorRT workspace limit in MB (default: TensorRT's)")
+    p.add_argument("--profile", help="MIN,OPT,MAX sizes, each HxW or BxHxW (default: the model's whole range, "
+                                     "opt at its default size; narrow it to save GPU memory)")
+    p.add_argument("--version-compatible", action="store_true", help="plan runs on later TensorRT 10.x too")
+    p.add_argument("--hardware-compatible", action="store_true", help="plan runs on any Ampere or newer GPU")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("quantize", help="int8 Q/DQ ONNX (model.int8.onnx) by static calibration, with parity")
+    p.add_argument("bundle")
+    p.add_argument("--calib", help="folder of representative images (default: synthetic images, say so in meta)")
+    p.add_argument("--samples", type=int, default=32, help="calibration images")
+    p.add_argument("--size", help="HxW the images are resized to (default: the bundle's default size)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("triton", help="Triton model repository (config.pbtxt + plan or ONNX) from a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--repo", required=True, help="model repository folder")
+    p.add_argument("--name", help="model name (default: the bundle's config name)")
+    p.add_argument("--max-batch", type=int, help="max_batch_size (default: the model's largest batch; 0: none)")
+    p.add_argument("--instances", type=int, default=1, help="model instances")
+    p.add_argument("--format", choices=["auto", "plan", "onnx"], default="auto", help="auto: plan if built")
+    p.add_argument("--cpu", action="store_true", help="ONNX instances on the CPU (KIND_CPU)")
+    p.set_defaults(func=cmd_triton)
+
+    p = sub.add_parser("train", help="train defectseg on a CDS2K-style folder or the synthetic set")
+    p.add_argument("model", help="defectseg or one of its configs")
+    p.add_argument("--data", required=True, help="CDS2K-style folder (Positive/, Negative/ or image/ + mask/), "
+                                                 "or `synthetic`")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--config", help="config (default: the model's default, defectseg-s)")
+    p.add_argument("--out", help="run folder for last.pt, best.pt, curves.png (default: runs/CONFIG)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--size", type=int, default=256, help="training size (square, multiple of 32)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--synthetic-count", type=int, default=3000, help="synthetic samples (with --data synthetic)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="CDS2K benchmark metrics + OK/NG accuracy: JSON, markdown, worst-case PNG")
+    p.add_argument("model", help="defectseg or one of its configs")
+    p.add_argument("--data", required=True, help="CDS2K-style folder, or `synthetic` (the held-out seed)")
+    p.add_argument("--checkpoint", help="last.pt/best.pt or .safetensors (default: the shipped weights)")
+    p.add_argument("--config", help="config, when the checkpoint does not name it (default: defectseg-s)")
+    p.add_argument("--out", help="results folder (default: runs/eval-CONFIG)")
+    p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE for the model "
+                                                         "(multiple of 32); probabilities go back to mask size")
+    p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic")
+    p.add_argument("--min-area", type=int, default=16, help="NG rule: prob >= 0.5 over a connected area >= this")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("synth", help="write a synthetic concealed-defect set in the CDS2K layout")
+    p.add_argument("out", help="folder to write Positive/ and Negative/ into")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1, help="set seed (training uses 0, held-out evaluation 1)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--negative-fraction", type=float, default=0.3)
+    p.set_defaults(func=cmd_synth)
     return parser
 
 

@@ -40,6 +40,37 @@ def write_report(bundle: Path, meta: dict[str, Any], latency_markdown: str | Non
     )
     if latency_markdown:
         text += f"\n## Latency\n\n{latency_markdown}\n"
+    if "int8" in meta:
+        text += int8_section(meta)
     path = bundle / bundle_format.REPORT
     path.write_text(text)
     return path
+
+
+INT8_HEADING = "\n## INT8 (Q/DQ) vs fp32"
+
+
+def int8_section(meta: dict[str, Any]) -> str:
+    """The int8 section of report.md (always last, so `update_int8_section` can replace it)."""
+    record = meta["int8"]
+    cal, figures = record["calibration"], record["parity_vs_fp32"]
+    rows = [("max abs / max ref", f"{figures['max_abs_over_max_ref']:.3g}"), ("rel L2", f"{figures['rel_l2']:.3g}")]
+    if "argmax_agreement" in figures:
+        rows += [("argmax agreement", f"{figures['argmax_agreement']:.2%}"),
+                 ("mIoU int8 vs fp32 argmax (mIoU-drop proxy, no labels)", f"{figures['miou_vs_fp32']:.4f}")]
+    if "psnr_db_vs_fp32" in figures:
+        rows.append(("PSNR vs fp32 output", f"{figures['psnr_db_vs_fp32']:.2f} dB"))
+    table = "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    return (
+        f"{INT8_HEADING}\n\n`{record['file']}`: activations {record['quantization']['activations']}; weights "
+        f"{record['quantization']['weights']} ({record['quantization']['qdq_nodes']} Q/DQ nodes). "
+        f"Calibration: {cal['samples']} images at {cal['size'][0]}x{cal['size'][1]} from {cal['source']}. "
+        f"Compared on {figures['images']} images ({figures['source']}), onnxruntime CPU.\n\n{table}\n"
+    )
+
+
+def update_int8_section(bundle: Path, meta: dict[str, Any]) -> None:
+    """Replace (or add) the int8 section of an existing report.md, keeping everything before it."""
+    path = bundle / bundle_format.REPORT
+    text = path.read_text() if path.is_file() else ""
+    path.write_text(text.split(INT8_HEADING)[0].rstrip("\n") + "\n" + int8_section(meta))

@@ -59,7 +59,8 @@ def load_rules(path: str | Path | None) -> Rules:
         else:
             data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise EdgestackError(f"rules file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise EdgestackError(f"rules file {path} is not valid {kind}: {exc}") from None
     known = {f.name for f in fields(Rules)}
     unknown = set(data) - known
     if unknown:

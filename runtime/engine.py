@@ -12,21 +12,23 @@ from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 
 log = logging.getLogger("edgestack.runtime")
-BACKENDS = ("onnxruntime", "torch", "torch-compiled")
+BACKENDS = ("onnxruntime", "onnxruntime-int8", "tensorrt", "torch", "torch-compiled")
 
 
 class OnnxRuntimeBackend:
-    """The portable ONNX on onnxruntime: CUDA provider when this onnxruntime has it, else CPU."""
+    """The portable ONNX (or its int8 Q/DQ version) on onnxruntime: CUDA provider when this onnxruntime has it,
+    else CPU."""
 
-    def __init__(self, bundle: Path, threads: int = 0):
+    def __init__(self, bundle: Path, threads: int = 0, filename: str = bundle_format.PORTABLE_ONNX,
+                 name: str = "onnxruntime"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(bundle / bundle_format.PORTABLE_ONNX), options, providers=providers)
-        self.name = "onnxruntime"
+        self.session = ort.InferenceSession(str(bundle / filename), options, providers=providers)
+        self.name = name
         self.device = self.session.get_providers()[0]
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -113,21 +115,44 @@ class Engine:
         return np.ascontiguousarray(array, dtype=spec["dtype"])
 
 
-def _make_backend(name: str, bundle: Path, meta: dict[str, Any]):
+def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_options: bool):
     if name == "onnxruntime":
         return OnnxRuntimeBackend(bundle)
+    if name == "onnxruntime-int8":
+        if not (bundle / bundle_format.INT8_ONNX).is_file():
+            raise EdgestackError(
+                f"bundle {bundle} has no {bundle_format.INT8_ONNX}; create it with `edgestack quantize {bundle}`"
+            )
+        return OnnxRuntimeBackend(bundle, filename=bundle_format.INT8_ONNX, name=name)
     if name in ("torch", "torch-compiled"):
         return TorchBackend(bundle, meta, compiled=name == "torch-compiled")
     if name == "tensorrt":
-        raise EdgestackError("the tensorrt backend is not available in this build; use backend='onnxruntime'")
+        from edgestack.runtime.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(bundle, meta, **tensorrt_options)
     raise EdgestackError(f"unknown backend {name!r}; choose auto, {', '.join(BACKENDS)}")
 
 
-def load(bundle: str | Path, backend: str = "auto") -> Engine:
-    """Load a bundle (sha256 of every file checked) on `backend`; `auto` picks the fastest that works here."""
+def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cuda_graph: bool = False) -> Engine:
+    """Load a bundle (sha256 of every file checked) on `backend`; `auto` picks the fastest that works here.
+
+    TensorRT only: `rebuild` rebuilds a plan made for another GPU or TensorRT version instead of refusing it;
+    `cuda_graph` replays each input shape's work as a captured CUDA graph."""
+    options = {"rebuild": rebuild, "cuda_graph": cuda_graph}
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
-    engine = Engine(bundle, meta, _make_backend("onnxruntime" if backend == "auto" else backend, bundle, meta))
-    if backend == "auto":
-        log.info("backend auto -> %s", engine.description)
+    if backend != "auto":
+        return Engine(bundle, meta, _make_backend(backend, bundle, meta, **options))
+    # auto: TensorRT when the bundle has a plan that runs here, else onnxruntime (its CUDA provider first).
+    if (bundle / bundle_format.PLAN).is_file():
+        try:
+            engine = Engine(bundle, meta, _make_backend("tensorrt", bundle, meta, **options))
+            log.info("backend auto -> %s", engine.description)
+            return engine
+        except EdgestackError as exc:
+            skipped = f"tensorrt skipped: {exc}"
+    else:
+        skipped = f"tensorrt skipped: no {bundle_format.PLAN} (build one with `edgestack build {bundle}`)"
+    engine = Engine(bundle, meta, _make_backend("onnxruntime", bundle, meta))
+    log.info("backend auto -> %s (%s)", engine.description, skipped)
     return engine

@@ -1,12 +1,18 @@
+import importlib.util
+
 import pytest
 import torch
 
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT >= 10.3 (not installable in this workplace)")
     has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+        elif "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
 
 

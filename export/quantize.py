@@ -1,0 +1,194 @@
+"""`edgestack quantize`: static int8 Q/DQ ONNX (`model.int8.onnx`) + its parity vs fp32, recorded in the bundle.
+
+onnxruntime's static quantization calibrates the portable ONNX on real images (preprocessed exactly as the
+runtime does) or, without a folder, on synthetic ones. Activations and weights are symmetric int8 (weights
+per channel) and biases stay float: the form TensorRT's explicit quantization accepts, so the one Q/DQ model
+serves onnxruntime int8 on CPU and `edgestack build --precision int8`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edgestack import bundle as bundle_format
+from edgestack.errors import EdgestackError
+from edgestack.export import parity
+from edgestack.export.tensorrt import axis_problem
+from edgestack.runtime.images import read_image, to_tensor
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# The ops whose int8 kernels carry the speed-up on onnxruntime CPU and TensorRT; the rest stays float.
+QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+EVAL_IMAGES = 4
+
+
+class _Feeds(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def synthetic_images(count: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """Smooth colour fields with rectangles and noise: image-like statistics, not a substitute for real data."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    images = []
+    for _ in range(count):
+        grid = rng.uniform(0, 255, (int(rng.integers(2, 8)), int(rng.integers(2, 8)), 3)).astype(np.float32)
+        image = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+        for _ in range(int(rng.integers(1, 5))):
+            y0, x0 = rng.integers(0, height), rng.integers(0, width)
+            y1, x1 = y0 + rng.integers(4, height // 2 + 5), x0 + rng.integers(4, width // 2 + 5)
+            image[y0:y1, x0:x1] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, 8, image.shape).astype(np.float32)
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return images
+
+
+def folder_images(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Up to `count` images of a folder (sorted by name), resized to size (grayscale replicated to RGB)."""
+    if not folder.is_dir():
+        raise EdgestackError(f"--calib {folder} is not a folder; give a folder of representative images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not paths:
+        raise EdgestackError(f"--calib {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [cv2.resize(read_image(p, gray_to_rgb=True), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            for p in paths]
+
+
+def model_feeds(meta: dict[str, Any], images: list[np.ndarray], seed: int) -> list[dict[str, np.ndarray]]:
+    """One feed per image: the first input is the preprocessed image; an inpainting `mask` gets random holes."""
+    rng = np.random.default_rng(seed)
+    first, *others = meta["inputs"]
+    feeds = []
+    for image in images:
+        feed = {first["name"]: to_tensor(image, meta["preprocess"])}
+        for spec in others:
+            if spec["name"] != "mask":
+                raise EdgestackError(f"cannot make calibration data for input {spec['name']!r}; only image and mask")
+            mask = np.ones((1, 1, *image.shape[:2]), np.float32)  # 1 valid, 0 hole
+            for _ in range(int(rng.integers(1, 4))):
+                y, x = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
+                mask[..., y:y + image.shape[0] // 3, x:x + image.shape[1] // 3] = 0
+            feed[spec["name"]] = mask
+        feeds.append(feed)
+    return feeds
+
+
+def miou(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean IoU between two label maps over the classes either one uses."""
+    ious = []
+    for c in np.union1d(reference, candidate):
+        a, b = reference == c, candidate == c
+        ious.append((a & b).sum() / (a | b).sum())
+    return float(np.mean(ious))
+
+
+def int8_parity(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict[str, Any]:
+    """parity.compare figures plus the task's quality proxy against the fp32 output."""
+    figures = parity.compare(reference, candidate, task)
+    if task == "segmentation":
+        # No labels here: mIoU of the int8 argmax against the fp32 argmax stands in for the mIoU drop.
+        figures["miou_vs_fp32"] = miou(reference.argmax(1), candidate.argmax(1))
+        figures["miou_drop_proxy"] = 1.0 - figures["miou_vs_fp32"]
+    elif task == "inpainting":
+        mse = float(np.mean((reference.astype(np.float64) - candidate) ** 2))
+        peak = float(reference.max() - reference.min()) or 1.0  # the fp32 output's own range
+        figures["psnr_db_vs_fp32"] = float(10 * np.log10(peak**2 / max(mse, 1e-20)))
+    return figures
+
+
+def quantize(
+    bundle: str | Path,
+    calib: str | Path | None = None,
+    samples: int = 32,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write `model.int8.onnx` into the bundle; returns its meta.json record (meta["int8"])."""
+    bundle = Path(bundle)
+    meta = bundle_format.read_meta(bundle, verify=True)
+    if samples < 1:
+        raise EdgestackError(f"--samples {samples} must be at least 1")
+    size = tuple(size or meta["default_size"])
+    for axis, value in zip(("height", "width"), size):
+        problem = axis_problem(meta, axis, value)
+        if problem:
+            raise EdgestackError(f"calibration size {size[0]}x{size[1]}: {problem}; choose another --size")
+
+    if calib is None:
+        images = synthetic_images(samples, size, seed)
+        eval_images, eval_source = synthetic_images(EVAL_IMAGES, size, seed + 1), "synthetic (other seed)"
+        source = "synthetic images (no --calib folder given): scales fit made-up data; calibrate on real images"
+        progress(f"no --calib folder: calibrating on {samples} SYNTHETIC images; pass --calib DIR with real ones")
+    else:
+        calib = Path(calib)
+        images = folder_images(calib, samples + EVAL_IMAGES, size)
+        # Held-out images for the parity figures when the folder has enough, else the calibration ones.
+        held_out = images[samples:]
+        images = images[:samples]
+        eval_images = held_out or images[:EVAL_IMAGES]
+        eval_source = f"{len(held_out)} held-out images of {calib}" if held_out else f"calibration images of {calib}"
+        source = str(calib.resolve())
+
+    with tempfile.TemporaryDirectory(prefix="edgestack-quantize-") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / bundle_format.INT8_ONNX
+        progress("shape inference and graph pre-processing ...")
+        quant_pre_process(str(bundle / bundle_format.PORTABLE_ONNX), str(prepared))
+        progress(f"calibrating on {len(images)} images at {size[0]}x{size[1]} ...")
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Feeds(model_feeds(meta, images, seed)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibration_providers=["CPUExecutionProvider"],
+            # TensorRT takes symmetric int8 only (zero point 0) and fuses float biases itself.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+        progress("comparing int8 with fp32 on onnxruntime ...")
+        figures = _compare(meta, bundle / bundle_format.PORTABLE_ONNX, quantized, model_feeds(meta, eval_images, seed))
+        qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(quantized)).graph.node)
+        shutil.move(str(quantized), bundle / bundle_format.INT8_ONNX)
+
+    record = {
+        "file": bundle_format.INT8_ONNX,
+        "calibration": {"source": source, "samples": len(images), "size": list(size), "method": "MinMax"},
+        "quantization": {"format": "QDQ", "activations": "int8 symmetric, per tensor",
+                         "weights": "int8 symmetric, per channel", "bias": "float", "ops": QUANTIZED_OPS,
+                         "qdq_nodes": qdq, "onnxruntime": onnxruntime.__version__},
+        "parity_vs_fp32": {"images": len(eval_images), "source": eval_source, **figures},
+    }
+    meta["int8"] = record
+    meta["files"][bundle_format.INT8_ONNX] = bundle_format.sha256(bundle / bundle_format.INT8_ONNX)
+    bundle_format.write_meta(bundle, meta)
+    from edgestack.export.report import update_int8_section
+
+    update_int8_section(bundle, meta)
+    return record
+
+
+def _compare(meta: dict[str, Any], fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """First output of both models on every feed, stacked, compared once."""
+    outputs = []
+    for path in (fp32, int8):
+        session = parity.onnx_session(str(path))
+        outputs.append(np.concatenate([session.run(None, feed)[0] for feed in feeds]))
+    return int8_parity(outputs[0], outputs[1], meta["model"]["task"])

@@ -1,0 +1,126 @@
+"""`edgestack triton`: a Triton Inference Server model repository from a bundle.
+
+DIR/NAME/config.pbtxt + DIR/NAME/1/model.plan (TensorRT backend) or DIR/NAME/1/model.onnx (onnxruntime
+backend). Inputs and outputs come from meta.json; with max_batch_size > 0 Triton owns the batch dimension, so
+dims leave it out, and the model's other dynamic axes are -1.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgestack import bundle as bundle_format
+from edgestack.errors import EdgestackError
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+FORMATS = ("auto", "plan", "onnx")
+MAX_QUEUE_DELAY_US = 100
+
+
+def batch_limit(meta: dict[str, Any], fmt: str) -> int:
+    """Largest batch the model file takes: the plan's profile max, else the model's batch axis range."""
+    if fmt == "plan":
+        return meta["tensorrt"]["profile"]["max"].get("batch", 0)
+    return meta["axes"]["batch"]["max"] if "batch" in meta["axes"] else 0
+
+
+def _tensor(spec: dict[str, Any], batched: bool) -> str:
+    if spec["dtype"] not in TRITON_TYPES:
+        raise EdgestackError(f"tensor {spec['name']!r} has dtype {spec['dtype']}, which Triton configs cannot name")
+    dims = [-1 if isinstance(d, str) else d for d in (spec["shape"][1:] if batched else spec["shape"])]
+    return (f'  {{\n    name: "{spec["name"]}"\n    data_type: {TRITON_TYPES[spec["dtype"]]}\n'
+            f"    dims: [ {', '.join(str(d) for d in dims)} ]\n  }}")
+
+
+def triton_config(meta: dict[str, Any], fmt: str, name: str, max_batch: int, instances: int = 1,
+                  kind: str = "KIND_GPU") -> str:
+    """config.pbtxt text (Triton ModelConfig) for the bundle's plan (`fmt` "plan") or portable ONNX ("onnx")."""
+    if fmt not in ("plan", "onnx"):
+        raise EdgestackError(f"unknown model format {fmt!r}; choose plan or onnx")
+    if instances < 1:
+        raise EdgestackError(f"--instances {instances} must be at least 1")
+    if fmt == "plan" and kind != "KIND_GPU":
+        raise EdgestackError("a TensorRT plan runs on the GPU only; drop --cpu or use --format onnx")
+    tensors = meta["inputs"] + meta["outputs"]
+    if max_batch > 0:
+        unbatched = [t["name"] for t in tensors if t["shape"][0] != "batch"]
+        if unbatched:
+            raise EdgestackError(f"{', '.join(unbatched)} have no leading batch axis; use --max-batch 0")
+        limit = batch_limit(meta, fmt)
+        if max_batch > limit:
+            raise EdgestackError(f"--max-batch {max_batch} exceeds the {fmt} model's largest batch {limit}; "
+                                 + ("rebuild the plan with a larger --profile" if fmt == "plan" else "lower it"))
+    elif max_batch < 0:
+        raise EdgestackError(f"--max-batch {max_batch} must be 0 (no batching) or more")
+    batched = max_batch > 0
+    lines = [
+        f'name: "{name}"',
+        f'backend: "{"tensorrt" if fmt == "plan" else "onnxruntime"}"',
+        f"max_batch_size: {max_batch}",
+        "input [\n" + ",\n".join(_tensor(s, batched) for s in meta["inputs"]) + "\n]",
+        "output [\n" + ",\n".join(_tensor(s, batched) for s in meta["outputs"]) + "\n]",
+    ]
+    if max_batch > 1:
+        preferred = [b for b in (2, 4, 8, 16, 32, 64) if b < max_batch] + [max_batch]
+        lines.append(f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+                     f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
+    return "\n".join(lines) + "\n"
+
+
+def parse_config(text: str) -> Any:
+    """The config as Triton's ModelConfig protobuf (from tritonclient): proof that Triton can read it."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise EdgestackError("validating Triton configs needs tritonclient: pip install 'tritonclient[grpc]'") from None
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise EdgestackError(f"generated config.pbtxt is not a valid Triton ModelConfig: {exc}") from None
+
+
+def write_repository(
+    bundle: str | Path,
+    repo: str | Path,
+    name: str | None = None,
+    max_batch: int | None = None,
+    instances: int = 1,
+    fmt: str = "auto",
+    cpu: bool = False,
+) -> Path:
+    """Write REPO/NAME/{config.pbtxt, 1/model.*}; returns the model folder. `fmt` auto: the plan if the bundle has
+    one, else the portable ONNX; `cpu` runs ONNX instances on the CPU. A plan with plugin nodes gets our plugin
+    library copied beside its config: start Triton with `--backend-config=tensorrt,plugins=<that file>`."""
+    bundle, repo = Path(bundle), Path(repo)
+    meta = bundle_format.read_meta(bundle, verify=True)
+    if fmt not in FORMATS:
+        raise EdgestackError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = "plan" if (bundle / bundle_format.PLAN).is_file() and not cpu else "onnx"
+    if fmt == "plan" and not (bundle / bundle_format.PLAN).is_file():
+        raise EdgestackError(f"bundle {bundle} has no {bundle_format.PLAN}; build it with `edgestack build {bundle}`")
+    name = name or meta["model"]["config"]
+    max_batch = batch_limit(meta, fmt) if max_batch is None else max_batch
+    text = triton_config(meta, fmt, name, max_batch, instances, "KIND_CPU" if cpu else "KIND_GPU")
+    parse_config(text)
+
+    model_dir = repo / name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    source = bundle_format.PLAN if fmt == "plan" else bundle_format.PORTABLE_ONNX
+    shutil.copyfile(bundle / source, version_dir / ("model.plan" if fmt == "plan" else "model.onnx"))
+    if fmt == "plan" and meta["tensorrt"].get("plugins"):
+        from edgestack.kernels.loader import LIBRARY_NAME
+        from edgestack.runtime.tensorrt import PLUGIN_LIBRARY, find_plugin_library
+
+        plugins = find_plugin_library()
+        shutil.copyfile(plugins, model_dir / PLUGIN_LIBRARY)
+        if (plugins.parent / LIBRARY_NAME).is_file():  # the plugins load the CUDA kernels from beside them
+            shutil.copyfile(plugins.parent / LIBRARY_NAME, model_dir / LIBRARY_NAME)
+    (model_dir / "config.pbtxt").write_text(text)
+    return model_dir

@@ -1,0 +1,356 @@
+"""TensorRT backend: a bundle's `model.plan` run with `execute_async_v3` on a CUDA stream (cuda-python).
+
+Also the pieces `edgestack build` shares with it: importing TensorRT / cuda-python with install hints, finding
+and loading our plugin library, describing this machine, and deciding whether a plan may run here. Those
+decisions are pure functions of meta.json and an environment description, so they are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgestack import bundle as bundle_format
+from edgestack.errors import EdgestackError
+
+log = logging.getLogger("edgestack.runtime")
+
+PLUGIN_LIBRARY = "libedgestack_trt_plugins.so"
+PLUGIN_ENV = "EDGESTACK_TRT_PLUGINS"
+MIN_TENSORRT = (10, 3)
+INSTALL_TENSORRT = (
+    "install TensorRT >= 10.3: on Jetson it comes with JetPack 6.1+ (`sudo apt install nvidia-jetpack`, Python "
+    "package python3-libnvinfer); elsewhere `pip install tensorrt-cu12` (CUDA 12 driver) or "
+    "`pip install tensorrt-cu13` (CUDA 13), plus `pip install cuda-python`"
+)
+# Compute capability a hardware-compatible (AMPERE_PLUS) plan needs.
+AMPERE = (8, 0)
+
+
+def import_tensorrt():
+    """The tensorrt module, or an EdgestackError that says how to install it."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EdgestackError(f"TensorRT is not installed ({exc}); {INSTALL_TENSORRT}") from None
+    if _version_tuple(trt.__version__)[:2] < MIN_TENSORRT:
+        raise EdgestackError(
+            f"TensorRT {trt.__version__} is too old: edgestack's plugins use IPluginV3 (TensorRT >= 10.3); "
+            f"{INSTALL_TENSORRT}"
+        )
+    return trt
+
+
+@functools.cache
+def import_cudart():
+    """cuda-python's runtime API: `cuda.bindings.runtime` (cuda-python >= 12.6), else the older `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise EdgestackError("the tensorrt backend needs cuda-python: pip install cuda-python") from None
+    return cudart
+
+
+def cuda_check(result: Any, what: str) -> Any:
+    """Unpack a cuda-python return tuple `(err, *values)`; raise on any error code other than success."""
+    cudart = import_cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, text = cudart.cudaGetErrorString(err)
+        text = text.decode() if isinstance(text, bytes) else text
+        raise EdgestackError(f"CUDA call {what} failed: {getattr(err, 'name', err)} ({text})")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def plugin_library_candidates() -> list[Path]:
+    """Where the CMake build puts the plugin library, searched as kernels/loader.py searches for the kernels:
+    build/ and build-*/ of this checkout, then the kernels package folder."""
+    from edgestack import kernels
+
+    package = Path(kernels.__file__).resolve().parent
+    root = package.parent
+    return [root / "build" / PLUGIN_LIBRARY, *sorted(root.glob(f"build-*/{PLUGIN_LIBRARY}")), package / PLUGIN_LIBRARY]
+
+
+def find_plugin_library() -> Path:
+    """Our TensorRT plugin library: $EDGESTACK_TRT_PLUGINS if set, else the first one the CMake build left."""
+    override = os.environ.get(PLUGIN_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise EdgestackError(f"{PLUGIN_ENV}={override} does not exist; point it at {PLUGIN_LIBRARY} or unset it")
+        return path
+    candidates = plugin_library_candidates()
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise EdgestackError(
+        f"TensorRT plugin library {PLUGIN_LIBRARY} not found (looked in build/ and build-*/ of this checkout and "
+        f"{candidates[-1].parent}); build it with `cmake -S . -B build && cmake --build build` on a machine with "
+        f"TensorRT headers, or set {PLUGIN_ENV}=/path/to/{PLUGIN_LIBRARY}"
+    )
+
+
+_loaded_plugin_libraries: set[str] = set()
+
+
+def load_plugins(registry: Any, path: Path) -> None:
+    """Load the plugin library into a TensorRT plugin registry once per process (a second load re-registers)."""
+    key = str(path.resolve())
+    if key in _loaded_plugin_libraries:
+        return
+    if not registry.load_library(key):
+        raise EdgestackError(
+            f"TensorRT could not load the plugin library {path} (see the TensorRT log above); rebuild it against "
+            "this TensorRT version"
+        )
+    _loaded_plugin_libraries.add(key)
+
+
+@functools.cache
+def trt_logger():
+    """One TensorRT logger per process, as TensorRT expects."""
+    trt = import_tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def current_environment() -> dict[str, str]:
+    """TensorRT version, GPU name and compute capability of device 0 here (what a plan is checked against)."""
+    trt = import_tensorrt()
+    cudart = import_cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        raise EdgestackError(
+            f"no CUDA GPU is usable here (cudaGetDeviceCount: {err}); TensorRT needs an NVIDIA GPU and driver — "
+            "use backend='onnxruntime' on this machine"
+        )
+    device = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
+    props = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": name.rstrip("\x00").strip(),
+        "compute_capability": f"{props.major}.{props.minor}",
+    }
+
+
+def plan_problem(meta: dict[str, Any], env: dict[str, str]) -> str | None:
+    """Why the bundle's plan cannot run in `env` (see current_environment), or None when it can.
+
+    A plan runs only on the TensorRT version that built it unless built version-compatible (then any later
+    release of the same major version), and only on the GPU model it was built for unless built
+    hardware-compatible (then any Ampere or newer GPU).
+    """
+    info = meta.get("tensorrt")
+    if not info:
+        return "meta.json has no TensorRT record for model.plan (built by another tool?)"
+    flags = info.get("flags", {})
+    built, here = _version_tuple(info["version"]), _version_tuple(env["tensorrt"])
+    if flags.get("version_compatible"):
+        if built[0] != here[0] or here < built:
+            return (f"the plan was built version-compatible with TensorRT {info['version']}; it runs on "
+                    f"TensorRT {built[0]}.x >= {info['version']}, this is {env['tensorrt']}")
+    elif built != here:
+        return f"the plan was built with TensorRT {info['version']}, this is TensorRT {env['tensorrt']}"
+    cc_built, cc_here = (tuple(int(v) for v in c.split(".")) for c in (info["compute_capability"],
+                                                                       env["compute_capability"]))
+    if flags.get("hardware_compatible"):
+        if cc_here < AMPERE:
+            return (f"the plan is hardware-compatible (Ampere and newer), this GPU {env['gpu']} has compute "
+                    f"capability {env['compute_capability']}")
+    elif cc_built != cc_here:
+        return (f"the plan was built for {info['gpu']} (compute capability {info['compute_capability']}), this GPU "
+                f"is {env['gpu']} ({env['compute_capability']})")
+    elif info["gpu"] != env["gpu"]:
+        # Same architecture but another model: TensorRT would load it, with tactics timed on other hardware.
+        return f"the plan was built and tuned on {info['gpu']}, this GPU is {env['gpu']}"
+    return None
+
+
+class _Buffer:
+    """One I/O tensor: a device allocation and a pinned host mirror, grown on demand."""
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self.device = 0
+        self.host = 0
+
+    def ensure(self, nbytes: int) -> bool:
+        """Make room for nbytes; True when the device address changed."""
+        if nbytes <= self.capacity:
+            return False
+        cudart = import_cudart()
+        self.free()
+        self.device = cuda_check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+        self.host = cuda_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        self.capacity = nbytes
+        return True
+
+    def host_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = (ctypes.c_uint8 * nbytes).from_address(self.host)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.capacity:
+            cudart = import_cudart()
+            cuda_check(cudart.cudaFree(self.device), "cudaFree")
+            cuda_check(cudart.cudaFreeHost(self.host), "cudaFreeHost")
+            self.capacity = 0
+
+
+class TensorRTBackend:
+    """`model.plan` on the GPU: pinned host buffers, device buffers, one stream, optional CUDA graphs."""
+
+    def __init__(self, bundle: Path, meta: dict[str, Any], rebuild: bool = False, cuda_graph: bool = False):
+        plan_path = bundle / bundle_format.PLAN
+        if not plan_path.is_file() or "tensorrt" not in meta:
+            raise EdgestackError(
+                f"bundle {bundle} has no {bundle_format.PLAN}; build one with `edgestack build {bundle} --precision "
+                "fp16` on the target machine"
+            )
+        trt = import_tensorrt()
+        cudart = import_cudart()
+        env = current_environment()
+        problem = plan_problem(meta, env)
+        if problem and rebuild:
+            from edgestack.export.tensorrt import rebuild_plan
+
+            log.warning("%s; rebuilding the plan for this machine", problem)
+            rebuild_plan(bundle, meta)
+            # The Engine holds this dict: refresh it in place so it describes the new plan.
+            meta.clear()
+            meta.update(bundle_format.read_meta(bundle, verify=True))
+            problem = plan_problem(meta, env)
+        if problem:
+            raise EdgestackError(
+                f"{plan_path}: {problem}. Rebuild it here with `edgestack build {bundle} --precision "
+                f"{meta['tensorrt']['precision']}`, or load with rebuild=True"
+            )
+        info = meta["tensorrt"]
+        runtime = trt.Runtime(trt_logger())
+        if info.get("plugins"):
+            load_plugins(runtime.get_plugin_registry(), find_plugin_library())
+        if info["flags"].get("version_compatible"):
+            runtime.engine_host_code_allowed = True  # the plan carries its own lean runtime
+        engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if engine is None:
+            raise EdgestackError(f"TensorRT could not deserialize {plan_path} (see its log above); rebuild the plan")
+        self.trt, self.cudart, self.runtime, self.engine = trt, cudart, runtime, engine
+        self.context = engine.create_execution_context()
+        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [spec["name"] for spec in meta["outputs"]]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.buffers = {n: _Buffer() for n in names}
+        self.cuda_graph = cuda_graph
+        self.graphs: dict[tuple, Any] = {}
+        self.name = "tensorrt"
+        self.device = f"{env['gpu']}, sm {env['compute_capability']}, {info['precision']}"
+
+    def _set_shapes(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        """Input shapes into the context (checked against the plan's profile); all I/O shapes back."""
+        shapes = {}
+        for name in self.inputs:
+            shape = feed[name].shape
+            low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+            if any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+                raise EdgestackError(
+                    f"input {name!r} of shape {list(shape)} is outside the plan's optimization profile "
+                    f"{list(low)}..{list(high)}; rebuild with an `edgestack build --profile MIN,OPT,MAX` covering it"
+                )
+            if not self.context.set_input_shape(name, shape):
+                raise EdgestackError(f"TensorRT rejected shape {list(shape)} for input {name!r}")
+            shapes[name] = tuple(shape)
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            if any(s < 0 for s in shape):
+                raise EdgestackError(f"output {name!r} has a data-dependent shape {shape}; not supported")
+            shapes[name] = shape
+        return shapes
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cudart = self.cudart
+        shapes = self._set_shapes(feed)
+        moved = False
+        for name, shape in shapes.items():
+            moved |= self.buffers[name].ensure(max(1, int(np.prod(shape))) * self.dtypes[name].itemsize)
+        if moved:  # new addresses: captured graphs point at the old ones
+            self._drop_graphs()
+            for name, buffer in self.buffers.items():
+                self.context.set_tensor_address(name, buffer.device)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in self.inputs:
+            host = self.buffers[name].host_array(shapes[name], self.dtypes[name])
+            np.copyto(host, feed[name], casting="same_kind")
+            cuda_check(cudart.cudaMemcpyAsync(self.buffers[name].device, self.buffers[name].host, host.nbytes, h2d,
+                                              self.stream), "cudaMemcpyAsync")
+        self._execute(tuple(shapes[n] for n in self.inputs))
+        results = []
+        for name in self.outputs:
+            host = self.buffers[name].host_array(shapes[name], self.dtypes[name])
+            cuda_check(cudart.cudaMemcpyAsync(self.buffers[name].host, self.buffers[name].device, host.nbytes, d2h,
+                                              self.stream), "cudaMemcpyAsync")
+            results.append(host)
+        cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        # Copies: the pinned buffers are overwritten by the next call.
+        return [r.astype(np.float32) if r.dtype == np.float16 else r.copy() for r in results]
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise EdgestackError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+
+    def _execute(self, key: tuple) -> None:
+        """Run the plan; with cuda_graph, replay a graph captured for these input shapes."""
+        cudart = self.cudart
+        graph = self.graphs.get(key)
+        if graph is not None:
+            cuda_check(cudart.cudaGraphLaunch(graph, self.stream), "cudaGraphLaunch")
+            return
+        self._enqueue()
+        if self.cuda_graph:
+            # TensorRT needs one plain enqueue after a shape change before its work can be captured.
+            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            cuda_check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
+            self._enqueue()
+            captured = cuda_check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+            self.graphs[key] = cuda_check(cudart.cudaGraphInstantiate(captured, 0), "cudaGraphInstantiate")
+            cuda_check(cudart.cudaGraphDestroy(captured), "cudaGraphDestroy")
+
+    def _drop_graphs(self) -> None:
+        for graph in self.graphs.values():
+            cuda_check(self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
+        self.graphs.clear()
+
+    def close(self) -> None:
+        """Free device and pinned memory, graphs and the stream (also done when the backend is collected)."""
+        if getattr(self, "stream", None) is None:
+            return
+        cuda_check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        self._drop_graphs()
+        for buffer in self.buffers.values():
+            buffer.free()
+        cuda_check(self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+        self.stream = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: CUDA may already be gone
+            pass

@@ -1,0 +1,121 @@
+"""int8 Q/DQ for real on CPU: pspnet-r18 calibrated at 97x97, run by onnxruntime, figures in meta and report."""
+
+import json
+import logging
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgestack import bundle as bundle_format
+from edgestack.cli import main
+from edgestack.errors import EdgestackError
+from edgestack.export import export_bundle
+from edgestack.export.quantize import int8_parity, miou, quantize, synthetic_images
+from edgestack.runtime import load
+from edgestack.runtime.images import to_tensor
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path, _ = export_bundle("pspnet-r18", out=tmp_path_factory.mktemp("q") / "pspnet-r18", parity_sizes=[(97, 97)],
+                            progress=lambda m: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def record(bundle):
+    return quantize(bundle, samples=8, size=(97, 97), progress=lambda m: None)
+
+
+def test_int8_backend_and_auto_before_quantize(bundle, caplog):
+    with pytest.raises(EdgestackError, match="has no model.int8.onnx; create it with `edgestack quantize"):
+        load(bundle, backend="onnxruntime-int8")
+    with caplog.at_level(logging.INFO, logger="edgestack.runtime"):
+        engine = load(bundle)
+    assert engine.backend.name == "onnxruntime" and engine.backend.device == "CPUExecutionProvider"
+    assert "tensorrt skipped: no model.plan" in caplog.text
+
+
+def test_int8_parity_recorded(bundle, record):
+    meta = bundle_format.read_meta(bundle, verify=True)  # the sha256 of model.int8.onnx is recorded and matches
+    assert meta["int8"] == record and "model.int8.onnx" in meta["files"]
+    assert record["calibration"]["samples"] == 8 and record["calibration"]["source"].startswith("synthetic")
+    figures = record["parity_vs_fp32"]
+    # Observed with random weights (seed 0), 8 synthetic calibration images: agreement 0.902, rel L2 0.032,
+    # mIoU(int8 argmax, fp32 argmax) 0.62 (150 classes, many tiny regions).
+    assert figures["finite"] and figures["images"] == 4
+    assert figures["argmax_agreement"] >= 0.85
+    assert figures["rel_l2"] <= 0.06
+    assert 0.4 <= figures["miou_vs_fp32"] <= 1.0
+    assert figures["miou_drop_proxy"] == pytest.approx(1 - figures["miou_vs_fp32"])
+    report = (bundle / "report.md").read_text()
+    assert "Parity vs PyTorch" in report and "## INT8 (Q/DQ) vs fp32" in report
+    assert f"{figures['argmax_agreement']:.2%}" in report
+
+
+def test_qdq_model_is_symmetric_int8_per_channel(bundle, record):
+    model = onnx.load(str(bundle / "model.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 20
+    assert record["quantization"]["qdq_nodes"] == ops.count("QuantizeLinear") + ops.count("DequantizeLinear")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dq and all(inits[n.input[0]].dtype == np.int8 for n in weight_dq)
+    assert all(inits[n.input[1]].size > 1 for n in weight_dq)  # one scale per output channel
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric: what TensorRT needs
+    assert not [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]
+
+
+def test_onnxruntime_runs_int8_at_another_size(bundle, record):
+    # Image-like inputs: noise far outside the calibrated ranges would only measure saturation.
+    meta = bundle_format.read_meta(bundle)
+    x = np.concatenate([to_tensor(image, meta["preprocess"]) for image in synthetic_images(2, (129, 97), seed=7)])
+    engine = load(bundle, backend="onnxruntime-int8")
+    assert engine.backend.name == "onnxruntime-int8"
+    got, want = engine(x)["logits"], load(bundle, backend="onnxruntime")(x)["logits"]
+    assert got.shape == want.shape == (2, 150, 129, 97)
+    agreement = (got.argmax(1) == want.argmax(1)).mean()
+    assert agreement >= 0.85, agreement
+
+
+def test_quality_proxies():
+    labels = np.array([[0, 0, 1, 1]])
+    assert miou(labels, labels) == 1.0
+    assert miou(labels, np.array([[0, 1, 1, 1]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    reference = np.linspace(-1, 1, 1000, dtype=np.float32).reshape(1, 1, 10, 100)
+    figures = int8_parity(reference, reference + 0.02, "inpainting")
+    assert figures["psnr_db_vs_fp32"] == pytest.approx(10 * np.log10(4 / 0.02**2), rel=1e-4)  # peak = range 2
+
+
+def test_cli_quantize_on_a_folder_of_real_images(bundle, tmp_path, capsys):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 255, (80, 120, 3), np.uint8), (9, 9), 3))
+    (images / "notes.txt").write_text("not an image")
+    assert main(["quantize", str(copy), "--calib", str(images), "--samples", "2", "--size", "97x97"]) == 0
+    assert "argmax_agreement" in capsys.readouterr().out
+    meta = json.loads((copy / "meta.json").read_text())
+    assert meta["int8"]["calibration"]["samples"] == 2
+    assert meta["int8"]["parity_vs_fp32"]["source"] == f"1 held-out images of {images}"
+    assert (copy / "report.md").read_text().count("## INT8") == 1  # replaced, not appended twice
+
+
+def test_cli_quantize_errors(bundle, tmp_path, capsys):
+    assert main(["quantize", str(bundle), "--size", "33x97"]) == 2
+    assert "height=33 is outside the model's allowed range" in capsys.readouterr().err
+    assert main(["quantize", str(bundle), "--calib", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["quantize", str(bundle), "--calib", str(tmp_path)]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["quantize", str(bundle), "--size", "97x97,65x65"]) == 2
+    assert "must be one HEIGHTxWIDTH" in capsys.readouterr().err

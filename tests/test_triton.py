@@ -1,0 +1,92 @@
+"""Triton model repository: config.pbtxt parsed by Triton's own ModelConfig protobuf (from tritonclient)."""
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="needs tritonclient: pip install 'tritonclient[grpc]'")
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
+from edgestack import bundle as bundle_format  # noqa: E402
+from edgestack.cli import main  # noqa: E402
+from edgestack.errors import EdgestackError  # noqa: E402
+from edgestack.export import export_bundle  # noqa: E402
+from edgestack.export.tensorrt import resolve_profile  # noqa: E402
+from edgestack.export.triton import triton_config, write_repository  # noqa: E402
+
+ModelConfig = model_config_pb2.ModelConfig
+
+
+def parse(text: str):
+    return text_format.Parse(text, ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path, _ = export_bundle("pspnet-r18", out=tmp_path_factory.mktemp("t") / "pspnet-r18", parity_sizes=[(97, 97)],
+                            progress=lambda m: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def meta(bundle):
+    return bundle_format.read_meta(bundle)
+
+
+def test_onnx_config_fields(meta):
+    config = parse(triton_config(meta, "onnx", "psp", max_batch=8, instances=2, kind="KIND_CPU"))
+    assert config.name == "psp" and config.backend == "onnxruntime" and config.max_batch_size == 8
+    (image,) = config.input
+    assert image.name == "image" and image.data_type == model_config_pb2.TYPE_FP32 and list(image.dims) == [3, -1, -1]
+    (logits,) = config.output
+    assert logits.name == "logits" and list(logits.dims) == [150, -1, -1]
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    (group,) = config.instance_group
+    assert group.count == 2 and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+def test_unbatched_config_keeps_the_batch_dim(meta):
+    config = parse(triton_config(meta, "onnx", "psp", max_batch=0))
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 3, -1, -1]
+    assert not config.HasField("dynamic_batching")
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_plan_config_follows_the_plans_profile(meta):
+    # The profile record `edgestack build --profile 1x65x65,1x473x473,8x1025x1025` writes (no plan needed for
+    # the config text itself).
+    plan_meta = dict(meta, tensorrt={"profile": resolve_profile(meta, "1x65x65,1x473x473,8x1025x1025")})
+    config = parse(triton_config(plan_meta, "plan", "psp-trt", max_batch=8))
+    assert config.backend == "tensorrt" and config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    with pytest.raises(EdgestackError, match="exceeds the plan model's largest batch 8; rebuild the plan"):
+        triton_config(plan_meta, "plan", "psp-trt", max_batch=16)
+    with pytest.raises(EdgestackError, match="runs on the GPU only"):
+        triton_config(plan_meta, "plan", "psp-trt", max_batch=8, kind="KIND_CPU")
+    with pytest.raises(EdgestackError, match="--instances 0 must be at least 1"):
+        triton_config(meta, "onnx", "psp", max_batch=8, instances=0)
+
+
+def test_write_onnx_repository(bundle, tmp_path):
+    model_dir = write_repository(bundle, tmp_path / "repo", cpu=True)
+    assert model_dir == tmp_path / "repo" / "pspnet-r18"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
+    config = parse((model_dir / "config.pbtxt").read_text())
+    assert config.name == "pspnet-r18" and config.backend == "onnxruntime"
+    assert config.max_batch_size == 32  # the model's batch axis range
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8, 16, 32]
+    with pytest.raises(EdgestackError, match="has no model.plan; build it with `edgestack build"):
+        write_repository(bundle, tmp_path / "repo", fmt="plan")
+
+
+def test_cli_triton(bundle, tmp_path, capsys):
+    repo = tmp_path / "models"
+    assert main(["triton", str(bundle), "--repo", str(repo), "--name", "seg", "--max-batch", "4",
+                 "--instances", "3"]) == 0
+    assert f"tritonserver --model-repository {repo}" in capsys.readouterr().out
+    config = parse((repo / "seg" / "config.pbtxt").read_text())
+    assert config.max_batch_size == 4 and config.instance_group[0].count == 3
+    assert (repo / "seg" / "1" / "model.onnx").is_file()
+    assert main(["triton", str(bundle), "--repo", str(repo), "--max-batch", "64"]) == 2
+    assert "exceeds the onnx model's largest batch 32" in capsys.readouterr().err
