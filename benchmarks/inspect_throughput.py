@@ -22,10 +22,9 @@ from edgestack.runtime.inspect import Inspector
 
 
 def frames(height: int, width: int, count: int) -> list[np.ndarray]:
-    from edgestack.train.synthetic import SyntheticDefects
+    from edgestack.train.synthetic import HELDOUT_SEED, make_sample
 
-    generator = SyntheticDefects(seed=11, size=512)
-    return [cv2.resize(generator.sample(i).image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return [cv2.resize(make_sample(HELDOUT_SEED, i, 512).image, (width, height), interpolation=cv2.INTER_LINEAR)
             for i in range(count)]
 
 

@@ -30,11 +30,10 @@ def free_port() -> int:
 
 
 def test_images(count: int, size: int) -> list[bytes]:
-    from edgestack.train.synthetic import SyntheticDefects
+    from edgestack.train.synthetic import HELDOUT_SEED, make_sample
 
-    generator = SyntheticDefects(seed=7, size=size)
-    return [cv2.imencode(".png", cv2.cvtColor(generator.sample(i).image, cv2.COLOR_RGB2BGR))[1].tobytes()
-            for i in range(count)]
+    return [cv2.imencode(".png", cv2.cvtColor(make_sample(HELDOUT_SEED, i, size).image, cv2.COLOR_RGB2BGR))[1]
+            .tobytes() for i in range(count)]
 
 
 async def load(url: str, images: list[bytes], clients: int, requests: int) -> tuple[list[float], list[str]]:
