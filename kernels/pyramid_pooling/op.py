@@ -7,10 +7,12 @@ into `reference.pyramid_pooling` (portable flavour) or written as one `EdgePyram
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from edgestack.errors import EdgestackError
-from edgestack.kernels import CustomOp, PluginSignature
+from edgestack.kernels import CustomOp, PluginSignature, loader
 from edgestack.kernels.autograd import register_reference_autograd
 from edgestack.kernels.pyramid_pooling import reference
 
@@ -42,7 +44,53 @@ def pyramid_pooling(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bins: list[int], align_corners: bool
 ) -> torch.Tensor:
     check_inputs(x, weight, bias, bins)
+    if _kernel_applies(x, weight, bins):
+        return _kernel(x, weight, bias, bins, align_corners)
     return reference.pyramid_pooling(x, weight, bias, bins, align_corners)
+
+
+def _kernel_applies(x, weight, bins) -> bool:
+    """CUDA kernel for fp32/fp16 CUDA tensors within its limits (see kernel.h); else the reference."""
+    floats = (torch.float32, torch.float16)
+    if not (x.is_cuda and x.numel() and x.dtype in floats and weight.dtype in floats) or not loader.available():
+        return False
+    b, c, h, w = x.shape
+    bins_c = (ctypes.c_int * len(bins))(*bins)
+    return loader.library().edgestack_pyramid_pooling_check(b, c, h, w, weight.shape[1], bins_c, len(bins)) == 0
+
+
+def _kernel(x, weight, bias, bins, align_corners):
+    lib = loader.library()
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.to(weight.dtype).contiguous()
+    b, c, h, w = x.shape
+    nbins, reduced = weight.shape[:2]
+    bins_c = (ctypes.c_int * nbins)(*bins)
+    y = x.new_empty((b, c + nbins * reduced, h, w))
+    workspace_bytes = lib.edgestack_pyramid_pooling_workspace_size(b, c, reduced, bins_c, nbins)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device)
+    with torch.cuda.device(x.device):
+        status = lib.edgestack_pyramid_pooling(
+            x.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
+            y.data_ptr(),
+            workspace.data_ptr(),
+            workspace_bytes,
+            loader.dtype_code(x.dtype),
+            loader.dtype_code(weight.dtype),
+            b,
+            c,
+            h,
+            w,
+            reduced,
+            bins_c,
+            nbins,
+            int(align_corners),
+            torch.cuda.current_stream().cuda_stream,
+        )
+    loader.check(status, "pyramid_pooling")
+    return y
 
 
 @pyramid_pooling.register_fake

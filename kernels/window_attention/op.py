@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from edgestack.errors import EdgestackError
-from edgestack.kernels import CustomOp, PluginSignature
+from edgestack.kernels import CustomOp, PluginSignature, loader
 from edgestack.kernels.autograd import register_reference_autograd
 from edgestack.kernels.window_attention import reference
 
@@ -67,7 +67,48 @@ def window_masked_attention(
     masked_bias: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_inputs(q, k, v, mask, num_heads, window_size, shift_size)
+    if _kernel_applies(q, k, v, num_heads, window_size, shift_size):
+        return _kernel(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
     return _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
+
+
+def _kernel_applies(q, k, v, num_heads, window_size, shift_size) -> bool:
+    """CUDA kernel for fp32/fp16 CUDA tensors within its limits (head_dim <= 64); else the reference."""
+    if not (q.is_cuda and q.numel() and q.dtype in (torch.float32, torch.float16)) or not loader.available():
+        return False
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    b, h, w, c = q.shape
+    return loader.library().edgestack_window_attention_check(b, h, w, c, num_heads, window_size, shift_size) == 0
+
+
+def _kernel(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    mask_in = mask.to(q.dtype).contiguous()
+    out, mask_out = torch.empty_like(q), torch.empty_like(mask_in)
+    b, h, w, c = q.shape
+    with torch.cuda.device(q.device):
+        status = loader.library().edgestack_window_attention(
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            mask_in.data_ptr(),
+            out.data_ptr(),
+            mask_out.data_ptr(),
+            loader.dtype_code(q.dtype),
+            b,
+            h,
+            w,
+            c,
+            num_heads,
+            window_size,
+            shift_size,
+            resolve_scale(c, num_heads, scale),
+            masked_bias,
+            torch.cuda.current_stream().cuda_stream,
+        )
+    loader.check(status, "window_masked_attention")
+    return out, mask_out.to(mask.dtype)
 
 
 @window_masked_attention.register_fake

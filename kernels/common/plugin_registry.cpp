@@ -1,0 +1,31 @@
+// Entry points TensorRT looks up when it loads this library (IPluginRegistry::loadLibrary,
+// trtexec --dynamicPlugins): setLoggerFinder and getCreators.
+#include <atomic>
+
+#include "../pyramid_pooling/plugin.h"
+#include "../window_attention/plugin.h"
+#include "plugin_utils.h"
+
+namespace {
+std::atomic<nvinfer1::ILoggerFinder*> logger_finder{nullptr};
+}
+
+namespace edgestack::trt {
+
+void log(nvinfer1::ILogger::Severity severity, const std::string& message) noexcept {
+    nvinfer1::ILoggerFinder* finder = logger_finder.load();
+    nvinfer1::ILogger* logger = finder ? finder->findLogger() : nullptr;
+    if (logger) logger->log(severity, message.c_str());
+}
+
+}  // namespace edgestack::trt
+
+extern "C" EDGESTACK_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { logger_finder.store(finder); }
+
+extern "C" EDGESTACK_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
+    static edgestack::trt::WindowAttentionCreator window_attention;
+    static edgestack::trt::PyramidPoolingCreator pyramid_pooling;
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&window_attention, &pyramid_pooling};
+    nbCreators = 2;
+    return creators;
+}
