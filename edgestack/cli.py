@@ -63,6 +63,14 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
     engine = load(args.bundle, backend=args.backend)
     print(f"backend: {engine.description}", file=sys.stderr)
+    if engine.meta["postprocess"].get("kind") == "detection":
+        from edgestack.runtime.detection import detect, draw_detections
+
+        rgb, detections = detect(engine, args.image, gray_to_rgb=args.gray_to_rgb)
+        write_image(args.out, draw_detections(rgb, detections, len(engine.meta["postprocess"]["classes"])))
+        print(f"wrote {args.out}; {len(detections)} detections"
+              + "".join(f"\n  {d['label']} {d['score']:.3f} at {d['box']}" for d in detections[:10]))
+        return
     rgb, class_map = segment(engine, args.image, gray_to_rgb=args.gray_to_rgb)
     write_image(args.out, segmentation_overlay(engine, rgb, class_map))
     classes, counts = __import__("numpy").unique(class_map, return_counts=True)
@@ -84,6 +92,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
     paths = write_results(records, out, f"{meta['model']['config']} latency")
     console.print(markdown_table(records))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def cmd_inpaint(args: argparse.Namespace) -> None:
+    from edgestack.runtime import load
+    from edgestack.runtime.images import write_image
+    from edgestack.runtime.inpaint import inpaint, side_by_side
+
+    engine = load(args.bundle, backend=args.backend)
+    print(f"backend: {engine.description}", file=sys.stderr)
+    if engine.meta["weights"]["random"]:
+        print("warning: this bundle has random weights; the fill will be noise. Export with --checkpoint",
+              file=sys.stderr)
+    rgb, result, hole = inpaint(engine, args.image, args.mask, args.invert_mask, args.seed, args.noise_mode)
+    out = Path(args.out)
+    compare = out.with_name(out.stem + ".side_by_side.png")
+    write_image(out, result)  # both files only after the whole image is done: nothing half-written
+    write_image(compare, side_by_side(rgb, hole, result))
+    print(f"wrote {out} and {compare} ({hole.mean():.1%} of the image filled)")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -167,8 +193,27 @@ def cmd_triton(args: argparse.Namespace) -> None:
           + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob("libedgestack_trt_plugins.so")))
 
 
+def _is_detector(name: str, config: str | None) -> bool:
+    from edgestack.models import resolve
+
+    return resolve(name, config)[0].name == "detector"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
+
+    if _is_detector(args.model, args.config):
+        from edgestack.train.detection import train_command
+
+        out = args.out or f"runs/{args.config or args.model}"
+        summary = train_command(args.model, args.config, args.data, out, args.epochs, args.batch_size, args.size,
+                                args.lr, args.synthetic_count, args.seed, args.teacher, args.distill, args.threads)
+        val = summary["val"]
+        print(f"trained {summary['config']}{' with TBD' if args.distill else ''} for {summary['epochs']} epochs in "
+              f"{summary['train_seconds']:.0f} s; val mAP {val['mAP']:.4f}, mAP@50 {val['mAP50']:.4f}; {out}/best.pt")
+        return
+    if args.teacher or args.distill:
+        raise EdgestackError("--teacher/--distill apply to the detector only")
 
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
@@ -181,6 +226,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from edgestack.train.evaluate import evaluate_checkpoint
+
+    if _is_detector(args.model, args.config):
+        from edgestack.train.detection import eval_command
+
+        if args.data != "synthetic":
+            raise EdgestackError(f"detector evaluation reads the held-out synthetic set; pass --data synthetic, "
+                                 f"not {args.data!r}")
+        results, path = eval_command(args.model, args.config, args.checkpoint, args.out or
+                                     f"runs/eval-{args.config or args.model}", args.size, args.count, args.threads)
+        print(f"{results['config']}: mAP {results['mAP']:.4f}, mAP@50 {results['mAP50']:.4f} on {results['images']} "
+              f"held-out images ({results['boxes']} boxes); harmony {results['harmony']}; wrote {path}")
+        return
 
     results, paths = evaluate_checkpoint(args.model, args.config, args.data, args.checkpoint, args.out,
                                          args.size, args.count, args.min_area, args.threads)
@@ -223,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", help="results folder (default: BUNDLE/bench)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("inpaint", help="fill the holes of an image with a MAT bundle")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True, help="PNG: black (0) = hole to fill, white (255) = keep")
+    p.add_argument("--out", required=True, help="result PNG; a .side_by_side.png is written next to it")
+    p.add_argument("--invert-mask", action="store_true", help="white marks the hole instead")
+    p.add_argument("--seed", type=int, default=0, help="latent/noise seed: other seeds give other fills")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
+    p.add_argument("--backend", default="auto")
+    p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("inspect", help="inspect images/video/camera with a defect bundle: OK/NG per item")
     p.add_argument("source", help="folder, glob, image, video file or camera index")
@@ -292,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-count", type=int, default=3000, help="synthetic samples (with --data synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
+    p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="CDS2K benchmark metrics + OK/NG accuracy: JSON, markdown, worst-case PNG")

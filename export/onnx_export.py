@@ -64,16 +64,22 @@ def to_onnx(
     path: Path,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
+    translations: dict | None = None,
 ) -> onnx.ModelProto:
-    """Write one flavour to `path` and return the checked ModelProto."""
+    """Write one flavour to `path` and return the checked ModelProto.
+
+    `translations` (torch op -> onnxscript function) adds model-specific ops this flavour translates as a whole
+    (e.g. the detector's NMS, which has no traceable decomposition)."""
     if flavour not in FLAVOURS:
         raise EdgestackError(f"unknown ONNX flavour {flavour!r}; choose one of {FLAVOURS}")
     ops = custom_ops()
     if flavour == "portable":
-        program = program.run_decompositions({op.torch_op: op.decomposition for op in ops})
-        table = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notices
+            program = program.run_decompositions({op.torch_op: op.decomposition for op in ops})
+        table = dict(translations or {}) or None
     else:
-        table = {op.torch_op: op.onnx_plugin_node for op in ops}
+        table = {op.torch_op: op.onnx_plugin_node for op in ops} | (translations or {})
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # it warns about every optional torchvision op it does not find

@@ -72,7 +72,8 @@ def export_bundle(
         protos = {}
         for flavour, filename in (("portable", bundle_format.PORTABLE_ONNX), ("plugins", bundle_format.PLUGINS_ONNX)):
             progress(f"writing {flavour} ONNX ...")
-            protos[flavour] = onnx_export.to_onnx(program, flavour, staging / filename, inputs, outputs)
+            translations = spec.extras.get("onnx_translations", {}).get(flavour)
+            protos[flavour] = onnx_export.to_onnx(program, flavour, staging / filename, inputs, outputs, translations)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / bundle_format.WEIGHTS))
 
         progress("checking parity of both flavours against PyTorch ...")
@@ -101,7 +102,8 @@ def export_bundle(
                 "plugin_nodes": onnx_export.plugin_nodes(protos["plugins"]),
                 "portable_custom_nodes": onnx_export.plugin_nodes(protos["portable"]),
             },
-            "parity": {"tolerance": spec.parity_tolerance, "results": parity_report},
+            "parity": {"tolerance": spec.parity_tolerance, "results": parity_report,
+                       "not_run": spec.extras.get("parity_skip", {})},
             "builder": {
                 "edgestack": __version__,
                 "torch": torch.__version__,
@@ -117,6 +119,9 @@ def export_bundle(
         write_report(staging, meta)
         if out.exists():
             shutil.rmtree(out)
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        for path in staging.iterdir():
+            path.chmod(0o644)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -125,12 +130,15 @@ def export_bundle(
 
 
 def check_parity(spec, cfg, model, bundle: Path, sizes: list[tuple[int, int]], seed: int) -> list[dict[str, Any]]:
-    """Both flavours vs PyTorch on the same random inputs at each size."""
+    """Both flavours vs PyTorch on the same random inputs at each size.
+
+    A model's extras may name flavours onnxruntime cannot run (`parity_skip`: flavour -> reason) and its own
+    comparison of all outputs (`parity_compare`: (torch outputs, onnx outputs) -> figures)."""
     names = [s.name for s in spec.inputs(cfg)]
-    sessions = {
-        "portable": parity.onnx_session(str(bundle / bundle_format.PORTABLE_ONNX)),
-        "plugins": parity.onnx_session(str(bundle / bundle_format.PLUGINS_ONNX)),
-    }
+    files = {"portable": bundle_format.PORTABLE_ONNX, "plugins": bundle_format.PLUGINS_ONNX}
+    skip = spec.extras.get("parity_skip", {})
+    sessions = {flavour: parity.onnx_session(str(bundle / f)) for flavour, f in files.items() if flavour not in skip}
+    custom_compare = spec.extras.get("parity_compare")
     results = []
     for height, width in sizes:
         torch.manual_seed(seed + height * 7919 + width)
@@ -138,7 +146,8 @@ def check_parity(spec, cfg, model, bundle: Path, sizes: list[tuple[int, int]], s
         expected = parity.run_torch(model, example)
         for flavour, session in sessions.items():
             got = parity.run_onnx(session, names, example)
-            figures = parity.compare(expected[0], got[0], spec.task)
+            figures = custom_compare(expected, got) if custom_compare else parity.compare(expected[0], got[0],
+                                                                                           spec.task)
             results.append({"flavour": flavour, "height": height, "width": width, **figures,
                             "passed": _meets(figures, spec.parity_tolerance)})
     return results

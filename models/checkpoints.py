@@ -23,12 +23,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise EdgestackError(f"checkpoint {path} does not exist; pass the path of a .pth/.pt/.safetensors file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise EdgestackError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
     try:
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mat_edge_bundle(tmp_path_factory):
+    """mat-edge exported once per session through the full bundle path (both flavours, parity checked)."""
+    from edgestack.export import export_bundle
+
+    path, _ = export_bundle("mat-edge", out=tmp_path_factory.mktemp("mat") / "mat-edge", progress=lambda m: None)
+    return path

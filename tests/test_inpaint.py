@@ -1,0 +1,86 @@
+"""`edgestack inpaint` on a mat-edge bundle: any image size, mask conventions, seeds, bad input."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edgestack.cli import main
+from edgestack.errors import EdgestackError
+from edgestack.models.mat.masks import random_mask
+from edgestack.runtime import load
+from edgestack.runtime.inpaint import inpaint, read_hole_mask
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(mat_edge_bundle):
+    return load(mat_edge_bundle, backend="onnxruntime")
+
+
+def scene(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def hole_mask(height, width):
+    keep = np.full((height, width), 255, np.uint8)
+    keep[height // 4 : height // 2, width // 3 : width // 2] = 0
+    return keep
+
+
+@pytest.mark.parametrize("size", [(300, 200), (256, 256), (400, 600)])
+def test_any_size_fills_only_the_hole(engine, size):
+    image, keep = scene(*size), hole_mask(*size)
+    rgb, out, hole = inpaint(engine, image, keep)
+    assert out.shape == image.shape and np.array_equal(rgb, image)
+    assert np.array_equal(hole, keep == 0)
+    assert np.array_equal(out[~hole], image[~hole])  # known pixels are the input's own
+    assert not np.array_equal(out[hole], image[hole])
+
+
+def test_seed_changes_the_fill_and_is_repeatable(engine):
+    image, keep = scene(256, 256), hole_mask(256, 256)
+    a = inpaint(engine, image, keep, seed=1, noise_mode="random")[1]
+    b = inpaint(engine, image, keep, seed=1, noise_mode="random")[1]
+    c = inpaint(engine, image, keep, seed=2, noise_mode="random")[1]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_mask_conventions():
+    keep = hole_mask(64, 64)
+    assert np.array_equal(read_hole_mask(255 - keep, (64, 64), invert=True), keep == 0)
+    assert np.array_equal(read_hole_mask((keep > 0).astype(np.float32), (64, 64)), keep == 0)
+    free_form = random_mask(64, seed=3)[0].numpy()  # 1 = valid, as the model's mask input
+    assert read_hole_mask(free_form, (64, 64)).mean() == pytest.approx(1 - free_form.mean())
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.full((64, 64), 255, np.uint8), "no hole"),
+        (np.zeros((64, 64), np.uint8), "whole image as hole"),
+        (np.full((64, 64), 0.5, np.float32), "must be 0 or 1"),
+        (np.zeros((32, 64), np.uint8), "must match"),
+        (np.zeros((64, 64), np.int32), "dtype"),
+    ],
+)
+def test_bad_masks(mask, message):
+    with pytest.raises(EdgestackError, match=message):
+        read_hole_mask(mask, (64, 64))
+
+
+def test_cli_writes_result_and_side_by_side(mat_edge_bundle, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "in.png"), scene(200, 300))
+    cv2.imwrite(str(tmp_path / "mask.png"), hole_mask(200, 300))
+    out = tmp_path / "out.png"
+    argv = ["inpaint", "--bundle", str(mat_edge_bundle), "--image", str(tmp_path / "in.png"), "--mask",
+            str(tmp_path / "mask.png"), "--out", str(out), "--backend", "onnxruntime"]
+    assert main(argv) == 0
+    assert cv2.imread(str(out)).shape == (200, 300, 3)
+    assert cv2.imread(str(tmp_path / "out.side_by_side.png")).shape == (200, 3 * 300 + 16, 3)
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((100, 50), np.uint8))
+    argv[argv.index("--mask") + 1] = str(tmp_path / "small.png")
+    argv[argv.index("--out") + 1] = str(tmp_path / "never.png")
+    assert main(argv) == 2
+    assert "must match" in capsys.readouterr().err and not (tmp_path / "never.png").exists()

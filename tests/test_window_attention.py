@@ -1,0 +1,95 @@
+"""Window masked attention: the op and MAT's block vs a direct re-implementation of the official math."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import edgestack.kernels.window_attention.op  # noqa: F401
+from edgestack.errors import EdgestackError
+from edgestack.models.mat.model import SwinTransformerBlock, region_bias
+
+
+def _partition(x, win):
+    b, h, w, c = x.shape
+    x = x.view(b, h // win, win, w // win, win, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, win * win, c)
+
+
+def _reverse(x, win, b, h, w):
+    x = x.view(b, h // win, w // win, win, win, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, -1)
+
+
+def official_block(block: SwinTransformerBlock, x, mask, res):
+    """fenglinglwb/MAT SwinTransformerBlock.forward + WindowAttention.forward, per window, written out."""
+    attn = block.attn
+    win, shift, heads = attn.window_size, attn.shift_size, attn.num_heads
+    b, h, w, c = x.shape
+    sx, sm = x, mask
+    if shift:
+        sx, sm = (torch.roll(t, (-shift, -shift), (1, 2)) for t in (x, mask))
+    xw, mw = _partition(sx, win), _partition(sm, win)
+    n = win * win
+    norm = F.normalize(xw, p=2.0, dim=-1)
+    q = attn.q(norm).reshape(-1, n, heads, c // heads).permute(0, 2, 1, 3)
+    k = attn.k(norm).reshape(-1, n, heads, c // heads).permute(0, 2, 3, 1)
+    v = attn.v(xw).reshape(-1, n, heads, c // heads).permute(0, 2, 1, 3)
+    logits = (q @ k) * (c // heads) ** -0.5
+    if shift:
+        region = region_bias(res, win, shift)
+        logits = (logits.view(b, -1, heads, n, n) + region[None, :, None]).view(-1, heads, n, n)
+    am = mw.squeeze(-1)[:, None, None]
+    logits = logits + am.masked_fill(am == 0, -100.0).masked_fill(am == 1, 0.0)
+    mw = torch.clamp(mw.sum(dim=1, keepdim=True), 0, 1).repeat(1, n, 1)
+    out = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c))
+    out, mask_out = _reverse(out, win, b, h, w), _reverse(mw, win, b, h, w)
+    if shift:
+        out, mask_out = (torch.roll(t, (shift, shift), (1, 2)) for t in (out, mask_out))
+    return block.mlp(block.fuse(torch.cat([x, out], -1))), mask_out
+
+
+@pytest.mark.parametrize("res,win,shift", [(16, 8, 0), (16, 8, 4), (32, 16, 8), (16, 16, 8)])
+def test_block_matches_official_math(res, win, shift):
+    block = SwinTransformerBlock(24, res, 6, win, shift, 2.0)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(2, res, res, 24)
+    mask = (torch.rand(2, res, res, 1) > 0.7).float()
+    mask[1] = 0  # sample 1: one valid token, so most windows are fully invalid and must stay invalid
+    mask[1, 0, 0] = 1
+    with torch.no_grad():
+        want, want_mask = official_block(block, x, mask, res)
+        got, got_mask = block(x, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got_mask, want_mask)
+    if block.attn.window_size < res:
+        assert 0 < got_mask[1].mean() < 1
+    else:  # one window covers the map: a single valid token validates everything
+        assert torch.all(got_mask == 1)
+
+
+def test_region_bias_buffer_is_the_official_mask():
+    block = SwinTransformerBlock(12, 16, 6, 8, 4, 2.0)
+    assert block.attn_mask.shape == (4, 64, 64)
+    assert set(block.attn_mask.unique().tolist()) == {-100.0, 0.0}
+    assert not hasattr(SwinTransformerBlock(12, 16, 6, 16, 8, 2.0), "attn_mask")  # one window: no shift
+
+
+@pytest.mark.parametrize(
+    "shapes,kwargs,message",
+    [
+        (((1, 8, 8, 12), (1, 8, 8, 12), (1, 8, 8, 6), (1, 8, 8, 1)), {}, "one shape"),
+        (((1, 8, 8, 12),) * 3 + ((1, 8, 8, 2),), {}, "mask must be"),
+        (((1, 8, 8, 12),) * 3 + ((1, 8, 8, 1),), {"num_heads": 5}, "not divisible"),
+        (((1, 12, 8, 12),) * 3 + ((1, 12, 8, 1),), {}, "multiples of window_size"),
+        (((1, 8, 8, 12),) * 3 + ((1, 8, 8, 1),), {"shift_size": 4, "window_size": 4}, "shift_size"),
+    ],
+)
+def test_op_rejects_bad_shapes(shapes, kwargs, message):
+    args = dict(num_heads=6, window_size=8, shift_size=0) | kwargs
+    tensors = [torch.zeros(s) for s in shapes]
+    with pytest.raises(EdgestackError, match=message):
+        torch.ops.edgestack.window_masked_attention(
+            *tensors, args["num_heads"], args["window_size"], args["shift_size"], 0.0, -100.0
+        )
