@@ -1,0 +1,59 @@
+"""Detection on a loaded engine: image in, boxes out (and an image with them drawn)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.engine import Engine
+from edgestack.runtime.images import ImageLike, palette, read_image, to_tensor
+
+
+def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
+           min_score: float = 0.0) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(RGB image, detections) for one image; each detection: box (x1, y1, x2, y2 pixels), score, class, label.
+
+    The image is zero-padded (after normalization) at the bottom and right to the multiples the model needs,
+    so boxes stay in the image's own pixel coordinates."""
+    post = engine.meta["postprocess"]
+    if post.get("kind") != "detection":
+        raise EdgestackError(
+            f"bundle {engine.bundle} is a {engine.meta['model']['task']} model, not detection; "
+            "use the command for its task"
+        )
+    rgb = read_image(image, gray_to_rgb=gray_to_rgb)
+    name = str(image) if not isinstance(image, np.ndarray) else "image"
+    x = to_tensor(rgb, engine.meta["preprocess"], name)
+    height, width = x.shape[2:]
+    multiple = {axis: engine.axes[axis]["multiple_of"] for axis in ("height", "width")}
+    padded = np.zeros((1, 3, -(-height // multiple["height"]) * multiple["height"],
+                       -(-width // multiple["width"]) * multiple["width"]), np.float32)
+    padded[:, :, :height, :width] = x
+    out = engine(padded)
+    count = int(out[post["count"]][0])
+    boxes = out[post["boxes"]][0, :count].copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    detections = [
+        {"box": [round(float(v), 1) for v in box], "score": float(score), "class": int(cls),
+         "label": post["classes"][int(cls)]}
+        for box, score, cls in zip(boxes, out[post["scores"]][0, :count], out[post["labels"]][0, :count])
+        if score >= min_score
+    ]
+    return rgb, detections
+
+
+def draw_detections(rgb: np.ndarray, detections: list[dict[str, Any]], num_classes: int) -> np.ndarray:
+    """A copy of `rgb` with every detection's box and "label score" drawn in its class colour."""
+    canvas = rgb.copy()
+    colours = palette(num_classes)
+    for det in detections:
+        x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+        colour = tuple(int(c) for c in colours[det["class"]])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1)
+        cv2.putText(canvas, f"{det['label']} {det['score']:.2f}", (x1, max(8, y1 - 2)), cv2.FONT_HERSHEY_PLAIN, 0.7,
+                    colour, 1, cv2.LINE_AA)
+    return canvas

@@ -1,0 +1,127 @@
+"""The detector: sizes, boxes from masks, bad annotations, assignment, NMS semantics, losses and a few steps."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from edgestack.models import resolve
+from edgestack.models.detector.model import Detector
+from edgestack.models.detector.nms import nms_indices
+from edgestack.train import detection
+from edgestack.train.datasets import DefectDataset
+
+
+def _config(name: str) -> dict:
+    spec, config = resolve(name)
+    return spec.configs[config]
+
+
+def _flops(name: str) -> int:
+    model = Detector(**_config(name)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.raw(torch.randn(1, 3, 128, 128))
+    return counter.get_total_flops()
+
+
+def test_student_has_at_most_a_quarter_of_the_teachers_flops():
+    assert _flops("detector-student") <= _flops("detector-teacher") / 4
+
+
+def test_deploy_forward_gives_padded_detections():
+    model = Detector(**_config("detector-student")).eval()
+    boxes, scores, classes, count = model(torch.randn(2, 3, 128, 160))
+    assert boxes.shape == (2, 100, 4) and scores.shape == (2, 100)
+    assert classes.dtype == torch.int64 and count.dtype == torch.int64 and count.shape == (2,)
+
+
+def test_boxes_from_mask_are_connected_components_without_specks():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:5, 3:10] = 255  # 3 rows x 7 columns
+    mask[10:18, 20:22] = 255
+    mask[0, 29] = 255  # a one-pixel speck: not a defect box
+    boxes = detection.boxes_from_mask(mask)
+    assert sorted(boxes.tolist()) == [[3, 2, 10, 5], [20, 10, 22, 18]]
+    assert detection.boxes_from_mask(np.zeros((8, 8), np.uint8)).shape == (0, 4)
+
+
+def test_sanitize_clips_and_drops_bad_boxes_and_counts_them():
+    boxes = np.array([
+        [-5, 2, 10, 8],  # partly outside: clipped
+        [40, 40, 50, 50],  # wholly outside a 32x32 image: degenerate after clipping
+        [5, 5, 5, 9],  # zero width
+        [9, 9, 3, 3],  # reversed
+        [1, 1, np.nan, 4],  # non-finite
+        [2, 2, 6, 6],  # fine
+    ], np.float32)
+    kept, counts = detection.sanitize_boxes(boxes, 32, 32)
+    assert kept.tolist() == [[0, 2, 10, 8], [2, 2, 6, 6]]
+    assert counts == {"non_finite": 1, "degenerate": 3, "clipped": 1}
+
+
+def test_assign_centre_sampling_levels_and_tiny_box_fallback():
+    sizes = [(16, 16), (8, 8), (4, 4)]
+    centres = detection.points(sizes)
+    strides = detection.location_strides(sizes)
+    # a 20x20 box (reach <= 32: stride 8); stride-8 centres are 4, 12, 20, ...: those within 1.5 strides (12 px)
+    # of its centre (30, 30) and strictly inside it are 28 and 36 on each axis
+    matched = detection.assign(centres, strides, torch.tensor([[20.0, 20, 40, 40]]))
+    pos = centres[matched == 0]
+    assert (strides[matched == 0] == 8).all()
+    assert sorted(map(tuple, pos.tolist())) == [(x, y) for x in (28.0, 36.0) for y in (28.0, 36.0)]
+    # a 2x2 box between location centres still gets its nearest stride-8 location
+    matched = detection.assign(centres, strides, torch.tensor([[9.0, 9, 11, 11]]))
+    assert centres[matched == 0].tolist() == [[12.0, 12.0]]
+    assert (detection.assign(centres, strides, torch.zeros(0, 4)) == -1).all()
+
+
+def test_nms_reference_semantics():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 9]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # box 3 (0.95) first; box 0 has IoU 0.9 with it, box 1 IoU 90/110 = 0.818 > 0.6 -> both suppressed
+    assert nms_indices(boxes, scores, 0.6, 100).tolist() == [3, 2]
+    assert nms_indices(boxes, scores, 0.95, 100).tolist() == [3, 0, 1, 2]
+    assert nms_indices(boxes, scores, 0.95, 2).tolist() == [3, 0]
+    out_boxes, out_scores, classes, count = torch.ops.edgestack.detection_nms(
+        boxes[None], scores[None, :, None], 3, 0.6, 0.75)
+    assert count.tolist() == [1] and out_scores[0].tolist() == pytest.approx([0.95, 0, 0])
+    assert out_boxes[0, 1:].abs().sum() == 0 and classes.tolist() == [[0, 0, 0]]
+
+
+def test_harmony_table_bins():
+    table = detection.harmony_table(torch.tensor([0.1, 0.5, 0.95, 0.7, 1.0, 0.69]))
+    assert table["easy_predictions"] == 6
+    assert list(table["share"].values()) == pytest.approx([1 / 6, 2 / 6, 1 / 6, 2 / 6])
+
+
+def test_losses_finite_with_empty_images_and_bad_boxes():
+    model = Detector(**_config("detector-student")).train()
+    images = torch.randn(3, 3, 128, 128)
+    bad = np.array([[200, 200, 260, 240], [5, 5, 5, 5], [-10, -10, 30, 20]], np.float32)
+    kept, counts = detection.sanitize_boxes(bad, 128, 128)
+    boxes = [torch.zeros(0, 4), torch.from_numpy(kept), torch.zeros(0, 4)]
+    losses = detection.detection_loss(model.raw(images), boxes)
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
+    assert int(losses["positives"]) > 0 and counts["degenerate"] == 2
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    nothing = detection.detection_loss(model.raw(images), [torch.zeros(0, 4)] * 3)
+    assert float(nothing["giou"]) == 0.0 and math.isfinite(float(nothing["loss"].detach()))
+
+
+def test_a_few_training_steps_plain_and_distilled_stay_finite():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(8)]
+    masks = [np.zeros((128, 128), np.uint8) for _ in range(8)]
+    for mask in masks[:4]:
+        mask[30:60, 40:90] = 255
+    data = DefectDataset(images, masks, train=True, seed=0)
+    teacher = Detector(**_config("detector-teacher")).eval()  # distillation only needs its forward
+    student, history = detection.train_detector(_config("detector-student"), data, 1, 4, teacher=teacher,
+                                                log=lambda m: None)
+    assert all(math.isfinite(history[0][k]) for k in ("loss", "qfl", "giou", "hd", "tfd"))
+    boxes = [detection.boxes_from_mask(m) for m in masks[3:5]]  # one image with a box, one without
+    results = detection.evaluate(student, np.stack(images[3:5]), boxes)
+    assert 0.0 <= results["mAP"] <= results["mAP50"] <= 1.0 and results["boxes"] == 1

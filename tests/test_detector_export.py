@@ -1,0 +1,88 @@
+"""Export of the detector with NMS inside: bundle, portable parity vs PyTorch, EfficientNMS_TRT structure, infer."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.utils import Extractor
+
+from edgestack.cli import main
+from edgestack.export import export_bundle
+from edgestack.models import resolve
+from edgestack.runtime import load
+from edgestack.runtime.detection import detect
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A detector-student bundle whose classifier bias is zeroed, so every location scores ~0.5 and NMS has
+    hundreds of candidates: parity then covers real suppression and top-K, not an empty output."""
+    spec, config = resolve("detector-student")
+    torch.manual_seed(0)
+    model = spec.build(spec.configs[config])
+    with torch.no_grad():
+        model.head.cls_out.bias.zero_()
+    folder = tmp_path_factory.mktemp("detector")
+    torch.save(model.state_dict(), folder / "weights.pt")
+    # one non-square size: exercises the dynamic axes and keeps the test short
+    path, meta = export_bundle("detector-student", out=folder / "bundle", checkpoint=folder / "weights.pt",
+                               parity_sizes=[(160, 224)], progress=lambda m: None)
+    return path, meta, model
+
+
+def test_portable_parity_with_pytorch_nms(bundle):
+    _, meta, _ = bundle
+    results = meta["parity"]["results"]
+    assert [r["flavour"] for r in results] == ["portable"] and all(r["passed"] for r in results)
+    assert all(r["detections"] == 100 and r["detection_agreement"] == 1.0 for r in results)
+    assert "plugins" in meta["parity"]["not_run"]
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "classes", "num_detections"]
+
+
+def test_portable_graph_outputs_and_nms_node(bundle):
+    path, _, _ = bundle
+    proto = onnx.load(str(path / "model.onnx"))
+    types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
+    assert types == {"boxes": onnx.TensorProto.FLOAT, "scores": onnx.TensorProto.FLOAT,
+                     "classes": onnx.TensorProto.INT64, "num_detections": onnx.TensorProto.INT64}
+    assert [n.op_type for n in proto.graph.node].count("NonMaxSuppression") == 1
+
+
+def test_plugins_flavour_has_efficient_nms_on_the_pre_nms_tensors(bundle):
+    path, _, model = bundle
+    proto = onnx.load(str(path / "model.plugins.onnx"))
+    nodes = [n for n in proto.graph.node if n.op_type == "EfficientNMS_TRT"]
+    assert len(nodes) == 1 and not any(n.op_type == "NonMaxSuppression" for n in proto.graph.node)
+    node = nodes[0]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attributes == {"background_class": -1, "box_coding": 0, "iou_threshold": pytest.approx(0.6),
+                          "max_output_boxes": 100, "plugin_version": b"1", "score_activation": 0,
+                          "score_threshold": pytest.approx(0.05), "class_agnostic": 0}
+    # its inputs, cut out as a graph of their own, are exactly the model's pre-NMS boxes and scores
+    sub = Extractor(proto).extract_model(["image"], list(node.input))
+    x = torch.randn(1, 3, 128, 160)
+    boxes, scores = ort.InferenceSession(sub.SerializeToString()).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected_boxes, expected_scores = model.predict(x)
+    np.testing.assert_allclose(boxes, expected_boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), atol=1e-5)
+
+
+def test_infer_draws_boxes(bundle, tmp_path):
+    path, _, _ = bundle
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (130, 150, 3), dtype=np.uint8)  # not a multiple of 32: padded inside detect
+    engine = load(path, backend="onnxruntime")
+    rgb, detections = detect(engine, image)
+    assert rgb.shape == image.shape and 0 < len(detections) <= 100
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 150 and d["label"] == "defect" for d in detections)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    assert main(["infer", str(path), str(tmp_path / "in.png"), "--out", str(tmp_path / "out.png"),
+                 "--backend", "onnxruntime"]) == 0
+    assert (tmp_path / "out.png").is_file()
+    assert json.loads((path / "meta.json").read_text())["postprocess"]["kind"] == "detection"
