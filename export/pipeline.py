@@ -51,9 +51,13 @@ def export_bundle(
 
     torch.manual_seed(seed)
     model = spec.build(cfg)
+    shipped = spec.extras.get("default_checkpoint", {}).get(config_name)
+    if not checkpoint and shipped:
+        checkpoint = shipped
+        progress(f"no --checkpoint given: using the weights shipped with edgestack for {config_name}")
     if checkpoint:
         loader = spec.load_checkpoint or load_checkpoint
-        weights = loader(model, str(checkpoint)) | {"random": False}
+        weights = loader(model, str(checkpoint)) | {"random": False, "shipped": checkpoint == shipped}
         progress(f"loaded weights from {checkpoint}")
     else:
         weights = {"random": True, "seed": seed}

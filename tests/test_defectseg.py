@@ -1,0 +1,98 @@
+"""defectseg: size budget, deploy form, export through the bundle path, and the shipped weights' quality."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from edgestack.export import export_bundle
+from edgestack.models import resolve
+from edgestack.runtime import load
+from edgestack.train.evaluate import load_trained, predict
+from edgestack.train.metrics import DefectMetrics
+from edgestack.train.synthetic import HELDOUT_SEED, make_sample
+
+SHIPPED = Path(resolve("defectseg-s")[0].extras["default_checkpoint"]["defectseg-s"])
+
+
+def params_and_gmacs(config: str, size: int = 352) -> tuple[int, float]:
+    spec, name = resolve(config)
+    model = spec.build(spec.configs[name])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2 / 1e9
+
+
+def test_small_config_fits_the_edge_budget():
+    params, gmacs = params_and_gmacs("defectseg-s")
+    assert params <= 5_000_000 and gmacs <= 5.0
+    params_m, gmacs_m = params_and_gmacs("defectseg-m")
+    assert params_m > params and gmacs_m > gmacs
+
+
+def test_deploy_form_gives_probabilities_training_gives_logits():
+    spec, name = resolve("defectseg-s")
+    model = spec.build(spec.configs[name])
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        prob = model(x)
+    assert prob.shape == (2, 1, 96, 128) and 0 <= prob.min() and prob.max() <= 1
+    model.train()
+    logits, aux = model(x)
+    assert logits.shape == aux.shape == (2, 1, 96, 128) and logits.min() < 0  # raw logits, not squashed
+    assert spec.axes(spec.configs[name])["height"].multiple_of == 32
+
+
+def test_export_bundle_with_shipped_weights(tmp_path):
+    bundle, meta = export_bundle("defectseg-s", out=tmp_path / "defectseg-s", checkpoint=SHIPPED,
+                                 parity_sizes=[(64, 96)], progress=lambda m: None)
+    assert meta["onnx"]["plugin_nodes"] == {"EdgePyramidPooling": 1} and meta["onnx"]["portable_custom_nodes"] == {}
+    assert [o["name"] for o in meta["outputs"]] == ["prob"] and meta["postprocess"]["kind"] == "defect_probability"
+    assert all(r["passed"] for r in meta["parity"]["results"]) and len(meta["parity"]["results"]) == 2
+    plugins = onnx.load(str(bundle / "model.plugins.onnx"))
+    assert [n.op_type for n in plugins.graph.node].count("EdgePyramidPooling") == 1
+    assert plugins.graph.output[0].name == "prob"
+    engine = load(bundle, backend="onnxruntime")
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 128)).astype(np.float32)
+    prob = engine(x)["prob"]
+    assert prob.shape == (1, 1, 64, 128) and 0 <= prob.min() and prob.max() <= 1
+
+
+def heldout_slice_metrics(count: int = 48) -> dict:
+    model, config, _ = load_trained("defectseg", None, None)  # no checkpoint: the shipped weights, no network
+    assert config == "defectseg-s"
+    metrics = DefectMetrics()
+    for i in range(count):  # a slice of the held-out set (seed 1); the card holds the figures on 400
+        sample = make_sample(HELDOUT_SEED, i)
+        metrics.update(predict(model, sample.image, 256), sample.mask if sample.positive else None)
+    return metrics.results()
+
+
+@pytest.fixture(scope="module")
+def shipped_slice():
+    return heldout_slice_metrics()
+
+
+def test_shipped_weights_load_offline_and_match_their_card(shipped_slice):
+    assert SHIPPED.is_file(), "models/defectseg/weights/defectseg-s.safetensors is missing"
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert card["config"] == "defectseg-s" and card["heldout"]["count"] == 400
+    assert abs(shipped_slice["S"] - card["heldout"]["S"]) < 0.05  # the slice agrees with the recorded figures
+    # Better than an all-zero map, which scores S 0.505 and recall 0 on this slice.
+    assert shipped_slice["S"] > 0.55 and shipped_slice["recall"] > 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="shipped defectseg-s is below the goals (CPU training budget); see its json")
+def test_shipped_weights_meet_the_goals_on_held_out_synthetic(shipped_slice):
+    r = shipped_slice
+    assert r["S"] >= 0.85 and r["MAE"] <= 0.02 and r["accuracy"] >= 0.95, r
+
+
+@pytest.mark.parametrize("config", ["defectseg-s", "defectseg-m"])
+def test_configs_resolve(config):
+    spec, name = resolve(config)
+    assert spec.name == "defectseg" and name == config

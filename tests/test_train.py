@@ -1,0 +1,170 @@
+"""edgestack.train: synthetic generator, CDS2K-style folders and their bad inputs, loss, metrics, train/eval CLI."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edgestack.cli import main
+from edgestack.errors import EdgestackError
+from edgestack.train import synthetic
+from edgestack.train.datasets import Record, load_pair, scan_folder, split
+from edgestack.train.losses import structure_loss
+from edgestack.train.metrics import DefectMetrics, is_ng
+
+
+def test_synthetic_is_deterministic_and_cds2k_like():
+    a, b = synthetic.make_sample(3, 7), synthetic.make_sample(3, 7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.image, synthetic.make_sample(3, 8).image)
+    samples = [synthetic.make_sample(0, i) for i in range(40)]
+    positives = [s for s in samples if s.positive]
+    assert 0 < len(positives) < 40  # both kinds
+    for s in samples:
+        assert s.image.shape == (256, 256, 3) and s.image.dtype == np.uint8
+        assert set(np.unique(s.mask)) <= {0, 255}
+    for s in positives:
+        assert synthetic.MIN_AREA <= (s.mask > 0).mean() <= synthetic.MAX_AREA
+    assert {s.info["texture"] for s in samples} & set(synthetic.REAL_TEXTURES)  # skimage's textures load offline
+
+
+def test_synthetic_defects_are_low_contrast():
+    # The defect region's mean differs from its surroundings by only a few grey levels: concealed, not salient.
+    s = next(s for i in range(50) if (s := synthetic.make_sample(0, i)).positive and "stain" in s.info["defects"])
+    gray = s.image.mean(axis=2)
+    inside, outside = gray[s.mask > 0], gray[s.mask == 0]
+    assert abs(inside.mean() - outside.mean()) < 2.5 * outside.std() + 10
+
+
+@pytest.fixture
+def cds2k(tmp_path):
+    counts = synthetic.write_synthetic(tmp_path / "set", 12, seed=5, size=64)
+    return tmp_path / "set", counts
+
+
+def test_write_and_scan_cds2k_layout(cds2k):
+    root, counts = cds2k
+    scan = scan_folder(root)
+    assert scan.layout == "cds2k" and not scan.skipped
+    assert len(scan.records) == counts["positive"] + counts["negative"] == 12
+    assert sum(r.mask is not None for r in scan.records) == counts["positive"]
+    image, mask = load_pair(next(r for r in scan.records if r.mask is not None))
+    assert image.shape == (64, 64, 3) and mask.shape == (64, 64) and mask.max() == 255
+
+
+def test_plain_layout_and_binarisation(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    cv2.imwrite(str(tmp_path / "image" / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20] = 255
+    mask[9] = 128  # anti-aliased edge rows (3% of pixels): at the threshold is background, above it defect
+    mask[20] = 129
+    cv2.imwrite(str(tmp_path / "mask" / "a.png"), mask)
+    scan = scan_folder(tmp_path)
+    assert scan.layout == "plain" and len(scan.records) == 1
+    _, loaded = load_pair(scan.records[0])
+    assert (loaded[10:21] == 255).all() and loaded[:10].max() == 0 and loaded[21:].max() == 0
+
+
+def test_bad_files_are_skipped_and_reported(cds2k, caplog):
+    root, counts = cds2k
+    positive = root / "Positive"
+    cv2.imwrite(str(positive / "Image" / "unpaired.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(positive / "GroundTruth" / "orphan.png"), np.zeros((64, 64), np.uint8))
+    cv2.imwrite(str(positive / "Image" / "small.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(positive / "GroundTruth" / "small.png"), np.zeros((32, 64), np.uint8))
+    cv2.imwrite(str(positive / "Image" / "soft.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(positive / "GroundTruth" / "soft.png"), np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)))
+    (root / "Negative" / "Image" / "broken.png").write_bytes(b"not an image")
+    scan = scan_folder(root)
+    reasons = {path.split("/")[-1]: reason for path, reason in scan.skipped}
+    assert "no mask with the same name" in reasons["unpaired.png"]
+    assert "mask without an image" in reasons["orphan.png"]
+    assert "must have their image's size" in reasons["small.png"]
+    assert "not binary" in reasons["soft.png"]
+    assert "could not be decoded" in reasons["broken.png"]
+    assert len(scan.records) == 12  # the good ones all kept
+    assert "skipping" in caplog.text and "orphan.png" in caplog.text
+
+
+def test_empty_or_unknown_folders_are_errors(tmp_path):
+    (tmp_path / "Positive" / "Image").mkdir(parents=True)
+    with pytest.raises(EdgestackError, match="no usable image/mask pairs.*empty"):
+        scan_folder(tmp_path)
+    with pytest.raises(EdgestackError, match="neither the CDS2K layout"):
+        scan_folder(tmp_path / "Positive")
+    with pytest.raises(EdgestackError, match="does not exist"):
+        scan_folder(tmp_path / "missing")
+    with pytest.raises(EdgestackError, match="does not exist"):
+        load_pair(Record(tmp_path / "nope.png", None))
+
+
+def test_split_is_seeded_and_disjoint():
+    train, val = split(100, 0.1, seed=3)
+    assert (train, val) == split(100, 0.1, seed=3) and val != split(100, 0.1, seed=4)[1]
+    assert len(val) == 10 and not set(train) & set(val) and sorted(train + val) == list(range(100))
+
+
+def test_structure_loss_prefers_the_right_mask():
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:16, 8:16] = 1  # second image: a negative
+    good = structure_loss((mask * 2 - 1) * 20, mask)
+    bad = structure_loss(torch.zeros_like(mask), mask)
+    assert torch.isfinite(good) and good < 0.05 < bad
+
+
+def test_ok_ng_rule_and_perfect_metrics():
+    prob = np.zeros((64, 64), np.float32)
+    prob[0:3, 0:5] = 0.9  # 15 pixels: below the minimum area
+    assert not is_ng(prob)
+    prob[10:14, 10:14] = 0.6  # 16 pixels
+    assert is_ng(prob)
+    metrics = DefectMetrics()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:30] = 255
+    metrics.update(mask / 255.0, mask)
+    metrics.update(np.zeros((64, 64)), None)
+    r = metrics.results()
+    assert r["S"] > 0.99 and r["MAE"] == 0 and r["E_max"] > 0.99 and r["F_max"] > 0.99
+    assert r["accuracy"] == r["precision"] == r["recall"] == 1.0 and r["positives"] == r["negatives"] == 1
+
+
+def test_train_resume_eval_cli(cds2k, tmp_path):
+    root, _ = cds2k
+    out = tmp_path / "run"
+    args = ["train", "defectseg-s", "--data", str(root), "--size", "64", "--batch-size", "4", "--out", str(out)]
+    assert main(args + ["--epochs", "1"]) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["config"] == "defectseg-s" and state["epoch"] == 1 and "accuracy" in state["metrics"]
+    assert {"state_dict", "optimizer", "scheduler", "history"} <= set(state)
+    assert (out / "best.pt").is_file() and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(args + ["--epochs", "1"]) == 2  # would overwrite the run
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+    results = tmp_path / "eval"
+    assert main(["eval", "defectseg", "--data", str(root), "--checkpoint", str(out / "last.pt"), "--size", "64",
+                 "--out", str(results)]) == 0
+    report = json.loads((results / "results.json").read_text())
+    assert report["config"] == "defectseg-s" and len(report["per_image"]) == 12
+    assert {"S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision",
+            "recall"} <= set(report["results"])
+    assert (results / "worst.png").read_bytes()[:4] == b"\x89PNG" and "| S |" in (results / "results.md").read_text()
+
+
+def test_cli_bad_input_exit_2(tmp_path, capsys):
+    assert main(["train", "defectseg", "--data", str(tmp_path / "none"), "--epochs", "1"]) == 2
+    assert main(["train", "pspnet-r18", "--data", "synthetic", "--epochs", "1"]) == 2
+    assert main(["eval", "defectseg-m", "--data", "synthetic"]) == 2  # no shipped weights for -m
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "defectseg only" in err and "no shipped weights" in err
+
+
+def test_synth_cli_writes_cds2k_layout(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), "--count", "6", "--size", "64"]) == 0
+    written = list((tmp_path / "s").rglob("*.png"))
+    assert len(list((tmp_path / "s").glob("*/Image/*.png"))) == 6 and len(written) > 6
+    assert "CDS2K layout" in capsys.readouterr().out

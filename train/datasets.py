@@ -1,0 +1,214 @@
+"""Defect datasets: CDS2K-style folders and the synthetic set, with a seeded train/val split and augmentation.
+
+Folder layouts (file names pair an image with its mask by stem, in matching sub-folders; masks are
+binarised at > 128):
+    CDS2K:  ROOT/Positive/Image/, ROOT/Positive/GroundTruth/, ROOT/Negative/Image/ (negatives have no mask)
+    plain:  ROOT/image(s)/ + ROOT/mask(s)/ (an all-zero mask makes a negative)
+Bad files are never dropped silently: every skipped file is logged and returned in `FolderScan.skipped`
+with its reason; a folder with nothing usable is an EdgestackError.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.images import read_image
+from edgestack.train import synthetic
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+AMBIGUOUS_LIMIT = 0.05  # more than 5% of pixels between 32 and 223: not a binary mask (e.g. a photo or a soft map)
+
+
+@dataclass
+class Record:
+    image: Path
+    mask: Path | None  # None: a negative without a mask file
+
+
+@dataclass
+class FolderScan:
+    root: Path
+    layout: str
+    records: list[Record] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def skip(self, path: Path, reason: str) -> None:
+        log.warning("skipping %s: %s", path, reason)
+        self.skipped.append((str(path), reason))
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    """Image files under `folder` by path relative to it, without suffix (so x.jpg pairs with x.png)."""
+    return {str(p.relative_to(folder).with_suffix("")): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _find(root: Path, *names: str) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A 0/255 uint8 mask (binarised at > 128); EdgestackError if unreadable or not binary."""
+    values = read_image(path, gray_to_rgb=True).max(axis=2)
+    ambiguous = float(((values >= 32) & (values <= 223)).mean())
+    if ambiguous > AMBIGUOUS_LIMIT:
+        raise EdgestackError(
+            f"mask {path} is not binary ({ambiguous:.0%} of pixels are between 32 and 223); masks must be 0 "
+            "(background) and 255 (defect)"
+        )
+    return np.where(values > 128, 255, 0).astype(np.uint8)
+
+
+def load_pair(record: Record) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB image, 0/255 mask or None); EdgestackError on unreadable files or a size mismatch."""
+    image = read_image(record.image, gray_to_rgb=True)
+    if record.mask is None:
+        return image, None
+    mask = read_mask(record.mask)
+    if mask.shape != image.shape[:2]:
+        raise EdgestackError(
+            f"mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but image {record.image} is "
+            f"{image.shape[1]}x{image.shape[0]}; masks must have their image's size"
+        )
+    return image, mask
+
+
+def scan_folder(root: str | Path, check: bool = True) -> FolderScan:
+    """Pair images with masks under `root`; with `check`, read every pair and skip (and report) bad ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgestackError(f"data folder {root} does not exist; pass a folder or `synthetic`")
+    if (root / "Positive").is_dir() or (root / "Negative").is_dir():
+        scan = FolderScan(root, "cds2k")
+        pairs = [(root / "Positive" / "Image", root / "Positive" / "GroundTruth", True),
+                 (root / "Negative" / "Image", None, False)]
+    else:
+        images, masks = _find(root, "image", "images", "Image"), _find(root, "mask", "masks", "GroundTruth")
+        if images is None or masks is None:
+            raise EdgestackError(
+                f"{root} has neither the CDS2K layout (Positive/Image, Positive/GroundTruth, Negative/Image) nor "
+                "image/ + mask/ folders; arrange the data in one of them"
+            )
+        scan = FolderScan(root, "plain")
+        pairs = [(images, masks, True)]
+    for image_dir, mask_dir, needs_mask in pairs:
+        images = _images(image_dir) if image_dir.is_dir() else {}
+        masks = _images(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
+        for key, path in images.items():
+            if needs_mask and key not in masks:
+                scan.skip(path, f"no mask with the same name in {mask_dir}")
+            else:
+                scan.records.append(Record(path, masks.get(key)))
+        for key in sorted(set(masks) - set(images)):
+            scan.skip(masks[key], f"mask without an image in {image_dir}")
+    if check:
+        good = []
+        for record in scan.records:
+            try:
+                load_pair(record)
+            except EdgestackError as exc:
+                scan.skip(record.image, str(exc))
+            else:
+                good.append(record)
+        scan.records = good
+    if not scan.records:
+        reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
+        raise EdgestackError(f"no usable image/mask pairs under {root} ({scan.layout} layout)"
+                             + (f"; skipped: {reasons}" if reasons else "; the folders are empty"))
+    return scan
+
+
+def split(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded (train, val) split of range(count); val gets at least one item."""
+    if count < 2:
+        raise EdgestackError(f"need at least 2 samples to split into train and val, got {count}")
+    order = np.random.default_rng(seed).permutation(count).tolist()
+    n_val = min(count - 1, max(1, round(count * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flips, a small affine (rotation +-15 deg, scale 0.9-1.1, shift +-6%), brightness/contrast jitter."""
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    height, width = mask.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
+    matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
+    image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (width, height), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+    mask = cv2.warpAffine(np.ascontiguousarray(mask), matrix, (width, height), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_REFLECT)
+    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    mean = image.mean()
+    image = np.clip((image.astype(np.float32) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+    return image, mask
+
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB uint8 + 0/255 mask -> normalized [3,H,W] float and [1,H,W] 0/1 float (the registry's preprocessing)."""
+    x = (image.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(x.transpose(2, 0, 1).copy()), torch.from_numpy((mask > 128).astype(np.float32)[None])
+
+
+class DefectDataset(torch.utils.data.Dataset):
+    """Images and masks in memory at `size` x `size`; augmented when `train`."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], train: bool, seed: int = 0):
+        self.images, self.masks, self.train = images, masks, train
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.images[index], self.masks[index]
+        if self.train:
+            image, mask = augment(image, mask, self.rng)
+        return to_tensors(image, mask)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    if mask is None:
+        return image, np.zeros((size, size), np.uint8)
+    return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def load_datasets(
+    data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None
+) -> tuple[DefectDataset, DefectDataset, dict]:
+    """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed)."""
+    if data == "synthetic":
+        samples = []
+        for i in range(synthetic_count):
+            samples.append(synthetic.make_sample(synthetic.TRAIN_SEED, i, size))
+            if progress:
+                progress(i + 1, synthetic_count)
+        pairs = [(s.image, s.mask) for s in samples]
+        info = {"data": "synthetic", "seed": synthetic.TRAIN_SEED, "count": synthetic_count, "skipped": []}
+    else:
+        scan = scan_folder(data)
+        pairs = []
+        for i, record in enumerate(scan.records):
+            pairs.append(resize_pair(*load_pair(record), size))
+            if progress:
+                progress(i + 1, len(scan.records))
+        info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped}
+    train_idx, val_idx = split(len(pairs), val_fraction, seed)
+    info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
+    make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed)  # noqa: E731
+    return make(train_idx, True), make(val_idx, False), info

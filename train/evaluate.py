@@ -1,0 +1,133 @@
+"""`edgestack eval defectseg`: a checkpoint on a CDS2K-style folder or the held-out synthetic set.
+
+Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
+size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md and
+worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from edgestack.errors import EdgestackError
+from edgestack.models import resolve
+from edgestack.models.checkpoints import load_checkpoint
+from edgestack.train import synthetic
+from edgestack.train.datasets import load_pair, scan_folder, to_tensors
+from edgestack.train.metrics import DefectMetrics
+
+ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
+
+
+def load_trained(
+    model_name: str, config: str | None, checkpoint: str | Path | None
+) -> tuple[torch.nn.Module, str, str]:
+    """(eval-mode model, config name, weights source); no checkpoint: the config's shipped weights."""
+    spec, config_name = resolve(model_name, config)
+    if checkpoint is None:
+        shipped = spec.extras.get("default_checkpoint", {}).get(config_name)
+        if not shipped or not Path(shipped).is_file():
+            raise EdgestackError(f"{config_name} has no shipped weights; pass --checkpoint (a last.pt/best.pt)")
+        checkpoint = shipped
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file():  # training checkpoints name their config
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+        if saved and config and config not in (saved, spec.name):
+            raise EdgestackError(f"{path} holds {saved} weights; drop --config {config} or pass --config {saved}")
+        config_name = saved or config_name
+    model = spec.build(spec.configs[config_name])
+    load_checkpoint(model, path)
+    return model.eval(), config_name, str(path)
+
+
+def _samples(data: str, count: int) -> tuple[Iterator[tuple[str, np.ndarray, np.ndarray | None]], list]:
+    if data == "synthetic":
+        def gen():
+            for i in range(count):
+                s = synthetic.make_sample(synthetic.HELDOUT_SEED, i)
+                yield f"synthetic/{synthetic.HELDOUT_SEED}/{i}", s.image, (s.mask if s.positive else None)
+        return gen(), []
+    scan = scan_folder(data)
+
+    def read():
+        for record in scan.records:
+            image, mask = load_pair(record)
+            yield str(record.image), image, mask
+    return read(), scan.skipped
+
+
+def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
+    """Probability map at the image's own size."""
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    x, _ = to_tensors(resized, np.zeros((size, size), np.uint8))
+    with torch.no_grad():
+        prob = model(x[None])[0, 0].numpy()
+    return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def markdown(results: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
+    lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
+              f"class): TP {results['tp']}, FP {results['fp']}, FN {results['fn']}, TN {results['tn']}.",
+              f"OK/NG rule: NG when a connected area (8-connected) of prob >= {results['threshold']} covers "
+              f">= {results['min_area']} pixels at the image's own size. Pixel metrics (pysodmetrics) on positives."]
+    return "\n".join(lines) + "\n"
+
+
+def worst_grid(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]], path: Path, cell: int = 192) -> None:
+    """Rows of image | ground truth | probability (inferno), with the case's label drawn on the image."""
+    rows = []
+    for image, mask, prob, label in cases:
+        def fit(a: np.ndarray) -> np.ndarray:
+            return cv2.resize(a, (cell, cell), interpolation=cv2.INTER_AREA)
+
+        shown = fit(image).copy()
+        cv2.putText(shown, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+        gt = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
+        heat = cv2.cvtColor(cv2.applyColorMap((prob * 255).astype(np.uint8), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+        rows.append(np.hstack([shown, np.repeat(fit(gt)[:, :, None], 3, axis=2), fit(heat)]))
+    from edgestack.runtime.images import write_image
+
+    write_image(path, np.vstack(rows) if rows else np.zeros((cell, 3 * cell, 3), np.uint8))
+
+
+def evaluate_checkpoint(
+    model_name: str = "defectseg", config: str | None = None, data: str = "synthetic",
+    checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
+    min_area: int = 16, threads: int = 2, worst: int = 8,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Evaluate; returns (results, written paths)."""
+    if size % 32 or size < 64:
+        raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
+    torch.set_num_threads(threads)
+    model, config_name, source = load_trained(model_name, config, checkpoint)
+    metrics = DefectMetrics(min_area=min_area)
+    samples, skipped = _samples(data, count)
+    kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
+    for name, image, mask in samples:
+        prob = predict(model, image, size)
+        record = metrics.update(prob, mask, name)
+        wrong = record["predicted_ng"] != record["positive"]
+        badness = (1.0 if wrong else 0.0) + (1 - record.get("S", 1.0))
+        label = f"{'NG' if record['positive'] else 'OK'}->{'NG' if record['predicted_ng'] else 'OK'}" + (
+            f" S={record['S']:.2f}" if "S" in record else f" max={record['max_prob']:.2f}")
+        kept = sorted(kept + [(badness, (image, mask, prob, label))], key=lambda k: -k[0])[:worst]
+    results = metrics.results()
+    out = Path(out) if out else Path("runs") / f"eval-{config_name}"
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{config_name} on {data} ({source}, {size}x{size})"
+    report = {"title": title, "config": config_name, "checkpoint": source, "data": data, "size": size,
+              "results": results, "skipped": skipped, "per_image": metrics.per_image}
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
+    paths["json"].write_text(json.dumps(report, indent=2))
+    paths["markdown"].write_text(markdown(results, title))
+    worst_grid([case for _, case in kept], paths["worst"])
+    return results, paths

@@ -1,0 +1,187 @@
+"""`edgestack train defectseg`: AdamW + cosine schedule, structure loss, checkpoints, resume, curves.
+
+Checkpoints (`last.pt` every epoch, `best.pt` at the best validation S-measure) are plain dicts of
+tensors and builtins — state_dict, config name, epoch, optimizer, scheduler, metrics, history — so
+`torch.load(path, weights_only=True)` reads them and edgestack.models.checkpoints loads their weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgestack.errors import EdgestackError
+from edgestack.models import resolve
+from edgestack.train.datasets import load_datasets
+from edgestack.train.losses import structure_loss
+from edgestack.train.metrics import DefectMetrics
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"))
+
+
+def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> dict[str, float]:
+    """Benchmark + image-level figures of `model` on a loader of (image, mask) batches at training size."""
+    metrics = DefectMetrics()
+    model.eval()
+    with torch.no_grad():
+        for images, masks in loader:
+            probs = model(images)
+            for prob, mask in zip(probs[:, 0].numpy(), masks[:, 0].numpy()):
+                metrics.update(prob, (mask * 255).astype(np.uint8) if mask.any() else None)
+    return metrics.results()
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["loss"] for h in history], marker="o")
+    left.set(title="training loss (structure loss + aux)", xlabel="epoch", yscale="log")
+    for key in ("S", "wF", "accuracy"):
+        right.plot(epochs, [h["val"].get(key, float("nan")) for h in history], marker="o", label=key)
+    right.plot(epochs, [h["val"].get("MAE", float("nan")) * 10 for h in history], marker="o", label="MAE x10")
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    model_name: str = "defectseg",
+    config: str | None = None,
+    data: str = "synthetic",
+    out: str | Path = "runs/defectseg",
+    epochs: int = 8,
+    batch_size: int = 16,
+    size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    synthetic_count: int = 3000,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    resume: bool = False,
+    threads: int = 2,
+    log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
+) -> dict[str, Any]:
+    """Train; returns the final summary (also written to OUT/summary.json)."""
+    spec, config_name = resolve(model_name, config)
+    if spec.name != "defectseg":
+        raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
+    if size % 32:
+        raise EdgestackError(f"--size must be a multiple of 32 (the encoder stride), got {size}")
+    out = Path(out)
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
+    if resume and not last.exists():
+        raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+    model = spec.build(spec.configs[config_name]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    started = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task("generating data" if data == "synthetic" else "reading data", total=None, status="")
+        train_set, val_set, data_info = load_datasets(
+            data, size, val_fraction, seed, synthetic_count,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
+        + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size)
+    steps = epochs * len(train_loader)
+    warmup = min(len(train_loader), steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1% of lr
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (
+            1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+    )
+    history: list[dict[str, Any]] = []
+    first_epoch, best = 1, -1.0
+    if resume:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state["config"] != config_name:
+            raise EdgestackError(f"{last} is a {state['config']} run; pass --config {state['config']} to resume it")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        history, first_epoch, best = state["history"], state["epoch"] + 1, state["best"]
+        log(f"resumed {last} at epoch {state['epoch']}")
+
+    aux_weight = model.aux_weight
+    train_seconds = sum(h["seconds"] for h in history)
+    for epoch in range(first_epoch, epochs + 1):
+        model.train()
+        epoch_start, losses = time.perf_counter(), []
+        with _progress() as bar:
+            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
+            for images, masks in train_loader:
+                logits, aux = model(images)
+                loss = structure_loss(logits, masks) + aux_weight * structure_loss(aux, masks)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
+        val = evaluate(model, val_loader)
+        seconds = time.perf_counter() - epoch_start
+        train_seconds += seconds
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
+        log(f"epoch {epoch}: loss {np.mean(losses):.4f}  val S {val.get('S', float('nan')):.4f}  "
+            f"MAE {val.get('MAE', float('nan')):.4f}  acc {val['accuracy']:.3f}  ({seconds:.0f} s)")
+        score = val.get("S", val["accuracy"])
+        checkpoint = {
+            "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
+            "best": max(best, score),
+            "args": {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
+                     "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed},
+        }
+        torch.save(checkpoint, last)
+        if score > best:
+            best = score
+            torch.save(checkpoint, out / "best.pt")
+        plot_curves(history, out / "curves.png")
+
+    summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1),
+               "best_val": max(history, key=lambda h: h["val"].get("S", h["val"]["accuracy"]))["val"],
+               "final_val": history[-1]["val"], "data": data_info, "threads": threads}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def ship_weights(checkpoint: str | Path, out: str | Path, card: dict[str, Any]) -> Path:
+    """Write a training checkpoint's weights as fp16 .safetensors (half the size; the model loads them into
+    fp32) plus a json card beside it with the training config, `card` (e.g. held-out metrics) and history."""
+    from safetensors.torch import save_file
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["state_dict"].items()}
+    save_file(tensors, str(out))
+    info = {"config": state["config"], "epoch": state["epoch"], "training": state["args"], "val": state["metrics"],
+            "history": [{k: h[k] for k in ("epoch", "loss", "seconds")} | {"val_S": h["val"].get("S")}
+                        for h in state["history"]]} | card
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return out

@@ -1,0 +1,82 @@
+"""The CDS2K benchmark protocol (pysodmetrics) on positives, and image-level OK/NG figures.
+
+Pixel metrics: S-measure, weighted F-measure, MAE, and E-measure and F-measure each as adaptive / mean /
+max over the 256 thresholds — computed by `py_sod_metrics` on uint8 predictions and 0/255 masks, positives
+only (an empty mask has no structure to measure), as the CDS2K benchmark does.
+
+Image-level verdict (the rule, matching edgestack.runtime.defects' defaults): an image is NG when the
+probability map has a connected area (8-connectivity) of pixels with prob >= 0.5 that is at least
+`min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
+precision and recall.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import cv2
+import numpy as np
+
+THRESHOLD = 0.5
+MIN_AREA = 16
+
+
+def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
+    """The image-level rule above, for one HxW probability map."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
+    return bool(count > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area)
+
+
+class DefectMetrics:
+    """Accumulate one image at a time; `results()` gives the benchmark figures and image-level figures."""
+
+    def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA):
+        import py_sod_metrics as sod
+
+        self.threshold, self.min_area = threshold, min_area
+        self.sm, self.wfm, self.mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.MAE()
+        with warnings.catch_warnings():  # classic Fmeasure is the benchmark's; its deprecation note is noise here
+            warnings.simplefilter("ignore", UserWarning)
+            self.em, self.fm = sod.Emeasure(), sod.Fmeasure()
+        self.verdicts: list[tuple[bool, bool]] = []  # (truth NG, predicted NG)
+        self.per_image: list[dict[str, Any]] = []
+
+    def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "") -> dict[str, Any]:
+        """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
+        predicted_ng = is_ng(prob, self.threshold, self.min_area)
+        positive = mask is not None and bool(mask.any())
+        record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
+                                  "max_prob": float(prob.max())}
+        if positive:
+            pred = (np.clip(prob, 0, 1) * 255).round().astype(np.uint8)
+            for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
+                metric.step(pred=pred, gt=mask)
+            record |= {"S": float(self.sm.sms[-1]), "MAE": float(self.mae.maes[-1])}
+        self.verdicts.append((positive, predicted_ng))
+        self.per_image.append(record)
+        return record
+
+    def results(self) -> dict[str, float]:
+        truth = np.array([t for t, _ in self.verdicts], bool)
+        pred = np.array([p for _, p in self.verdicts], bool)
+        tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
+        fn, tn = int((truth & ~pred).sum()), int((~truth & ~pred).sum())
+        out: dict[str, float] = {"positives": int(truth.sum()), "negatives": int((~truth).sum())}
+        if truth.any():
+            em, fm = self.em.get_results()["em"], self.fm.get_results()["fm"]
+            out |= {
+                "S": float(self.sm.get_results()["sm"]),
+                "wF": float(self.wfm.get_results()["wfm"]),
+                "MAE": float(self.mae.get_results()["mae"]),
+                "E_adp": float(em["adp"]), "E_mean": float(np.mean(em["curve"])), "E_max": float(np.max(em["curve"])),
+                "F_adp": float(fm["adp"]), "F_mean": float(np.mean(fm["curve"])), "F_max": float(np.max(fm["curve"])),
+            }
+        out |= {
+            "accuracy": (tp + tn) / max(1, len(truth)),
+            "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn),
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "threshold": self.threshold, "min_area": self.min_area,
+        }
+        return out
