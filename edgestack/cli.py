@@ -66,7 +66,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
     if engine.meta["postprocess"].get("kind") == "detection":
         from edgestack.runtime.detection import detect, draw_detections
 
-        rgb, detections = detect(engine, args.image, gray_to_rgb=args.gray_to_rgb)
+        rgb, detections = detect(engine, args.image, gray_to_rgb=args.gray_to_rgb, min_score=args.min_score)
         write_image(args.out, draw_detections(rgb, detections, len(engine.meta["postprocess"]["classes"])))
         print(f"wrote {args.out}; {len(detections)} detections"
               + "".join(f"\n  {d['label']} {d['score']:.3f} at {d['box']}" for d in detections[:10]))
@@ -263,12 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("infer", help="run a segmentation bundle on one image and write a colour overlay")
+    p = sub.add_parser("infer", help="run a segmentation (colour overlay) or detection (boxes) bundle on one image")
     p.add_argument("bundle")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--backend", default="auto")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
+    p.add_argument("--min-score", type=float, default=0.2, help="detection bundles: draw boxes scoring at least this")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help="latency of a bundle on every backend: JSON + markdown + PNG")
