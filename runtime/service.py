@@ -8,8 +8,6 @@ header is read before any pixel is decoded, so decompression bombs are refused c
 serves every request; inference runs in worker threads behind the inspector's lock.
 """
 
-from __future__ import annotations
-
 import hmac
 import io
 import threading
@@ -77,6 +75,8 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
                max_pixels: int = 64_000_000):
+    # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
+    # (`request: Request`) at definition time, and Request is imported only here.
     try:
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
