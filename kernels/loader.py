@@ -7,6 +7,7 @@ No PyTorch in the library: tensors cross as raw device pointers plus the current
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -63,8 +64,23 @@ def library() -> ctypes.CDLL | None:
     return None
 
 
+_disabled = False
+
+
 def available() -> bool:
-    return library() is not None
+    """True when the library is loaded and not switched off by `disabled()`."""
+    return not _disabled and library() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block the custom ops run their PyTorch references, also on CUDA (for comparisons)."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
 
 
 def check(status: int, what: str) -> None:

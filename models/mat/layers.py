@@ -112,13 +112,14 @@ class Conv2dLayerPartial(nn.Module):
         if mask is None:
             return x, None
         k = self.kernel_size
-        ones = torch.ones(1, 1, k, k, dtype=mask.dtype, device=mask.device)
-        valid = F.conv2d(mask, ones, stride=self.stride, padding=k // 2)
+        # Valid counts in float32 whatever the model's dtype: the 1e-8 floor below is 0 in fp16 (0 / 0 = NaN).
+        ones = torch.ones(1, 1, k, k, dtype=torch.float32, device=mask.device)
+        valid = F.conv2d(mask.float(), ones, stride=self.stride, padding=k // 2)
         update = torch.clamp(valid, 0, 1)
         # The official k*k / (valid + 1e-8); a clamp instead of the add, which the ONNX optimizer drops
         # (turning 0 * 1/0 into NaN). Same value for any valid count above 1e-8.
         ratio = update * (k * k) / torch.clamp(valid, min=1e-8)
-        return x * ratio, update
+        return x * ratio.to(x.dtype), update.to(mask.dtype)
 
 
 class ModulatedConv2d(nn.Module):

@@ -80,7 +80,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, H, W, C], mask [B, H, W, 1] -> (out [B, H, W, C], updated mask)."""
-        normed = F.normalize(x, p=2.0, dim=-1)
+        # In float32: F.normalize's eps (1e-12) is 0 in fp16, so an all-zero token (hole regions) gives 0 / 0 = NaN.
+        normed = F.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
         out, mask = torch.ops.edgestack.window_masked_attention(
             self.q(normed), self.k(normed), self.v(x), mask,
             self.num_heads, self.window_size, self.shift_size, self.scale, -100.0,
