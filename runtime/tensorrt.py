@@ -124,9 +124,12 @@ def load_plugins(registry: Any, path: Path) -> None:
 
 @functools.cache
 def trt_logger():
-    """One TensorRT logger per process, as TensorRT expects."""
+    """One TensorRT logger per process, as TensorRT expects; also registers TensorRT's own plugins
+    (EfficientNMS_TRT of the detector's plugins flavour) before any parse or deserialization."""
     trt = import_tensorrt()
-    return trt.Logger(trt.Logger.WARNING)
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    return logger
 
 
 def current_environment() -> dict[str, str]:
