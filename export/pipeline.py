@@ -80,7 +80,10 @@ def export_bundle(
             protos[flavour] = onnx_export.to_onnx(program, flavour, staging / filename, inputs, outputs, translations)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / bundle_format.WEIGHTS))
 
-        progress("checking parity of both flavours against PyTorch ...")
+        skipped = spec.extras.get("parity_skip", {})
+        checked = [f for f in ("portable", "plugins") if f not in skipped]
+        progress(f"checking parity of {' and '.join(checked)} ONNX against PyTorch ..."
+                 + "".join(f" ({f} not run: {why})" for f, why in skipped.items()))
         parity_report = check_parity(spec, cfg, model, staging, parity_sizes or spec.parity_sizes(cfg), seed)
         failed = [f"{r['flavour']} at {r['height']}x{r['width']}" for r in parity_report if not r["passed"]]
         if failed:
