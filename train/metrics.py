@@ -4,9 +4,9 @@ Pixel metrics: S-measure, weighted F-measure, MAE, and E-measure and F-measure e
 max over the 256 thresholds — computed by `py_sod_metrics` on uint8 predictions and 0/255 masks, positives
 only (an empty mask has no structure to measure), as the CDS2K benchmark does.
 
-Image-level verdict (the rule, matching edgestack.runtime.defects' defaults): an image is NG when the
-probability map has a connected area (8-connectivity) of pixels with prob >= 0.5 that is at least
-`min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
+Image-level verdict: the inspection line's own rule (edgestack.runtime.defects with its defaults): an image
+is NG when the probability map has a connected area (8-connectivity) of pixels with prob >= 0.5 that is at
+least `min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
 precision and recall.
 """
 
@@ -15,17 +15,19 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import cv2
 import numpy as np
 
-THRESHOLD = 0.5
-MIN_AREA = 16
+from edgestack.runtime.defects import Rules, find_defects, judge
+
+THRESHOLD = Rules.threshold
+MIN_AREA = Rules.min_area_px
 
 
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
     """The image-level rule above, for one HxW probability map."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
-    return bool(count > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area)
+    # min_score = threshold: every defect pixel already reaches it, so only the area decides, as stated above.
+    rules = Rules(threshold=threshold, min_area_px=min_area, min_score=threshold)
+    return judge(find_defects(prob, threshold), rules)[0] == "NG"
 
 
 class DefectMetrics:
