@@ -23,7 +23,7 @@ from edgestack.train.losses import structure_loss
 from edgestack.train.metrics import DefectMetrics
 
 
-def _progress():
+def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -42,7 +42,9 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> dic
     return metrics.results()
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...] = ("S", "wF", "accuracy", "MAE x10"),
+                loss_name: str = "structure loss + aux") -> None:
+    """Training loss (log) and validation figures per epoch; a key "NAME xK" plots NAME scaled by K."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,10 +53,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["loss"] for h in history], marker="o")
-    left.set(title="training loss (structure loss + aux)", xlabel="epoch", yscale="log")
-    for key in ("S", "wF", "accuracy"):
-        right.plot(epochs, [h["val"].get(key, float("nan")) for h in history], marker="o", label=key)
-    right.plot(epochs, [h["val"].get("MAE", float("nan")) * 10 for h in history], marker="o", label="MAE x10")
+    left.set(title=f"training loss ({loss_name})", xlabel="epoch", yscale="log")
+    for key in keys:
+        name, _, factor = key.partition(" x")
+        scale = float(factor) if factor else 1.0
+        right.plot(epochs, [h["val"].get(name, float("nan")) * scale for h in history], marker="o", label=key)
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))
     right.legend()
     fig.tight_layout()
@@ -76,10 +79,14 @@ def train(
     val_fraction: float = 0.1,
     seed: int = 0,
     resume: bool = False,
+    init: str | Path | None = None,
     threads: int = 2,
     log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
 ) -> dict[str, Any]:
-    """Train; returns the final summary (also written to OUT/summary.json)."""
+    """Train; returns the final summary (also written to OUT/summary.json).
+
+    `init`: start from these weights (a checkpoint, a .safetensors, or "shipped": the config's own) instead of random
+    ones: fine-tuning on a line's own images converges far faster than training from scratch."""
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
@@ -96,9 +103,19 @@ def train(
     torch.manual_seed(seed)
 
     model = spec.build(spec.configs[config_name]).train()
+    if init is not None and not resume:
+        from edgestack.models.checkpoints import load_checkpoint
+
+        if init == "shipped":
+            init = spec.extras.get("default_checkpoint", {}).get(config_name)
+            if not init or not Path(init).is_file():
+                raise EdgestackError(f"--init shipped: {config_name} has no shipped weights; pass a checkpoint path")
+
+        load_checkpoint(model, init)
+        log(f"initialised from {init}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     started = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("generating data" if data == "synthetic" else "reading data", total=None, status="")
         train_set, val_set, data_info = load_datasets(
             data, size, val_fraction, seed, synthetic_count,
@@ -132,7 +149,7 @@ def train(
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
             for images, masks in train_loader:
                 logits, aux = model(images)
@@ -155,7 +172,8 @@ def train(
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
             "best": max(best, score),
             "args": {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
-                     "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed},
+                     "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
+                     "init": None if init is None else str(init)},
         }
         torch.save(checkpoint, last)
         if score > best:

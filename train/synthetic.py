@@ -107,8 +107,10 @@ def _polyline(rng: np.random.Generator, size: int, jitter: float, start: np.ndar
     return np.round(np.array(points)).astype(np.int32)
 
 
-def _defect(rng: np.random.Generator, kind: str, size: int, texture_std: float) -> tuple[np.ndarray, np.ndarray]:
-    """(soft shape 0..1, signed intensity change) of one defect."""
+def draw_defect(
+    rng: np.random.Generator, kind: str, size: int, texture_std: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(soft shape 0..1, signed intensity change, sign: +1 brighter / -1 darker / 0 relief) of one defect."""
     shape = np.zeros((size, size), np.float32)
     amplitude = texture_std * rng.uniform(0.9, 2.0) + rng.uniform(0.02, 0.04)
     sign = rng.choice([-1.0, 1.0])
@@ -143,22 +145,38 @@ def _defect(rng: np.random.Generator, kind: str, size: int, texture_std: float) 
             relief = gx * np.cos(light) + gy * np.sin(light)
             relief = relief / (np.abs(relief).max() + 1e-6)
             change = amplitude * (1.4 * relief - 0.4 * shape)
+            sign = 0.0
         else:
             change = sign * amplitude * (0.8 if kind == "stain" else 1.0) * shape
     else:
         raise EdgestackError(f"unknown defect kind {kind!r}; choose one of {', '.join(DEFECTS)}")
-    return shape, change.astype(np.float32)
+    return shape, change.astype(np.float32), float(sign)
+
+
+def background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, float]:
+    """(zero-centred gray field, texture name, texture std) of a defect-free surface."""
+    texture = str(rng.choice(TEXTURES))
+    contrast = rng.uniform(0.04, 0.12)
+    gray = _texture(rng, texture, size) * contrast
+    shade = _octave_noise(rng, size, (2, 3))  # uneven lighting
+    gray += 0.04 * shade / (np.abs(shade).max() + 1e-6)
+    return gray, texture, contrast
+
+
+def to_rgb(rng: np.random.Generator, gray: np.ndarray) -> np.ndarray:
+    """Tinted RGB uint8 with sensor noise from a zero-centred gray field."""
+    size = gray.shape[0]
+    base = rng.uniform(0.3, 0.7)
+    tint = 1.0 + rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+    rgb = (base + gray)[:, :, None] * tint + rng.normal(0, rng.uniform(0.004, 0.015), (size, size, 3))
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def make_sample(seed: int, index: int, size: int = 256, negative_fraction: float = 0.3) -> Sample:
     """Sample `index` of the synthetic set `seed`: the same arguments always give the same pixels."""
     rng = np.random.default_rng([seed, index])
     negative = rng.random() < negative_fraction
-    texture = str(rng.choice(TEXTURES))
-    contrast = rng.uniform(0.04, 0.12)
-    gray = _texture(rng, texture, size) * contrast
-    shade = _octave_noise(rng, size, (2, 3))  # uneven lighting
-    gray += 0.04 * shade / (np.abs(shade).max() + 1e-6)
+    gray, texture, contrast = background(rng, size)
 
     mask = np.zeros((size, size), bool)
     kinds: list[str] = []
@@ -166,19 +184,16 @@ def make_sample(seed: int, index: int, size: int = 256, negative_fraction: float
         count = int(rng.choice([1, 2, 3], p=[0.7, 0.25, 0.05]))
         for _ in range(50):  # redraw until the area is CDS2K-like
             kinds = [str(rng.choice(DEFECTS)) for _ in range(count)]
-            drawn = [_defect(rng, kind, size, contrast) for kind in kinds]
-            mask = np.any([shape >= 0.5 for shape, _ in drawn], axis=0)
+            drawn = [draw_defect(rng, kind, size, contrast) for kind in kinds]
+            mask = np.any([shape >= 0.5 for shape, _, _ in drawn], axis=0)
             if MIN_AREA <= mask.mean() <= MAX_AREA:
                 break
         else:
             raise RuntimeError(f"synthetic sample {seed}/{index}: no defect draw within the area bounds")
-        for _, change in drawn:
+        for _, change, _ in drawn:
             gray += change
 
-    base = rng.uniform(0.3, 0.7)
-    tint = 1.0 + rng.uniform(-0.15, 0.15, 3).astype(np.float32)
-    rgb = (base + gray)[:, :, None] * tint + rng.normal(0, rng.uniform(0.004, 0.015), (size, size, 3))
-    image = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    image = to_rgb(rng, gray)
     info = {"seed": seed, "index": index, "texture": texture, "defects": kinds, "area": float(mask.mean())}
     return Sample(image, mask.astype(np.uint8) * 255, info)
 
