@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -199,9 +200,35 @@ def _is_detector(name: str, config: str | None) -> bool:
     return resolve(name, config)[0].name == "detector"
 
 
+def _is_grounding(name: str, config: str | None) -> bool:
+    from edgestack.models import resolve
+
+    return resolve(name, config)[0].name == "vglaw"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
 
+    grounding = _is_grounding(args.model, args.config)
+    defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
+                {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if grounding:
+        from edgestack.train.grounding import train as train_grounding
+
+        if args.data != "synthetic":
+            raise EdgestackError(f"vglaw trains on the synthetic referring set; pass --data synthetic, "
+                                 f"not {args.data!r}")
+        out = args.out or f"runs/{args.config or args.model}"
+        summary = train_grounding(args.config or (None if args.model == "vglaw" else args.model), out, args.epochs,
+                                  args.batch_size, args.lr, train_count=args.synthetic_count,
+                                  seed=args.seed, resume=args.resume, threads=args.threads)
+        best = summary["best_val"]
+        print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; "
+              f"best val Prec@0.5 {best['prec@0.5']:.4f}, mIoU {best['mIoU']:.4f}; checkpoints in {out}")
+        return
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import train_command
 
@@ -217,7 +244,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
-                    resume=args.resume, threads=args.threads)
+                    resume=args.resume, init=args.init, threads=args.threads)
     best = summary["best_val"]
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
@@ -239,10 +266,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"held-out images ({results['boxes']} boxes); harmony {results['harmony']}; wrote {path}")
         return
 
+    if _is_grounding(args.model, args.config):
+        from edgestack.train.grounding import evaluate
+
+        if args.data != "synthetic":
+            raise EdgestackError(f"vglaw evaluation reads the synthetic referring test split; pass --data synthetic, "
+                                 f"not {args.data!r}")
+        config = args.config or (None if args.model == "vglaw" else args.model)
+        results, paths = evaluate(args.checkpoint, config, "test", args.count, args.out, args.threads)
+        print(paths["markdown"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return
     results, paths = evaluate_checkpoint(args.model, args.config, args.data, args.checkpoint, args.out,
                                          args.size, args.count, args.min_area, args.threads)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_ground(args: argparse.Namespace) -> None:
+    from edgestack.runtime.grounding import Grounder, draw_grounding
+    from edgestack.runtime.images import write_image
+
+    grounder = Grounder(args.bundle, backend=args.backend)
+    print(f"backend: {grounder.description}", file=sys.stderr)
+    results = grounder.ground(args.image, args.text, gray_to_rgb=args.gray_to_rgb)  # logs prompt warnings
+    if args.out:
+        from edgestack.runtime.images import read_image
+
+        write_image(args.out, draw_grounding(read_image(args.image, args.gray_to_rgb), results))
+    print(json.dumps({"image": str(args.image), "results": [r.as_dict() for r in results]}
+                     | ({"overlay": str(args.out)} if args.out else {}), indent=2))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -271,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
     p.add_argument("--min-score", type=float, default=0.2, help="detection bundles: draw boxes scoring at least this")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("ground", help="vglaw bundle: box + mask of the defect each --text names, as JSON (+ overlay)")
+    p.add_argument("--bundle", required=True, help="a bundle from `edgestack export vglaw`")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", required=True, action="append", help="what to find, e.g. \"the largest stain\"; "
+                                                                   "repeat for several prompts (one batch)")
+    p.add_argument("--out", help="overlay PNG with every prompt's box and mask")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
+    p.set_defaults(func=cmd_ground)
 
     p = sub.add_parser("bench", help="latency of a bundle on every backend: JSON + markdown + PNG")
     p.add_argument("bundle")
@@ -347,33 +410,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="ONNX instances on the CPU (KIND_CPU)")
     p.set_defaults(func=cmd_triton)
 
-    p = sub.add_parser("train", help="train defectseg on a CDS2K-style folder or the synthetic set")
-    p.add_argument("model", help="defectseg or one of its configs")
+    p = sub.add_parser("train", help="train defectseg (CDS2K-style folder or synthetic), the detector or vglaw "
+                                     "(synthetic)")
+    p.add_argument("model", help="defectseg, detector, vglaw or one of their configs (vglaw-s-static: Phi disabled)")
     p.add_argument("--data", required=True, help="CDS2K-style folder (Positive/, Negative/ or image/ + mask/), "
                                                  "or `synthetic`")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--config", help="config (default: the model's default, defectseg-s)")
     p.add_argument("--out", help="run folder for last.pt, best.pt, curves.png (default: runs/CONFIG)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--init", help="defectseg: start from these weights (checkpoint or .safetensors; `shipped` for "
+                                  "the config's shipped weights) to fine-tune instead of training from scratch")
+    p.add_argument("--batch-size", type=int, help="default: 16 (defectseg, detector), 32 (vglaw)")
     p.add_argument("--size", type=int, default=256, help="training size (square, multiple of 32)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--synthetic-count", type=int, default=3000, help="synthetic samples (with --data synthetic)")
+    p.add_argument("--lr", type=float, help="default: 2e-3 (defectseg, detector), 4e-4 (vglaw)")
+    p.add_argument("--synthetic-count", type=int, help="synthetic training samples (with --data synthetic); "
+                                                        "default: 3000 (defectseg, detector), 6000 (vglaw)")
     p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="CDS2K benchmark metrics + OK/NG accuracy: JSON, markdown, worst-case PNG")
-    p.add_argument("model", help="defectseg or one of its configs")
-    p.add_argument("--data", required=True, help="CDS2K-style folder, or `synthetic` (the held-out seed)")
+    p = sub.add_parser("eval", help="defectseg: CDS2K metrics + OK/NG accuracy; detector: mAP; vglaw: Prec@0.5 + "
+                                    "mIoU. JSON, markdown, PNG")
+    p.add_argument("model", help="defectseg, detector, vglaw or one of their configs")
+    p.add_argument("--data", required=True, help="CDS2K-style folder, or `synthetic` (the held-out seed / test split)")
     p.add_argument("--checkpoint", help="last.pt/best.pt or .safetensors (default: the shipped weights)")
     p.add_argument("--config", help="config, when the checkpoint does not name it (default: defectseg-s)")
     p.add_argument("--out", help="results folder (default: runs/eval-CONFIG)")
     p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE for the model "
                                                          "(multiple of 32); probabilities go back to mask size")
-    p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic")
+    p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic (vglaw: test "
+                                                          "expressions)")
     p.add_argument("--min-area", type=int, default=16, help="NG rule: prob >= 0.5 over a connected area >= this")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.set_defaults(func=cmd_eval)

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from edgestack import __version__
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.export import onnx_export, parity
+from edgestack.export.report import write_graphs_report, write_report
 from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
 
@@ -43,7 +45,10 @@ def export_bundle(
     seed: int = 0,
     progress: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    """Export one model config to a verified bundle; returns (bundle path, meta)."""
+    """Export one model config to a verified bundle; returns (bundle path, meta).
+
+    A model with several deployable graphs (`extras["graphs"]`: name -> (spec, wrapper)) becomes a folder of
+    sub-bundles, one per graph, each a complete bundle of its own, under a meta.json that lists them."""
     spec, config_name = resolve(model_name, config)
     cfg = spec.configs[config_name]
     out = Path(out) if out else Path("artifacts") / model_name
@@ -64,76 +69,134 @@ def export_bundle(
         progress(f"no --checkpoint given: {config_name} has RANDOM weights (seed {seed}); "
                  "outputs are meaningless until you pass trained weights")
     model.eval()
-    inputs, outputs, axes = spec.inputs(cfg), spec.outputs(cfg), spec.axes(cfg)
 
+    with _staging(out) as staging:
+        extra_files = {}
+        for name, source in spec.extras.get("bundle_files", {}).items():
+            shutil.copyfile(source, staging / name)
+            extra_files[name] = bundle_format.sha256(staging / name)
+        graphs = spec.extras.get("graphs")
+        if not graphs:
+            meta = _write_module(spec, config_name, model, weights, staging, parity_sizes, seed, progress, extra_files)
+        else:
+            metas = {}
+            for name, (graph_spec, wrap) in graphs.items():
+                folder = staging / name
+                folder.mkdir()
+                metas[name] = _write_module(graph_spec, config_name, wrap(model).eval(), weights, folder, None, seed,
+                                            progress, graph=(spec.name, name))
+                bundle_format.write_meta(folder, metas[name])
+                write_report(folder, metas[name])
+            meta = _graphs_meta(spec, config_name, weights, metas, staging, extra_files)
+        meta["builder"]["export_seconds"] = round(time.perf_counter() - started, 1)
+        bundle_format.write_meta(staging, meta)
+        if graphs:
+            write_graphs_report(staging, meta)
+        else:
+            write_report(staging, meta)
+    return out, meta
+
+
+@contextmanager
+def _staging(out: Path):
+    """A temporary folder beside `out`, moved into place only when the block finishes without an error."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        height, width = spec.default_size(cfg)
-        progress(f"tracing {config_name} with torch.export ...")
-        # Batch 2: torch.export specializes size-1 dims, which would pin the dynamic batch axis.
-        program = onnx_export.trace(model, spec.example_inputs(cfg, 2, height, width), inputs, axes)
-        protos = {}
-        for flavour, filename in (("portable", bundle_format.PORTABLE_ONNX), ("plugins", bundle_format.PLUGINS_ONNX)):
-            progress(f"writing {flavour} ONNX ...")
-            translations = spec.extras.get("onnx_translations", {}).get(flavour)
-            protos[flavour] = onnx_export.to_onnx(program, flavour, staging / filename, inputs, outputs, translations)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / bundle_format.WEIGHTS))
-
-        skipped = spec.extras.get("parity_skip", {})
-        checked = [f for f in ("portable", "plugins") if f not in skipped]
-        progress(f"checking parity of {' and '.join(checked)} ONNX against PyTorch ..."
-                 + "".join(f" ({f} not run: {why})" for f, why in skipped.items()))
-        parity_report = check_parity(spec, cfg, model, staging, parity_sizes or spec.parity_sizes(cfg), seed)
-        failed = [f"{r['flavour']} at {r['height']}x{r['width']}" for r in parity_report if not r["passed"]]
-        if failed:
-            raise EdgestackError(
-                f"parity check failed for {', '.join(failed)} (tolerance {spec.parity_tolerance}); bundle not "
-                f"written. Figures: {parity_report}"
-            )
-
-        files = [bundle_format.PORTABLE_ONNX, bundle_format.PLUGINS_ONNX, bundle_format.WEIGHTS]
-        meta = {
-            "schema_version": bundle_format.SCHEMA_VERSION,
-            "model": {"name": spec.name, "config": config_name, "task": spec.task, "settings": cfg},
-            "weights": weights,
-            "inputs": [s.as_dict() for s in inputs],
-            "outputs": [s.as_dict() for s in outputs],
-            "axes": {name: rng.as_dict() for name, rng in axes.items()},
-            "default_size": [height, width],
-            "preprocess": spec.preprocess,
-            "postprocess": spec.postprocess(cfg),
-            "precision": "fp32",
-            "onnx": {
-                "opset": onnx_export.OPSET,
-                "plugin_nodes": onnx_export.plugin_nodes(protos["plugins"]),
-                "portable_custom_nodes": onnx_export.plugin_nodes(protos["portable"]),
-            },
-            "parity": {"tolerance": spec.parity_tolerance, "results": parity_report,
-                       "not_run": spec.extras.get("parity_skip", {})},
-            "builder": {
-                "edgestack": __version__,
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "export_seconds": round(time.perf_counter() - started, 1),
-            },
-            "files": {name: bundle_format.sha256(staging / name) for name in files},
-        }
-        bundle_format.write_meta(staging, meta)
-        from edgestack.export.report import write_report
-
-        write_report(staging, meta)
+        yield staging
         if out.exists():
             shutil.rmtree(out)
-        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-        for path in staging.iterdir():
-            path.chmod(0o644)
+        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes it private; a bundle is meant to be shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out, meta
+
+
+def _builder() -> dict[str, Any]:
+    return {"edgestack": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _write_module(spec, config_name: str, model: torch.nn.Module, weights: dict[str, Any], folder: Path,
+                  parity_sizes: list[tuple[int, int]] | None, seed: int, progress: Callable[[str], None],
+                  extra_files: dict[str, str] | None = None, graph: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Both ONNX flavours, weights, parity and meta.json of one graph, written into `folder`; returns the meta.
+
+    `graph` = (model name, graph name) when this is one graph of a multi-graph model: the runtime's torch
+    backend then rebuilds it as that model's graph wrapper."""
+    started = time.perf_counter()
+    cfg = spec.configs[config_name]
+    inputs, outputs, axes = spec.inputs(cfg), spec.outputs(cfg), spec.axes(cfg)
+    height, width = spec.default_size(cfg)
+    progress(f"tracing {spec.name}/{config_name} with torch.export ...")
+    # Batch 2: torch.export specializes size-1 dims, which would pin the dynamic batch axis.
+    program = onnx_export.trace(model, spec.example_inputs(cfg, 2, height, width), inputs, axes)
+    protos = {}
+    for flavour, filename in (("portable", bundle_format.PORTABLE_ONNX), ("plugins", bundle_format.PLUGINS_ONNX)):
+        progress(f"writing {flavour} ONNX ...")
+        translations = spec.extras.get("onnx_translations", {}).get(flavour)
+        protos[flavour] = onnx_export.to_onnx(program, flavour, folder / filename, inputs, outputs, translations)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / bundle_format.WEIGHTS))
+
+    skipped = spec.extras.get("parity_skip", {})
+    checked = [f for f in ("portable", "plugins") if f not in skipped]
+    progress(f"checking parity of {' and '.join(checked)} ONNX against PyTorch ..."
+             + "".join(f" ({f} not run: {why})" for f, why in skipped.items()))
+    parity_report = check_parity(spec, cfg, model, folder, parity_sizes or spec.parity_sizes(cfg), seed)
+    failed = [f"{r['flavour']} at {r['height']}x{r['width']}" for r in parity_report if not r["passed"]]
+    if failed:
+        raise EdgestackError(
+            f"parity check failed for {', '.join(failed)} (tolerance {spec.parity_tolerance}); bundle not "
+            f"written. Figures: {parity_report}"
+        )
+
+    files = [bundle_format.PORTABLE_ONNX, bundle_format.PLUGINS_ONNX, bundle_format.WEIGHTS]
+    return {
+        "schema_version": bundle_format.SCHEMA_VERSION,
+        "model": {"name": graph[0] if graph else spec.name, "config": config_name, "task": spec.task, "settings": cfg}
+        | ({"graph": graph[1]} if graph else {}),
+        "weights": weights,
+        "inputs": [s.as_dict() for s in inputs],
+        "outputs": [s.as_dict() for s in outputs],
+        "axes": {name: rng.as_dict() for name, rng in axes.items()},
+        "default_size": [height, width],
+        "preprocess": spec.preprocess,
+        "postprocess": spec.postprocess(cfg),
+        "precision": "fp32",
+        "onnx": {
+            "opset": onnx_export.OPSET,
+            "plugin_nodes": onnx_export.plugin_nodes(protos["plugins"]),
+            "portable_custom_nodes": onnx_export.plugin_nodes(protos["portable"]),
+        },
+        "parity": {"tolerance": spec.parity_tolerance, "results": parity_report,
+                   "not_run": spec.extras.get("parity_skip", {})},
+        "builder": _builder() | {"export_seconds": round(time.perf_counter() - started, 1)},
+        "files": {name: bundle_format.sha256(folder / name) for name in files} | (extra_files or {}),
+    }
+
+
+def _graphs_meta(spec, config_name: str, weights: dict[str, Any], metas: dict[str, dict[str, Any]], folder: Path,
+                 extra_files: dict[str, str]) -> dict[str, Any]:
+    """meta.json of a multi-graph bundle: the graphs' folders (each a bundle) and the files they share."""
+    cfg = spec.configs[config_name]
+    # Each sub-bundle's meta.json lists the sha256 of its own files, so hashing the meta covers the whole graph.
+    files = {f"{name}/{bundle_format.META}": bundle_format.sha256(folder / name / bundle_format.META) for name in metas}
+    return {
+        "schema_version": bundle_format.SCHEMA_VERSION,
+        "model": {"name": spec.name, "config": config_name, "task": spec.task, "settings": cfg},
+        "weights": weights,
+        "graphs": {name: {"folder": name, "inputs": meta["inputs"], "outputs": meta["outputs"]}
+                   for name, meta in metas.items()},
+        "default_size": list(spec.default_size(cfg)),
+        "preprocess": spec.preprocess,
+        "postprocess": spec.postprocess(cfg),
+        "precision": "fp32",
+        "parity": {name: meta["parity"] for name, meta in metas.items()},
+        "builder": _builder(),
+        "files": files | extra_files,
+    }
 
 
 def check_parity(spec, cfg, model, bundle: Path, sizes: list[tuple[int, int]], seed: int) -> list[dict[str, Any]]:

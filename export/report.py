@@ -47,6 +47,22 @@ def write_report(bundle: Path, meta: dict[str, Any], latency_markdown: str | Non
     return path
 
 
+def write_graphs_report(bundle: Path, meta: dict[str, Any]) -> Path:
+    """report.md of a multi-graph bundle: each graph's io and parity (its own report.md has the details)."""
+    model = meta["model"]
+    weights = "random (no checkpoint given)" if meta["weights"]["random"] else meta["weights"]["checkpoint"]
+    text = f"# {model['config']} ({model['task']})\n\nWeights: {weights}. Precision: {meta['precision']}.\n"
+    for name, graph in meta["graphs"].items():
+        io = "\n".join(f"- {kind} `{s['name']}`: {s['dtype']} {s['shape']}" for kind, group in
+                       (("input", graph["inputs"]), ("output", graph["outputs"])) for s in group)
+        parity = meta["parity"][name]
+        text += (f"\n## Graph `{name}` (bundle in `{graph['folder']}/`)\n\n{io}\n\nParity vs PyTorch (fp32, random "
+                 f"inputs), tolerance {parity['tolerance']}:\n\n{parity_table(parity['results'])}\n")
+    path = bundle / bundle_format.REPORT
+    path.write_text(text)
+    return path
+
+
 INT8_HEADING = "\n## INT8 (Q/DQ) vs fp32"
 
 

@@ -79,7 +79,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _ensure_loaded() -> None:
     # Importing the model packages registers them; kept lazy so `import edgestack` stays cheap.
-    from edgestack.models import defectseg, detector, mat, pspnet  # noqa: F401
+    from edgestack.models import defectseg, detector, mat, pspnet, vglaw  # noqa: F401
 
 
 def all_models() -> dict[str, ModelSpec]:

@@ -48,6 +48,8 @@ class TorchBackend:
             raise EdgestackError(f"bundle {bundle} has no {bundle_format.WEIGHTS}; re-export it for the torch backend")
         spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
         model = spec.build(spec.configs[config])
+        if "graph" in meta["model"]:  # one graph of a multi-graph model (e.g. vglaw's text or vision graph)
+            model = spec.extras["graphs"][meta["model"]["graph"]][1](model)
         model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,6 +143,11 @@ def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cu
     options = {"rebuild": rebuild, "cuda_graph": cuda_graph}
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
+    if "graphs" in meta:
+        raise EdgestackError(
+            f"{bundle} holds {len(meta['graphs'])} graphs ({', '.join(meta['graphs'])}), not one; load one of its "
+            f"sub-bundles ({', '.join(str(bundle / g['folder']) for g in meta['graphs'].values())}) or, for "
+            f"{meta['model']['name']}, use edgestack.runtime.grounding.Grounder / `edgestack ground`")
     if backend != "auto":
         return Engine(bundle, meta, _make_backend(backend, bundle, meta, **options))
     # auto: TensorRT when the bundle has a plan that runs here, else onnxruntime (its CUDA provider first).
