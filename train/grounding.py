@@ -9,7 +9,6 @@ over expressions of the mask IoU at the paper's 0.35 threshold.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from edgestack.models.vglaw.model import box_to_corners
 from edgestack.models.vglaw.tokenizer import encode, load_tokenizer, train_tokenizer
 from edgestack.train import referring
 from edgestack.train.datasets import MEAN, STD
-from edgestack.train.loop import plot_curves, progress_bar
+from edgestack.train.loop import cosine_schedule, plot_curves, progress_bar, resume_run, run_folder
 
 TOKENIZER_CORPUS = 5000  # training-split expressions the shipped tokenizer was trained on
 
@@ -147,13 +146,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
           log=lambda message: print(message, flush=True)) -> dict[str, Any]:
     """Train vglaw (or vglaw-s-static) on the synthetic referring set; OUT/last.pt, best.pt, curves.png."""
     spec, config_name = resolve("vglaw", config)
-    out = Path(out)
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
-    if resume and not last.exists():
-        raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
-    out.mkdir(parents=True, exist_ok=True)
+    out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()
@@ -170,22 +163,9 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator)
     val_loader = torch.utils.data.DataLoader(val_set, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * len(train_loader)
-    warmup = max(1, min(len(train_loader), steps // 20))
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1% of lr
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (
-            1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
-    history: list[dict[str, Any]] = []
-    first_epoch, best = 1, -1.0
-    if resume:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["config"] != config_name:
-            raise EdgestackError(f"{last} is a {state['config']} run; pass {state['config']} to resume it")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        history, first_epoch, best = state["history"], state["epoch"] + 1, state["best"]
-        log(f"resumed {last} at epoch {state['epoch']}")
+    schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
+    history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
+        [], 1, -1.0)
     train_seconds = sum(h["seconds"] for h in history)
     for epoch in range(first_epoch, epochs + 1):
         model.train()

@@ -65,6 +65,39 @@ def plot_curves(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...]
     plt.close(fig)
 
 
+def run_folder(out: str | Path, resume: bool) -> tuple[Path, Path]:
+    """(run folder, its last.pt), refusing to overwrite a run unless resuming and to resume nothing."""
+    out = Path(out)
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
+    if resume and not last.exists():
+        raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, last
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, max_warmup: int, warmup_fraction: float):
+    """Per-step LR factor: linear warm-up over min(max_warmup, fraction of steps), then cosine down to 1%."""
+    warmup = max(1, min(max_warmup, int(steps * warmup_fraction)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else (
+        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))))
+
+
+def resume_run(
+    last: Path, config_name: str, model, optimizer, schedule, log
+) -> tuple[list[dict[str, Any]], int, float]:
+    """Load model/optimizer/schedule state from `last`; returns (history, first epoch to run, best score)."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    if state["config"] != config_name:
+        raise EdgestackError(f"{last} is a {state['config']} run; pass {state['config']} to resume it")
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    log(f"resumed {last} at epoch {state['epoch']}")
+    return state["history"], state["epoch"] + 1, state["best"]
+
+
 def train(
     model_name: str = "defectseg",
     config: str | None = None,
@@ -92,13 +125,7 @@ def train(
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
     if size % 32:
         raise EdgestackError(f"--size must be a multiple of 32 (the encoder stride), got {size}")
-    out = Path(out)
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
-    if resume and not last.exists():
-        raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
-    out.mkdir(parents=True, exist_ok=True)
+    out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
 
@@ -126,23 +153,9 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
-    steps = epochs * len(train_loader)
-    warmup = min(len(train_loader), steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1% of lr
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (
-            1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-    )
-    history: list[dict[str, Any]] = []
-    first_epoch, best = 1, -1.0
-    if resume:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["config"] != config_name:
-            raise EdgestackError(f"{last} is a {state['config']} run; pass --config {state['config']} to resume it")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        history, first_epoch, best = state["history"], state["epoch"] + 1, state["best"]
-        log(f"resumed {last} at epoch {state['epoch']}")
+    schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.1)
+    history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
+        [], 1, -1.0)
 
     aux_weight = model.aux_weight
     train_seconds = sum(h["seconds"] for h in history)
