@@ -11,43 +11,19 @@ using namespace nvinfer1;
 
 namespace {
 
-constexpr const char* kName = "EdgePyramidPooling";
-constexpr int32_t kInputs = 3;
-constexpr int32_t kOutputs = 1;
+constexpr int32_t kInputs = PyramidPoolingPlugin::kInputs;
+constexpr int32_t kOutputs = PyramidPoolingPlugin::kOutputs;
 
-bool fail(const std::string& message) { return edgestack::trt::fail(kName, message); }
+bool fail(const std::string& message) { return edgestack::trt::fail(PyramidPoolingPlugin::kName, message); }
 
 }  // namespace
 
-PyramidPoolingPlugin::PyramidPoolingPlugin(const PyramidPoolingAttributes& attributes) : attributes_(attributes) {
-    fields_ = {
+std::vector<PluginField> PyramidPoolingPlugin::fields() {
+    return {
         PluginField("bins", attributes_.bins.data(), PluginFieldType::kINT32, int32_t(attributes_.bins.size())),
         PluginField("align_corners", &attributes_.align_corners, PluginFieldType::kINT32, 1),
     };
-    field_collection_.nbFields = int32_t(fields_.size());
-    field_collection_.fields = fields_.data();
 }
-
-IPluginCapability* PyramidPoolingPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
-    switch (type) {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* PyramidPoolingPlugin::clone() noexcept {
-    try {
-        return new PyramidPoolingPlugin(attributes_);
-    } catch (...) {
-        return nullptr;
-    }
-}
-
-const char* PyramidPoolingPlugin::getPluginName() const noexcept { return kName; }
-const char* PyramidPoolingPlugin::getPluginVersion() const noexcept { return kPluginVersion; }
-const char* PyramidPoolingPlugin::getPluginNamespace() const noexcept { return kPluginNamespace; }
 
 int32_t PyramidPoolingPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, const DataType* inputTypes,
                                                  int32_t nbInputs) const noexcept {
@@ -90,13 +66,7 @@ int32_t PyramidPoolingPlugin::getOutputShapes(const DimsExprs* inputs, int32_t n
         fail("expects 3 inputs and 1 output");
         return -1;
     }
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) {
-        dims[t].nbDims = inputs[t].nbDims;
-        for (int32_t i = 0; i < inputs[t].nbDims; ++i)
-            dims[t].d[i] = inputs[t].d[i]->isConstant() ? inputs[t].d[i]->getConstantValue() : -1;
-    }
-    if (!check_dims(dims, kInputs)) return -1;
+    if (!inputs_fit(inputs)) return -1;
     const IDimensionExpr* branches = exprBuilder.operation(DimensionOperation::kPROD, *inputs[1].d[0], *inputs[1].d[1]);
     outputs[0] = inputs[0];
     outputs[0].d[1] = exprBuilder.operation(DimensionOperation::kSUM, *inputs[0].d[1], *branches);
@@ -108,23 +78,11 @@ bool PyramidPoolingPlugin::supportsFormatCombination(int32_t pos, const DynamicP
     if (nbInputs != kInputs || nbOutputs != kOutputs || pos < 0 || pos >= kInputs + kOutputs) return false;
     const PluginTensorDesc& desc = inOut[pos].desc;
     switch (pos) {
-        case 0: {
-            Dims dims[kInputs];
-            for (int32_t t = 0; t < kInputs; ++t) dims[t] = inOut[t].desc.dims;
-            return is_float_linear(desc) && check_dims(dims, kInputs);
-        }
+        case 0: return is_float_linear(desc) && inputs_fit(inOut);
         case 1: return is_float_linear(desc);
         case 2: return is_float_linear(desc) && desc.type == inOut[1].desc.type;
         default: return is_float_linear(desc) && desc.type == inOut[0].desc.type;
     }
-}
-
-int32_t PyramidPoolingPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nbInputs,
-                                              const DynamicPluginTensorDesc*, int32_t nbOutputs) noexcept {
-    if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) dims[t] = in[t].desc.dims;
-    return check_dims(dims, kInputs) ? 0 : -1;
 }
 
 size_t PyramidPoolingPlugin::getWorkspaceSize(const DynamicPluginTensorDesc* inputs, int32_t nbInputs,
@@ -134,14 +92,6 @@ size_t PyramidPoolingPlugin::getWorkspaceSize(const DynamicPluginTensorDesc* inp
     return edgestack_pyramid_pooling_workspace_size(int(inputs[0].max.d[0]), int(inputs[0].max.d[1]),
                                                     int(inputs[1].max.d[1]), attributes_.bins.data(),
                                                     int(attributes_.bins.size()));
-}
-
-int32_t PyramidPoolingPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nbInputs, const PluginTensorDesc*,
-                                            int32_t nbOutputs) noexcept {
-    if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) dims[t] = in[t].dims;
-    return check_dims(dims, kInputs) ? 0 : -1;
 }
 
 int32_t PyramidPoolingPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
@@ -160,19 +110,11 @@ int32_t PyramidPoolingPlugin::enqueue(const PluginTensorDesc* inputDesc, const P
     return report(kName, status);
 }
 
-IPluginV3* PyramidPoolingPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
-
-const PluginFieldCollection* PyramidPoolingPlugin::getFieldsToSerialize() noexcept { return &field_collection_; }
-
-PyramidPoolingCreator::PyramidPoolingCreator() {
-    fields_ = {
-        PluginField("bins", nullptr, PluginFieldType::kINT32, 0),
-        PluginField("align_corners", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("plugin_version", nullptr, PluginFieldType::kCHAR, 0),
-    };
-    field_collection_.nbFields = int32_t(fields_.size());
-    field_collection_.fields = fields_.data();
-}
+PyramidPoolingCreator::PyramidPoolingCreator()
+    : CreatorBase({
+          PluginField("bins", nullptr, PluginFieldType::kINT32, 0),
+          PluginField("align_corners", nullptr, PluginFieldType::kINT32, 1),
+      }) {}
 
 IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCollection* fc, TensorRTPhase) noexcept {
     try {
@@ -197,9 +139,5 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
         return nullptr;
     }
 }
-
-const char* PyramidPoolingCreator::getPluginName() const noexcept { return kName; }
-const char* PyramidPoolingCreator::getPluginVersion() const noexcept { return kPluginVersion; }
-const char* PyramidPoolingCreator::getPluginNamespace() const noexcept { return kPluginNamespace; }
 
 }  // namespace edgestack::trt

@@ -8,6 +8,8 @@
 
 #include <vector>
 
+#include "../common/plugin_base.h"
+
 namespace edgestack::trt {
 
 struct PyramidPoolingAttributes {
@@ -15,21 +17,14 @@ struct PyramidPoolingAttributes {
     int align_corners = 1;
 };
 
-class PyramidPoolingPlugin : public nvinfer1::IPluginV3,
-                             public nvinfer1::IPluginV3OneCore,
-                             public nvinfer1::IPluginV3OneBuild,
-                             public nvinfer1::IPluginV3OneRuntime {
+class PyramidPoolingPlugin : public PluginBase<PyramidPoolingPlugin, PyramidPoolingAttributes> {
 public:
-    explicit PyramidPoolingPlugin(const PyramidPoolingAttributes& attributes);
+    static constexpr const char* kName = "EdgePyramidPooling";
+    static constexpr int32_t kInputs = 3;
+    static constexpr int32_t kOutputs = 1;
 
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
+    using PluginBase::PluginBase;
 
-    const char* getPluginName() const noexcept override;
-    const char* getPluginVersion() const noexcept override;
-    const char* getPluginNamespace() const noexcept override;
-
-    int32_t getNbOutputs() const noexcept override { return 1; }
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
                                const nvinfer1::DataType* inputTypes, int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(const nvinfer1::DimsExprs* inputs, int32_t nbInputs, const nvinfer1::DimsExprs* shapeInputs,
@@ -37,41 +32,22 @@ public:
                             nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPluginTensorDesc* inOut, int32_t nbInputs,
                                    int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nbInputs,
-                            const nvinfer1::DynamicPluginTensorDesc* out, int32_t nbOutputs) noexcept override;
     size_t getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc* inputs, int32_t nbInputs,
                             const nvinfer1::DynamicPluginTensorDesc* outputs, int32_t nbOutputs) const noexcept override;
-
-    int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs, const nvinfer1::PluginTensorDesc* out,
-                          int32_t nbOutputs) noexcept override;
     int32_t enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
                     const void* const* inputs, void* const* outputs, void* workspace,
                     cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    const nvinfer1::PluginFieldCollection* getFieldsToSerialize() noexcept override;
 
-private:
     // Whether x/weight/bias dims fit the contract (-1 entries, unknown at build time, are skipped); logs why not.
     bool check_dims(const nvinfer1::Dims* dims, int32_t count) const noexcept;
-
-    PyramidPoolingAttributes attributes_;
-    std::vector<nvinfer1::PluginField> fields_;
-    nvinfer1::PluginFieldCollection field_collection_{};
+    std::vector<nvinfer1::PluginField> fields();
 };
 
-class PyramidPoolingCreator : public nvinfer1::IPluginCreatorV3One {
+class PyramidPoolingCreator : public CreatorBase<PyramidPoolingPlugin> {
 public:
     PyramidPoolingCreator();
     nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                       nvinfer1::TensorRTPhase phase) noexcept override;
-    const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &field_collection_; }
-    const char* getPluginName() const noexcept override;
-    const char* getPluginVersion() const noexcept override;
-    const char* getPluginNamespace() const noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> fields_;
-    nvinfer1::PluginFieldCollection field_collection_{};
 };
 
 }  // namespace edgestack::trt

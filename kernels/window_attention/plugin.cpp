@@ -9,46 +9,22 @@ using namespace nvinfer1;
 
 namespace {
 
-constexpr const char* kName = "EdgeWindowMaskedAttention";
-constexpr int32_t kInputs = 4;
-constexpr int32_t kOutputs = 2;
+constexpr int32_t kInputs = WindowAttentionPlugin::kInputs;
+constexpr int32_t kOutputs = WindowAttentionPlugin::kOutputs;
 
-bool fail(const std::string& message) { return edgestack::trt::fail(kName, message); }
+bool fail(const std::string& message) { return edgestack::trt::fail(WindowAttentionPlugin::kName, message); }
 
 }  // namespace
 
-WindowAttentionPlugin::WindowAttentionPlugin(const WindowAttentionAttributes& attributes) : attributes_(attributes) {
-    fields_ = {
+std::vector<PluginField> WindowAttentionPlugin::fields() {
+    return {
         PluginField("num_heads", &attributes_.num_heads, PluginFieldType::kINT32, 1),
         PluginField("window_size", &attributes_.window_size, PluginFieldType::kINT32, 1),
         PluginField("shift_size", &attributes_.shift_size, PluginFieldType::kINT32, 1),
         PluginField("scale", &attributes_.scale, PluginFieldType::kFLOAT32, 1),
         PluginField("masked_bias", &attributes_.masked_bias, PluginFieldType::kFLOAT32, 1),
     };
-    field_collection_.nbFields = int32_t(fields_.size());
-    field_collection_.fields = fields_.data();
 }
-
-IPluginCapability* WindowAttentionPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
-    switch (type) {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* WindowAttentionPlugin::clone() noexcept {
-    try {
-        return new WindowAttentionPlugin(attributes_);
-    } catch (...) {
-        return nullptr;
-    }
-}
-
-const char* WindowAttentionPlugin::getPluginName() const noexcept { return kName; }
-const char* WindowAttentionPlugin::getPluginVersion() const noexcept { return kPluginVersion; }
-const char* WindowAttentionPlugin::getPluginNamespace() const noexcept { return kPluginNamespace; }
 
 int32_t WindowAttentionPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                                                   const DataType* inputTypes, int32_t nbInputs) const noexcept {
@@ -89,13 +65,7 @@ int32_t WindowAttentionPlugin::getOutputShapes(const DimsExprs* inputs, int32_t 
         fail("expects 4 inputs and 2 outputs");
         return -1;
     }
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) {
-        dims[t].nbDims = inputs[t].nbDims;
-        for (int32_t i = 0; i < inputs[t].nbDims; ++i)
-            dims[t].d[i] = inputs[t].d[i]->isConstant() ? inputs[t].d[i]->getConstantValue() : -1;
-    }
-    if (!check_dims(dims, kInputs)) return -1;
+    if (!inputs_fit(inputs)) return -1;
     outputs[0] = inputs[0];
     outputs[1] = inputs[3];
     return 0;
@@ -105,28 +75,8 @@ bool WindowAttentionPlugin::supportsFormatCombination(int32_t pos, const Dynamic
                                                       int32_t nbInputs, int32_t nbOutputs) noexcept {
     if (nbInputs != kInputs || nbOutputs != kOutputs || pos < 0 || pos >= kInputs + kOutputs) return false;
     const PluginTensorDesc& desc = inOut[pos].desc;
-    if (pos == 0) {
-        Dims dims[kInputs];
-        for (int32_t t = 0; t < kInputs; ++t) dims[t] = inOut[t].desc.dims;
-        return is_float_linear(desc) && check_dims(dims, kInputs);
-    }
+    if (pos == 0) return is_float_linear(desc) && inputs_fit(inOut);
     return is_float_linear(desc) && desc.type == inOut[0].desc.type;
-}
-
-int32_t WindowAttentionPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nbInputs,
-                                               const DynamicPluginTensorDesc*, int32_t nbOutputs) noexcept {
-    if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) dims[t] = in[t].desc.dims;
-    return check_dims(dims, kInputs) ? 0 : -1;
-}
-
-int32_t WindowAttentionPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nbInputs, const PluginTensorDesc*,
-                                             int32_t nbOutputs) noexcept {
-    if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
-    Dims dims[kInputs];
-    for (int32_t t = 0; t < kInputs; ++t) dims[t] = in[t].dims;
-    return check_dims(dims, kInputs) ? 0 : -1;
 }
 
 int32_t WindowAttentionPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
@@ -141,22 +91,14 @@ int32_t WindowAttentionPlugin::enqueue(const PluginTensorDesc* inputDesc, const 
     return report(kName, status);
 }
 
-IPluginV3* WindowAttentionPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
-
-const PluginFieldCollection* WindowAttentionPlugin::getFieldsToSerialize() noexcept { return &field_collection_; }
-
-WindowAttentionCreator::WindowAttentionCreator() {
-    fields_ = {
-        PluginField("num_heads", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("window_size", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("shift_size", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("scale", nullptr, PluginFieldType::kFLOAT32, 1),
-        PluginField("masked_bias", nullptr, PluginFieldType::kFLOAT32, 1),
-        PluginField("plugin_version", nullptr, PluginFieldType::kCHAR, 0),
-    };
-    field_collection_.nbFields = int32_t(fields_.size());
-    field_collection_.fields = fields_.data();
-}
+WindowAttentionCreator::WindowAttentionCreator()
+    : CreatorBase({
+          PluginField("num_heads", nullptr, PluginFieldType::kINT32, 1),
+          PluginField("window_size", nullptr, PluginFieldType::kINT32, 1),
+          PluginField("shift_size", nullptr, PluginFieldType::kINT32, 1),
+          PluginField("scale", nullptr, PluginFieldType::kFLOAT32, 1),
+          PluginField("masked_bias", nullptr, PluginFieldType::kFLOAT32, 1),
+      }) {}
 
 IPluginV3* WindowAttentionCreator::createPlugin(const char*, const PluginFieldCollection* fc,
                                                 TensorRTPhase) noexcept {
@@ -186,9 +128,5 @@ IPluginV3* WindowAttentionCreator::createPlugin(const char*, const PluginFieldCo
         return nullptr;
     }
 }
-
-const char* WindowAttentionCreator::getPluginName() const noexcept { return kName; }
-const char* WindowAttentionCreator::getPluginVersion() const noexcept { return kPluginVersion; }
-const char* WindowAttentionCreator::getPluginNamespace() const noexcept { return kPluginNamespace; }
 
 }  // namespace edgestack::trt

@@ -5,8 +5,9 @@
 
 #include <NvInferRuntime.h>
 
-#include <string>
 #include <vector>
+
+#include "../common/plugin_base.h"
 
 namespace edgestack::trt {
 
@@ -18,21 +19,14 @@ struct WindowAttentionAttributes {
     float masked_bias = -100.f;
 };
 
-class WindowAttentionPlugin : public nvinfer1::IPluginV3,
-                              public nvinfer1::IPluginV3OneCore,
-                              public nvinfer1::IPluginV3OneBuild,
-                              public nvinfer1::IPluginV3OneRuntime {
+class WindowAttentionPlugin : public PluginBase<WindowAttentionPlugin, WindowAttentionAttributes> {
 public:
-    explicit WindowAttentionPlugin(const WindowAttentionAttributes& attributes);
+    static constexpr const char* kName = "EdgeWindowMaskedAttention";
+    static constexpr int32_t kInputs = 4;
+    static constexpr int32_t kOutputs = 2;
 
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
+    using PluginBase::PluginBase;
 
-    const char* getPluginName() const noexcept override;
-    const char* getPluginVersion() const noexcept override;
-    const char* getPluginNamespace() const noexcept override;
-
-    int32_t getNbOutputs() const noexcept override { return 2; }
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
                                const nvinfer1::DataType* inputTypes, int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(const nvinfer1::DimsExprs* inputs, int32_t nbInputs, const nvinfer1::DimsExprs* shapeInputs,
@@ -40,39 +34,20 @@ public:
                             nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPluginTensorDesc* inOut, int32_t nbInputs,
                                    int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nbInputs,
-                            const nvinfer1::DynamicPluginTensorDesc* out, int32_t nbOutputs) noexcept override;
-
-    int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs, const nvinfer1::PluginTensorDesc* out,
-                          int32_t nbOutputs) noexcept override;
     int32_t enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
                     const void* const* inputs, void* const* outputs, void* workspace,
                     cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    const nvinfer1::PluginFieldCollection* getFieldsToSerialize() noexcept override;
 
-private:
     // Whether q/k/v/mask dims fit the contract (-1 entries, unknown at build time, are skipped); logs why not.
     bool check_dims(const nvinfer1::Dims* dims, int32_t count) const noexcept;
-
-    WindowAttentionAttributes attributes_;
-    std::vector<nvinfer1::PluginField> fields_;
-    nvinfer1::PluginFieldCollection field_collection_{};
+    std::vector<nvinfer1::PluginField> fields();
 };
 
-class WindowAttentionCreator : public nvinfer1::IPluginCreatorV3One {
+class WindowAttentionCreator : public CreatorBase<WindowAttentionPlugin> {
 public:
     WindowAttentionCreator();
     nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                       nvinfer1::TensorRTPhase phase) noexcept override;
-    const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &field_collection_; }
-    const char* getPluginName() const noexcept override;
-    const char* getPluginVersion() const noexcept override;
-    const char* getPluginNamespace() const noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> fields_;
-    nvinfer1::PluginFieldCollection field_collection_{};
 };
 
 }  // namespace edgestack::trt
