@@ -212,7 +212,7 @@ def ship_weights(checkpoint: str | Path, out: str | Path, card: dict[str, Any]) 
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["state_dict"].items()}
     save_file(tensors, str(out))
     info = {"config": state["config"], "epoch": state["epoch"], "training": state["args"], "val": state["metrics"],
-            "history": [{k: h[k] for k in ("epoch", "loss", "seconds")} | {"val_S": h["val"].get("S")}
+            "history": [{k: h[k] for k in ("epoch", "loss", "seconds")} | {"val": h["val"]}
                         for h in state["history"]]} | card
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     return out

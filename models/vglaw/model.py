@@ -128,15 +128,23 @@ class VGLaw(nn.Module):
                  text_dim: int, text_depth: int, text_heads: int, max_length: int, groups: int, reduction: int,
                  rank: int, pool_dim: int, adaptive: bool = True):
         super().__init__()
-        if image_size % patch or patch % 4 or (patch // 4) & (patch // 4 - 1):
-            raise ValueError(f"image size {image_size} must be a multiple of the patch {patch}, a power-of-two "
-                             "multiple of 4")
+        if image_size % patch or patch < 4 or patch & (patch - 1):
+            raise ValueError(f"image size {image_size} must be a multiple of the patch {patch}, a power of two >= 4")
         self.image_size, self.patch, self.adaptive = image_size, patch, adaptive
         self.grid = image_size // patch
         self.text = TextEncoder(vocab, text_dim, text_depth, text_heads, max_length)
         self.weights = WeightGenerator(text_dim, depth, groups, reduction, rank)
-        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
-        self.positions = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
+        # Convolutional stem (stride-2 3x3 convs down to the patch stride) instead of one patchify conv, and fixed
+        # 2-D sin-cos positions: both make a from-scratch ViT converge in far fewer steps (Xiao et al. 2021,
+        # "Early convolutions help transformers see better"; MAE). The paper starts from a pretrained ViT-B instead.
+        stem, channels = [], 3
+        for i in range(int(math.log2(patch))):
+            width = dim // 2 ** (int(math.log2(patch)) - 1 - i)
+            stem += [nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        stem.append(nn.Conv2d(channels, dim, 1))
+        self.patch_embed = nn.Sequential(*stem)
+        self.register_buffer("positions", sincos_positions(self.grid, dim), persistent=False)
         self.p = nn.Parameter(torch.randn(3 * dim, rank) / math.sqrt(rank))
         self.q = nn.Parameter(torch.randn(dim, rank) / math.sqrt(dim))
         self.blocks = nn.ModuleList(AdaptiveBlock(dim, heads) for _ in range(depth))
@@ -198,6 +206,18 @@ class VisionGraph(nn.Module):
     def forward(self, image: torch.Tensor, phi: torch.Tensor, text_feature: torch.Tensor):
         box, logits = self.model.ground(image, phi, text_feature)
         return box_to_corners(box) * self.model.image_size, logits.sigmoid()
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """[1, grid*grid, dim] fixed 2-D sin-cos embedding: half the channels encode the row, half the column."""
+    if dim % 4:
+        raise ValueError(f"dim {dim} must be divisible by 4 for 2-D sin-cos positions")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    angles = [axis.reshape(-1, 1) * frequencies for axis in (rows, cols)]
+    table = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+    return table[None].float()
 
 
 def box_to_corners(box: torch.Tensor) -> torch.Tensor:
