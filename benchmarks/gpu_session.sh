@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# One GPU-machine session, from the repository root: build the kernels for sm_90, install the package (no deps),
-# GPU tests, MAT-512 fp16 robustness over 100 masks, whole-model benchmarks (eager / CUDA graph, then
-# torch.compile of the reference path), then the kernel benchmark if time is left. Each step runs under a
-# timeout that keeps the whole session within BUDGET seconds; a failed step does not stop the next.
-#   OUT=results/gpu BUDGET=560 bash benchmarks/gpu_session.sh
-# Writes to $OUT: session.log, pytest.xml, mat_fp16_robustness.json, models_gpu.{json,md}, kernels.{json,md}.
+# One GPU-machine session, from the repository root, within BUDGET seconds:
+#   untimed: install (no deps), build the kernels for ARCHS, GPU tests, compute-sanitizer memcheck of the kernel
+#            tests on small shapes, one Nsight Compute pass over the benchmark kernels, and (VGLAW_EPOCHS > 0)
+#            vglaw-s and vglaw-s-static trained side by side on the GPU with the same budget;
+#   timed, once the GPU is otherwise idle: kernel benchmark, whole-model benchmark (fp16), MAT fp16 robustness
+#            over 100 masks, torch.compile rows if time is left.
+# Each step runs under a timeout that keeps the whole session within BUDGET; a failed step does not stop the next.
+#   OUT=results/gpu BUDGET=560 VGLAW_EPOCHS=40 bash benchmarks/gpu_session.sh
+# Writes to $OUT: session.log, results.tgz (pytest.xml, memcheck.log, ncu.txt, kernels.*, models_gpu.*,
+# mat_fp16_robustness.json, vglaw logs/summaries/curves) and, when trained, vglaw-s.pt / vglaw-s-static.pt
+# (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
 set -o pipefail
 OUT=${OUT:-results/gpu}
 BUDGET=${BUDGET:-560}
 ARCHS=${ARCHS:-90}
-mkdir -p "$OUT"
+VGLAW_EPOCHS=${VGLAW_EPOCHS:-0}
+VGLAW_ARGS=${VGLAW_ARGS:---synthetic-count 12000 --batch-size 64 --lr 5e-4}
+VGLAW_LIMIT=${VGLAW_LIMIT:-300}
+WORK=${WORK:-/tmp/edgestack-gpu}
+mkdir -p "$OUT" "$WORK"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1
 START=$SECONDS
@@ -33,34 +42,70 @@ step() {
 
 compile_row() {  # compile_row MODEL MAX_S: torch.compile of the reference path, or a recorded skip
   local limit=$2
-  step "compile $1" "$limit" 0 python3 benchmarks/models_gpu.py --out "$OUT" --models "$1" --dtypes fp16 \
+  step "compile $1" "$limit" 0 python3 benchmarks/models_gpu.py --out "$WORK" --models "$1" --dtypes fp16 \
     --variants compile_reference --runs 30
   local rc=$?
   if ((rc != 0)); then
-    python3 benchmarks/models_gpu.py --out "$OUT" --models "$1" --dtypes fp16 --variants compile_reference \
+    python3 benchmarks/models_gpu.py --out "$WORK" --models "$1" --dtypes fp16 --variants compile_reference \
       --skip-reason "torch.compile run did not finish within its ${limit}s limit (rc=$rc)" >>"$LOG" 2>&1
   fi
 }
 
-step env 30 0 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -2;
+train_vglaw() {  # train_vglaw CONFIG: GPU training, then the best checkpoint slimmed into $OUT
+  timeout "$VGLAW_LIMIT" python3 -m edgestack train "$1" --data synthetic --epochs "$VGLAW_EPOCHS" $VGLAW_ARGS \
+    --workers 7 --threads 1 --device cuda --out "$WORK/$1" >"$WORK/train-$1.log" 2>&1
+  echo "vglaw $1 training rc=$?" >>"$WORK/train-$1.log"
+  python3 - "$WORK/$1/best.pt" "$OUT/$1.pt" >>"$WORK/train-$1.log" 2>&1 <<'PY'
+import sys, torch
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+for key in ("optimizer", "scheduler"):
+    state.pop(key)
+state["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+torch.save(state, sys.argv[2])
+print("slimmed", sys.argv[1], "epoch", state["epoch"], state["metrics"])
+PY
+}
+
+step env 30 0 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2;
   python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"'
-step build 240 300 bash -c "cmake -S . -B build -DEDGESTACK_CUDA_ARCHS=$ARCHS -DCMAKE_BUILD_TYPE=Release >/dev/null \
-  && cmake --build build -j 16"
-step install 90 280 python3 -m pip install --no-deps --no-build-isolation -q -e .
-step import 30 260 python3 -c "from edgestack.kernels import loader; print('kernels library:', loader.library())"
-step tests 200 200 python3 -m pytest tests/test_kernels_gpu.py tests/test_models_gpu.py -q -rfEs \
-  -p no:cacheprovider -o junit_family=xunit1 --junitxml="$OUT/pytest.xml"
-step robustness 100 100 python3 benchmarks/models_gpu.py --out "$OUT" --robustness 100
-step models 150 0 python3 benchmarks/models_gpu.py --out "$OUT" --runs 30
-compile_row mat-512 130
+step install 90 400 python3 -m pip install --no-deps --no-build-isolation -q -e .
+VGLAW_PIDS=()
+if ((VGLAW_EPOCHS > 0)); then
+  echo "== vglaw: training vglaw-s and vglaw-s-static in the background at $((SECONDS - START))s" | tee -a "$LOG"
+  for config in vglaw-s vglaw-s-static; do
+    train_vglaw "$config" &
+    VGLAW_PIDS+=($!)
+  done
+fi
+step build 180 350 bash -c "cmake -S . -B build -DEDGESTACK_CUDA_ARCHS=$ARCHS -DCMAKE_BUILD_TYPE=Release >/dev/null \
+  && cmake --build build -j 8"
+step import 30 330 python3 -c "from edgestack.kernels import loader; print('kernels library:', loader.library())"
+step tests 150 280 python3 -m pytest tests/test_kernels_gpu.py tests/test_models_gpu.py -q -rfEs \
+  -p no:cacheprovider -o junit_family=xunit1 --junitxml="$WORK/pytest.xml"
+# Small shapes only: the sanitizer instruments every kernel, torch's float64 references included.
+step memcheck 90 240 compute-sanitizer --tool memcheck --error-exitcode 1 --log-file "$WORK/memcheck.log" \
+  python3 -m pytest tests/test_kernels_gpu.py -q -p no:cacheprovider \
+  -k "not (pyramid_pooling_matches_reference and (shape0 or shape1))"
+step ncu 60 220 bash -c "ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  --section MemoryWorkloadAnalysis -k regex:'window_attention|pool|conv|upsample' \
+  python3 benchmarks/kernels.py --profile >$WORK/ncu.txt 2>&1; tail -5 $WORK/ncu.txt"
+if ((${#VGLAW_PIDS[@]})); then
+  echo "== vglaw: waiting for training at $((SECONDS - START))s" | tee -a "$LOG"
+  wait "${VGLAW_PIDS[@]}"
+  grep -hE "^(data|epoch [0-9]+:|trained|vglaw|slimmed)" "$WORK"/train-*.log | tee -a "$LOG"
+fi
+step kernels 120 130 python3 benchmarks/kernels.py --out "$WORK"
+step models 100 40 python3 benchmarks/models_gpu.py --out "$WORK" --dtypes fp16 --runs 30
+step robustness 40 0 python3 benchmarks/models_gpu.py --out "$WORK" --robustness 100
 compile_row pspnet-r50 90
-step kernels 150 0 python3 benchmarks/kernels.py --out "$OUT"
+compile_row mat-512 130
 
 {
   echo
   echo "== summary at $((SECONDS - START))s"
-  grep -E "passed|failed|error" "$LOG" | grep -E "^[0-9=]" | tail -2
+  grep -E "[0-9]+ (passed|failed)" "$LOG" | tail -2
+  grep -E "ERROR SUMMARY" "$WORK/memcheck.log" 2>/dev/null | tail -1
   grep -E "^mat-[a-z0-9]+ fp16 on" "$LOG" | tail -1
-  cat "$OUT/models_gpu.md" 2>/dev/null
-  cat "$OUT/kernels.md" 2>/dev/null
+  cat "$WORK/models_gpu.md" "$WORK/kernels.md" 2>/dev/null
 } | tee -a "$LOG"
+tar -czf "$OUT/results.tgz" -C "$WORK" --exclude='*.pt' --exclude='*.so' $(cd "$WORK" && ls)

@@ -9,8 +9,10 @@ over expressions of the mask IoU at the paper's 0.35 threshold.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +45,23 @@ def mirror_text(text: str) -> str:
 
 
 class GroundingDataset(torch.utils.data.Dataset):
-    """Samples `start..start+count-1` of a split, in memory; `train` adds random horizontal flips."""
+    """Samples 0..count-1 of a split, in memory; `train` adds random horizontal flips, drawn from torch's RNG so
+    DataLoader workers (seeded per worker and epoch) flip differently. `workers` > 1 generates the samples in
+    that many processes (the same samples: each depends only on its split and index)."""
 
-    def __init__(self, split: str, count: int, tokenizer, train: bool = False, seed: int = 0, progress=None):
+    def __init__(self, split: str, count: int, tokenizer, train: bool = False, progress=None, workers: int = 1):
         if split not in referring.SPLIT_SEEDS:
             raise EdgestackError(f"unknown split {split!r}; choose one of {', '.join(referring.SPLIT_SEEDS)}")
-        self.samples = []
-        for i in range(count):
-            self.samples.append(referring.make_referring(referring.SPLIT_SEEDS[split], i))
-            if progress:
-                progress(i + 1, count)
+        make = partial(referring.make_referring, referring.SPLIT_SEEDS[split])
+        with multiprocessing.Pool(workers) if workers > 1 else _serial() as pool:
+            self.samples = []
+            for sample in pool.imap(make, range(count), chunksize=32):
+                self.samples.append(sample)
+                if progress:
+                    progress(len(self.samples), count)
         self.prompts = [encode(tokenizer, s.expression) for s in self.samples]
         self.mirrored = [encode(tokenizer, mirror_text(s.expression)) for s in self.samples] if train else None
         self.train = train
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,13 +69,26 @@ class GroundingDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         image, mask, box, prompt = sample.image, sample.mask, sample.box.copy(), self.prompts[index]
-        if self.train and self.rng.random() < 0.5:
+        if self.train and torch.rand(()) < 0.5:
             width = image.shape[1]
             image, mask = image[:, ::-1], mask[:, ::-1]
             box[[0, 2]] = width - box[[2, 0]]
             prompt = self.mirrored[index]
         return (to_input(image), torch.from_numpy(prompt.ids), torch.from_numpy(prompt.attention_mask),
                 torch.from_numpy(box / image.shape[0]), torch.from_numpy(mask.astype(np.float32))[None])
+
+
+class _serial:
+    """Stands in for a process pool when generating in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, items, chunksize=1):
+        return map(fn, items)
 
 
 def to_input(image: np.ndarray) -> torch.Tensor:
@@ -115,12 +133,13 @@ def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, prob: torch.T
     return (weight * ce * (1 - p_t) ** gamma).mean()
 
 
-def predict(model, loader) -> dict[str, np.ndarray]:
+def predict(model, loader, device: str = "cpu") -> dict[str, np.ndarray]:
     """Boxes (pixels, x1y1x2y2), mask IoU at MASK_THRESHOLD and box IoU for every sample of `loader`."""
     model.eval()
     box_ious, mask_ious, boxes, probs = [], [], [], []
     with torch.no_grad():
-        for images, ids, masks, target_box, target_mask in loader:
+        for batch in loader:
+            images, ids, masks, target_box, target_mask = (t.to(device) for t in batch)
             box, logits = model(images, ids, masks)
             corners = box_to_corners(box)
             box_ious.append(box_iou(corners, target_box)[0])
@@ -131,6 +150,7 @@ def predict(model, loader) -> dict[str, np.ndarray]:
             mask_ious.append(inter / union.clamp(min=1))
             boxes.append(corners * images.shape[-1])
             probs.append(logits.sigmoid()[:, 0])
+    box_ious, mask_ious, boxes, probs = ([t.cpu() for t in ts] for ts in (box_ious, mask_ious, boxes, probs))
     return {"box_iou": torch.cat(box_ious).numpy(), "mask_iou": torch.cat(mask_ious).numpy(),
             "boxes": torch.cat(boxes).numpy(), "probs": torch.cat(probs).numpy()}
 
@@ -142,10 +162,15 @@ def summarize(predictions: dict[str, np.ndarray]) -> dict[str, float]:
 
 def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int = 10, batch_size: int = 32,
           lr: float = 4e-4, weight_decay: float = 1e-4, train_count: int = 6000, val_count: int = 300,
-          seed: int = 0, resume: bool = False, threads: int = 2,
+          seed: int = 0, resume: bool = False, threads: int = 2, device: str | None = None, workers: int = 1,
           log=lambda message: print(message, flush=True)) -> dict[str, Any]:
-    """Train vglaw (or vglaw-s-static) on the synthetic referring set; OUT/last.pt, best.pt, curves.png."""
+    """Train vglaw (or vglaw-s-static) on the synthetic referring set; OUT/last.pt, best.pt, curves.png.
+
+    `device` defaults to CUDA when available; `workers` processes generate the synthetic samples."""
     spec, config_name = resolve("vglaw", config)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgestackError(f"--device {device}: this torch has no CUDA device; pass --device cpu")
     out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -154,13 +179,16 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     started = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("generating referring samples", total=train_count + val_count, status="")
-        train_set = GroundingDataset("train", train_count, tokenizer, train=True, seed=seed,
+        train_set = GroundingDataset("train", train_count, tokenizer, train=True, workers=workers,
                                      progress=lambda i, n: bar.update(task, completed=i))
-        val_set = GroundingDataset("val", val_count, tokenizer,
+        val_set = GroundingDataset("val", val_count, tokenizer, workers=workers,
                                    progress=lambda i, n: bar.update(task, completed=train_count + i))
     log(f"data: {train_count} train / {val_count} val referring samples ({time.perf_counter() - started:.0f} s)")
+    model.to(device)
     generator = torch.Generator().manual_seed(seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator)
+    loading = {"num_workers": workers, "persistent_workers": True} if workers > 1 else {}
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator,
+                                               pin_memory=device.startswith("cuda"), **loading)
     val_loader = torch.utils.data.DataLoader(val_set, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
@@ -172,7 +200,8 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
         epoch_start, losses = time.perf_counter(), []
         with progress_bar() as bar:
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
-            for images, ids, masks, target_box, target_mask in train_loader:
+            for batch in train_loader:
+                images, ids, masks, target_box, target_mask = (t.to(device, non_blocking=True) for t in batch)
                 box, logits = model(images, ids, masks)
                 loss, parts = grounding_loss(box, logits, target_box, target_mask)
                 optimizer.zero_grad(set_to_none=True)
@@ -182,7 +211,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
                 schedule.step()
                 losses.append(loss.item())
                 bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
-        val = summarize(predict(model, val_loader))
+        val = summarize(predict(model, val_loader, device))
         seconds = time.perf_counter() - epoch_start
         train_seconds += seconds
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
@@ -193,7 +222,8 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
             "best": max(best, val["prec@0.5"]),
             "args": {"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
-                     "weight_decay": weight_decay, "train_count": train_count, "seed": seed},
+                     "weight_decay": weight_decay, "train_count": train_count, "seed": seed,
+                     "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"},
         }
         torch.save(checkpoint, last)
         if val["prec@0.5"] > best:
@@ -201,6 +231,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
             torch.save(checkpoint, out / "best.pt")
         plot_curves(history, out / "curves.png", keys=("prec@0.5", "mIoU"), loss_name="L1 + GIoU + 4 focal + 4 dice")
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1), "threads": threads,
+               "device": checkpoint["args"]["device"],
                "best_val": max(history, key=lambda h: h["val"]["prec@0.5"])["val"], "final_val": history[-1]["val"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
