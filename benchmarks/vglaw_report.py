@@ -63,17 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         results, _ = evaluate(checkpoint, None, "test", args.count, out / f"eval-{name}", args.threads)
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         accuracy[name] = results | {"checkpoint": checkpoint, "epochs": state["epoch"],
-                                    "train_seconds": sum(h["seconds"] for h in state["history"])}
+                                    "train_seconds": sum(h["seconds"] for h in state["history"]),
+                                    "training": state["args"]}
     timings = [latency(args.bundle, backend, args.runs, args.warmup) for backend in args.backends.split(",")]
     report = {"accuracy": accuracy, "latency": timings, "environment": environment()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     lines = [f"# VG-LAW on the synthetic referring test split ({args.count} expressions)", "",
-             "| weights | Prec@0.5 | mIoU (mask >= 0.35) | mean box IoU | epochs | training s |",
-             "|---|---|---|---|---|---|"]
+             "| weights | Prec@0.5 | mIoU (mask >= 0.35) | mean box IoU | best epoch of | training s | trained on |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in accuracy.items():
-        lines.append(f"| {name} | {r['prec@0.5']:.4f} | {r['mIoU']:.4f} | {r['mean_box_iou']:.4f} | {r['epochs']} | "
-                     f"{r['train_seconds']:.0f} |")
+        t = r["training"]
+        lines.append(f"| {name} | {r['prec@0.5']:.4f} | {r['mIoU']:.4f} | {r['mean_box_iou']:.4f} | {r['epochs']} of "
+                     f"{t['epochs']} | {r['train_seconds']:.0f} | {t.get('device', 'cpu')}, {t['train_count']} "
+                     f"samples, batch {t['batch_size']}, lr {t['lr']} |")
     kinds = sorted(accuracy["adaptive"]["prec@0.5_by_kind"])
     lines += ["", "| Prec@0.5 by target kind | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name, r in accuracy.items():

@@ -38,9 +38,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     bundle, meta = export_bundle(
         args.model, args.config, args.out, args.checkpoint, seed=args.seed, progress=lambda m: console.print(m)
     )
-    console.print(f"[bold]parity[/bold] (tolerance {meta['parity']['tolerance']}):")
     from edgestack.export.report import parity_table
 
+    if "graphs" in meta:  # text + vision graphs (vglaw): parity per graph; latency in benchmarks/vglaw_report.py
+        for graph, parity in meta["parity"].items():
+            console.print(f"[bold]parity of the {graph} graph[/bold] (tolerance {parity['tolerance']}):")
+            console.print(parity_table(parity["results"]))
+        console.print(f"[bold green]bundle written:[/bold green] {bundle}")
+        return
+    console.print(f"[bold]parity[/bold] (tolerance {meta['parity']['tolerance']}):")
     console.print(parity_table(meta["parity"]["results"]))
     if args.bench_runs > 0:
         height, width = meta["default_size"]

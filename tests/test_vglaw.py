@@ -10,7 +10,6 @@ import torch
 
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
-from edgestack.export import export_bundle
 from edgestack.models import resolve
 from edgestack.models.vglaw import SHIPPED
 from edgestack.models.vglaw.model import box_to_corners
@@ -236,11 +235,11 @@ def test_train_resume_and_eval(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, model):
+    """Exported through the CLI, as users do (`edgestack export vglaw-s --checkpoint ...`)."""
     folder = tmp_path_factory.mktemp("vglaw")
     torch.save(model.state_dict(), folder / "weights.pt")
-    path, meta = export_bundle("vglaw-s", out=folder / "bundle", checkpoint=folder / "weights.pt",
-                               progress=lambda m: None)
-    return path, meta
+    assert main(["export", "vglaw-s", "--out", str(folder / "bundle"), "--checkpoint", str(folder / "weights.pt")]) == 0
+    return folder / "bundle", json.loads((folder / "bundle" / "meta.json").read_text())
 
 
 def test_two_graph_bundle_parity_and_layout(bundle):
@@ -296,10 +295,11 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
     assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "missing.png"), "--text", "dent"]) == 2
 
 
-@pytest.mark.skipif(not SHIPPED["vglaw-s"].is_file(), reason="no shipped vglaw-s weights in this checkout")
 def test_shipped_weights_reach_the_goal_on_held_out_expressions(tmp_path):
-    """Goal of the VG-LAW issue: Prec@0.5 >= 0.8 on the synthetic test split (200 of its expressions here)."""
+    """Goal of the VG-LAW issue: Prec@0.5 >= 0.8 on the synthetic test split (200 of its expressions here; the
+    shipped card reports 0.881 on 1000). The paper's mask threshold; mIoU well above an empty-mask guess."""
     from edgestack.train.grounding import evaluate
 
+    assert SHIPPED["vglaw-s"].is_file()
     results, _ = evaluate(None, "vglaw-s", "test", 200, tmp_path, threads=2)
-    assert results["prec@0.5"] >= 0.8
+    assert results["prec@0.5"] >= 0.8 and results["mIoU"] >= 0.6
