@@ -7,6 +7,8 @@
 #            over 100 masks, torch.compile rows if time is left.
 # Each step runs under a timeout that keeps the whole session within BUDGET; a failed step does not stop the next.
 #   OUT=results/gpu BUDGET=560 VGLAW_EPOCHS=40 bash benchmarks/gpu_session.sh
+#   OUT=... BUDGET=180 QUICK=1 NCU_KERNELS=window_attention bash benchmarks/gpu_session.sh
+#     after a kernel change: no vglaw training and no torch.compile model rows (about 3 minutes)
 # Writes to $OUT: session.log, results.tgz (pytest.xml, memcheck.log, ncu.txt, kernels.*, models_gpu.*,
 # mat_fp16_robustness.json, vglaw logs/summaries/curves) and, when trained, vglaw-s.pt / vglaw-s-static.pt
 # (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
@@ -18,6 +20,9 @@ VGLAW_EPOCHS=${VGLAW_EPOCHS:-0}
 VGLAW_ARGS=${VGLAW_ARGS:---synthetic-count 12000 --batch-size 64 --lr 5e-4}
 VGLAW_LIMIT=${VGLAW_LIMIT:-300}
 WORK=${WORK:-/tmp/edgestack-gpu}
+QUICK=${QUICK:-0}
+NCU_KERNELS=${NCU_KERNELS:-window_attention|pool|conv|upsample}
+if ((QUICK)); then VGLAW_EPOCHS=0; fi
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1
@@ -27,6 +32,7 @@ START=$SECONDS
 step() {
   local name=$1 max=$2 reserve=$3
   shift 3
+  if ((QUICK)); then reserve=0; fi
   local left=$((BUDGET - (SECONDS - START) - reserve))
   local limit=$((max < left ? max : left))
   if ((limit < 20)); then
@@ -87,7 +93,7 @@ step memcheck 90 240 compute-sanitizer --tool memcheck --error-exitcode 1 --log-
   python3 -m pytest tests/test_kernels_gpu.py -q -p no:cacheprovider \
   -k "not (pyramid_pooling_matches_reference and (shape0 or shape1))"
 step ncu 60 220 bash -c "ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-  --section MemoryWorkloadAnalysis -k regex:'window_attention|pool|conv|upsample' \
+  --section MemoryWorkloadAnalysis -k regex:'$NCU_KERNELS' \
   python3 benchmarks/kernels.py --profile >$WORK/ncu.txt 2>&1; tail -5 $WORK/ncu.txt"
 if ((${#VGLAW_PIDS[@]})); then
   echo "== vglaw: waiting for training at $((SECONDS - START))s" | tee -a "$LOG"
@@ -97,8 +103,10 @@ fi
 step kernels 120 130 python3 benchmarks/kernels.py --out "$WORK"
 step models 100 40 python3 benchmarks/models_gpu.py --out "$WORK" --dtypes fp16 --runs 30
 step robustness 40 0 python3 benchmarks/models_gpu.py --out "$WORK" --robustness 100
-compile_row pspnet-r50 90
-compile_row mat-512 130
+if ((!QUICK)); then
+  compile_row pspnet-r50 90
+  compile_row mat-512 130
+fi
 
 {
   echo

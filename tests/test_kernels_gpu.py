@@ -48,7 +48,7 @@ def make_mask(kind: str, b: int, h: int, w: int, dtype) -> torch.Tensor:
     return mask
 
 
-# (B, H, W, C, heads, window, shift): MAT's shapes (head dim 30) and others (head dims 4..48, window 7).
+# (B, H, W, C, heads, window, shift): MAT's shapes (head dim 30) and others (head dims 4..48, windows 4..16).
 WA_SHAPES = [
     (1, 64, 64, 180, 6, 8, 4),
     (2, 32, 32, 180, 6, 16, 8),
@@ -56,6 +56,9 @@ WA_SHAPES = [
     (2, 16, 24, 64, 4, 8, 0),
     (1, 14, 21, 96, 2, 7, 3),
     (3, 8, 8, 8, 2, 4, 2),
+    (1, 16, 16, 42, 3, 16, 4),  # head dim 14, 256 tokens: fp16 tensor-core kernel, half2 loads
+    (2, 8, 8, 15, 3, 8, 4),  # odd channels and head dim 5: tensor-core kernel with scalar loads
+    (1, 24, 24, 96, 3, 12, 6),  # head dim 32, 144 tokens: last key tile partly beyond the window
 ]
 
 

@@ -1,12 +1,18 @@
 // Windowed masked attention in one pass: cyclic shift, window partition, q k^T, region and key-mask
-// biases, softmax, attn v, window reverse and the mask update. One block per (window, head, query chunk);
-// KS adjacent lanes share one query and split its keys, each keeping an online-softmax state in registers,
-// merged with warp shuffles at the end. Keys and values stream through shared memory in tiles of 64, so
-// any window size works. The shift is index arithmetic on loads and stores: no rolled copies.
+// biases, softmax, attn v, window reverse and the mask update. The shift is index arithmetic on loads and
+// stores: no rolled copies. Two kernels:
+// - tensor cores (fp16 on sm_80+, head_dim <= 32, windows of <= 256 tokens, i.e. MAT's): one block per
+//   (window, head, 64 queries) holds the window's K and V^T in shared memory; each warp takes 16 queries
+//   through mma.m16n8k16 (fp32 accumulation) for q k^T and for P v, with an online softmax in registers
+//   (FlashAttention-2's layout: the score accumulators become P's A fragments without a shuffle);
+// - CUDA cores (fp32, and fp16 shapes outside those limits): KS adjacent lanes share one query and split its
+//   keys, each keeping an online-softmax state in registers, merged with warp shuffles at the end; keys and
+//   values stream through shared memory in tiles of 64, so any window size works.
 #include "kernel.h"
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "../common/dtype.cuh"
 
@@ -198,6 +204,264 @@ __global__ void __launch_bounds__(kThreads) window_attention_kernel(const Params
     }
 }
 
+// ---- tensor-core kernel ----------------------------------------------------------------------------------------
+
+constexpr int kTcWarps = 4;
+constexpr int kTcQueries = 16 * kTcWarps;  // queries per block
+
+// mma.m16n8k16 needs sm_80; older targets compile the kernel as a trap that the host dispatch never launches.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define EDGESTACK_TENSOR_CORES 1
+constexpr int kTcKeyTile = 64;  // keys per online-softmax step
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float low, float high) {
+    const __half2 h = __floats2half2_rn(low, high);  // low half = lower column, as the fragments expect
+    uint32_t bits;
+    memcpy(&bits, &h, sizeof(bits));
+    return bits;
+}
+
+__device__ __forceinline__ uint32_t shared_pair(const __half* at) { return *reinterpret_cast<const uint32_t*>(at); }
+#endif
+
+// D: head_dim padded to 16 or 32; KT: window tokens padded to 64 or 256. `pairs`: channels and head_dim are
+// even and q/k/v 4-byte aligned, so K/V rows load as half2.
+template <int D, int KT>
+__global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(const Params p, bool pairs) {
+#ifndef EDGESTACK_TENSOR_CORES
+    __trap();
+#else
+    constexpr int kThreadsTc = kTcWarps * 32;
+    constexpr int kKPitch = D + 8;   // halves; +8 spreads the 8 rows a fragment load touches over all banks
+    constexpr int kVPitch = KT + 8;
+    constexpr int kSteps = D / 16;   // k-steps of q k^T
+    __shared__ __align__(16) __half ks[KT][kKPitch];
+    __shared__ __align__(16) __half vt[D][kVPitch];  // V transposed: P v's B fragments are row pairs
+    __shared__ int64_t key_index[KT];
+    __shared__ float key_bias[KT];  // masked-key bias (base 2); -inf for the padding beyond the window
+    __shared__ float key_mask[KT];
+    __shared__ int key_region[KT];
+    __shared__ float window_valid;
+
+    const __half* q = static_cast<const __half*>(p.q);
+    const __half* k = static_cast<const __half*>(p.k);
+    const __half* v = static_cast<const __half*>(p.v);
+    const __half* mask = static_cast<const __half*>(p.mask);
+    const int image = blockIdx.x / p.windows_per_image;
+    const int win = blockIdx.x % p.windows_per_image;
+    const int head_offset = blockIdx.y * p.head_dim;
+    const bool shifted = p.shift > 0;
+
+    for (int j = threadIdx.x; j < KT; j += kThreadsTc) {
+        const bool inside = j < p.tokens;
+        const int64_t index = inside ? token_index(p, image, win, j) : 0;
+        const float m = inside ? __half2float(mask[index]) : 0.f;
+        key_index[j] = index;
+        key_mask[j] = m;
+        key_bias[j] = inside ? (m == 0.f ? p.bias_log2 : 0.f) : -INFINITY;
+        key_region[j] = inside && shifted ? token_region(p, win, j) : 0;
+    }
+    __syncthreads();
+    if (pairs) {
+        constexpr int kPairs = D / 2;
+#pragma unroll 4
+        for (int e = threadIdx.x; e < KT * kPairs; e += kThreadsTc) {
+            const int j = e / kPairs;
+            const int c = 2 * (e % kPairs);
+            __half2 kk = __float2half2_rn(0.f), vv = kk;
+            if (j < p.tokens && c < p.head_dim) {
+                const int64_t offset = key_index[j] * p.channels + head_offset + c;
+                kk = *reinterpret_cast<const __half2*>(k + offset);
+                vv = *reinterpret_cast<const __half2*>(v + offset);
+            }
+            *reinterpret_cast<__half2*>(&ks[j][c]) = kk;
+            vt[c][j] = __low2half(vv);
+            vt[c + 1][j] = __high2half(vv);
+        }
+    } else {
+#pragma unroll 4
+        for (int e = threadIdx.x; e < KT * D; e += kThreadsTc) {
+            const int j = e / D;
+            const int c = e % D;
+            __half kk = __float2half_rn(0.f), vv = kk;
+            if (j < p.tokens && c < p.head_dim) {
+                const int64_t offset = key_index[j] * p.channels + head_offset + c;
+                kk = k[offset];
+                vv = v[offset];
+            }
+            ks[j][c] = kk;
+            vt[c][j] = vv;
+        }
+    }
+    // mask_out = clamp(sum of the window's mask, 0, 1) on every token: once per window (head 0, chunk 0).
+    if (blockIdx.y == 0 && blockIdx.z == 0) {
+        if (threadIdx.x < 32) {
+            float sum = 0.f;
+            for (int t = threadIdx.x; t < p.tokens; t += 32) sum += key_mask[t];
+            for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (threadIdx.x == 0) window_valid = fminf(fmaxf(sum, 0.f), 1.f);
+        }
+        __syncthreads();
+        __half* mask_out = static_cast<__half*>(p.mask_out);
+        for (int t = threadIdx.x; t < p.tokens; t += kThreadsTc) mask_out[key_index[t]] = __float2half_rn(window_valid);
+    }
+    __syncthreads();
+
+    const int warp = threadIdx.x / 32;
+    const int group = (threadIdx.x % 32) / 4;  // fragment row (and B column)
+    const int quad = threadIdx.x % 4;          // fragment column pair
+    const int query_base = blockIdx.z * kTcQueries + warp * 16;
+    if (query_base >= p.tokens) return;  // no barrier follows
+
+    // This lane's two query rows: group and group + 8 of the warp's 16.
+    bool row_ok[2];
+    int64_t row_index[2];
+    int row_region[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int query = query_base + group + 8 * r;
+        row_ok[r] = query < p.tokens;
+        row_index[r] = row_ok[r] ? token_index(p, image, win, query) : 0;
+        row_region[r] = row_ok[r] && shifted ? token_region(p, win, query) : 0;
+    }
+    // Q's A fragments: register i holds row (i & 1) * 8 + group, columns 16 s + 2 quad + (i >> 1) * 8 (+1).
+    uint32_t qa[kSteps][4];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = i & 1;
+            const int c = 16 * s + 2 * quad + (i >> 1) * 8;
+            const __half* row = q + row_index[r] * p.channels + head_offset;
+            const float low = row_ok[r] && c < p.head_dim ? __half2float(row[c]) : 0.f;
+            const float high = row_ok[r] && c + 1 < p.head_dim ? __half2float(row[c + 1]) : 0.f;
+            qa[s][i] = pack_half2(low, high);
+        }
+    }
+
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY};  // running max per row (base-2 scores)
+    float l[2] = {0.f, 0.f};              // this lane's part of the running sum per row
+
+    for (int base = 0; base < p.tokens; base += kTcKeyTile) {
+        // Scores of 16 queries x 64 keys: 8 accumulator tiles of 16 x 8, c0/c1 on row `group`, c2/c3 on +8.
+        float score[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+            score[n][0] = score[n][1] = score[n][2] = score[n][3] = 0.f;
+            const __half* key_row = ks[base + 8 * n + group];
+#pragma unroll
+            for (int s = 0; s < kSteps; ++s)
+                mma_16816(score[n], qa[s], shared_pair(key_row + 16 * s + 2 * quad),
+                          shared_pair(key_row + 16 * s + 2 * quad + 8));
+        }
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = base + 8 * n + 2 * quad + (i & 1);
+                const int r = i >> 1;
+                const float region_bias = key_region[key] != row_region[r] ? p.bias_log2 : 0.f;
+                score[n][i] = score[n][i] * p.scale_log2 + key_bias[key] + region_bias;
+                tile_max[r] = fmaxf(tile_max[r], score[n][i]);
+            }
+        }
+        float correction[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            const float m_new = fmaxf(m[r], tile_max[r]);  // finite: every tile starts with a real key
+            correction[r] = exp2f(m[r] - m_new);
+            m[r] = m_new;
+            l[r] *= correction[r];
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            acc[n][0] *= correction[0];
+            acc[n][1] *= correction[0];
+            acc[n][2] *= correction[1];
+            acc[n][3] *= correction[1];
+        }
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                score[n][i] = exp2f(score[n][i] - m[i >> 1]);
+                l[i >> 1] += score[n][i];
+            }
+        }
+        // P v: score tiles 2t and 2t+1 are P's A fragment for keys 16t..16t+15.
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const uint32_t pa[4] = {pack_half2(score[2 * t][0], score[2 * t][1]),
+                                    pack_half2(score[2 * t][2], score[2 * t][3]),
+                                    pack_half2(score[2 * t + 1][0], score[2 * t + 1][1]),
+                                    pack_half2(score[2 * t + 1][2], score[2 * t + 1][3])};
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const __half* value_row = vt[8 * n + group] + base + 16 * t + 2 * quad;
+                mma_16816(acc[n], pa, shared_pair(value_row), shared_pair(value_row + 8));
+            }
+        }
+    }
+
+    __half* out = static_cast<__half*>(p.out);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = i >> 1;
+            const int c = 8 * n + 2 * quad + (i & 1);
+            if (row_ok[r] && c < p.head_dim)
+                out[row_index[r] * p.channels + head_offset + c] = __float2half_rn(acc[n][i] / l[r]);
+        }
+    }
+#endif
+}
+
+template <int D, int KT>
+int launch_tc(const Params& p, int batch, int num_heads, bool pairs, cudaStream_t stream) {
+    const dim3 grid(unsigned(batch) * p.windows_per_image, num_heads, (p.tokens + kTcQueries - 1) / kTcQueries);
+    window_attention_tc_kernel<D, KT><<<grid, kTcWarps * 32, 0, stream>>>(p, pairs);
+    return edgestack::launch_status();
+}
+
+// The tensor-core kernel applies to fp16 on sm_80+ with head_dim <= 32 and windows of <= 256 tokens.
+int try_launch_tc(const Params& p, int batch, int num_heads, cudaStream_t stream, bool* launched) {
+    *launched = false;
+    if (p.head_dim > 32 || p.tokens > 256) return EDGESTACK_OK;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+        return edgestack::launch_status();
+    if (major < 8) return EDGESTACK_OK;
+    const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 4 == 0; };
+    const bool pairs = p.channels % 2 == 0 && p.head_dim % 2 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+    *launched = true;
+    if (p.head_dim <= 16)
+        return p.tokens <= 64 ? launch_tc<16, 64>(p, batch, num_heads, pairs, stream)
+                              : launch_tc<16, 256>(p, batch, num_heads, pairs, stream);
+    return p.tokens <= 64 ? launch_tc<32, 64>(p, batch, num_heads, pairs, stream)
+                          : launch_tc<32, 256>(p, batch, num_heads, pairs, stream);
+}
+
 template <typename T, int D>
 int launch(const Params& p, int batch, int num_heads, cudaStream_t stream) {
     // Few keys per window: 4 lanes per query keep the merge cheap; larger windows split keys 8 ways.
@@ -263,7 +527,11 @@ extern "C" int edgestack_window_attention(const void* q, const void* k, const vo
     p.bias_log2 = masked_bias * kLog2e;
     switch (dtype) {
         case EDGESTACK_FLOAT32: return dispatch_head_dim<float>(p, batch, num_heads, stream);
-        case EDGESTACK_FLOAT16: return dispatch_head_dim<__half>(p, batch, num_heads, stream);
+        case EDGESTACK_FLOAT16: {
+            bool launched = false;
+            const int status = try_launch_tc(p, batch, num_heads, stream, &launched);
+            return launched || status != EDGESTACK_OK ? status : dispatch_head_dim<__half>(p, batch, num_heads, stream);
+        }
         default: return EDGESTACK_ERR_BAD_DTYPE;
     }
 }
