@@ -237,11 +237,12 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"{summary['device']}; "
               f"best val Prec@0.5 {best['prec@0.5']:.4f}, mIoU {best['mIoU']:.4f}; checkpoints in {out}")
         return
-    if args.device or args.workers != 1:
-        raise EdgestackError("--device and --workers apply to vglaw training only; defectseg and the detector "
-                             "train on the CPU with --threads")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import train_command
+
+        if args.device or args.workers != 1:
+            raise EdgestackError("--device and --workers apply to defectseg and vglaw; the detector trains on the "
+                                 "CPU with --threads")
 
         out = args.out or f"runs/{args.config or args.model}"
         summary = train_command(args.model, args.config, args.data, out, args.epochs, args.batch_size, args.size,
@@ -255,7 +256,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
-                    resume=args.resume, init=args.init, threads=args.threads)
+                    resume=args.resume, init=args.init, threads=args.threads, device=args.device,
+                    workers=args.workers)
     best = summary["best_val"]
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
@@ -439,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "default: 3000 (defectseg, detector), 6000 (vglaw)")
     p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    p.add_argument("--device", help="vglaw: torch device, e.g. cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", help="defectseg, vglaw: torch device, e.g. cuda or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=1,
-                   help="vglaw: processes that generate the synthetic samples and load batches")
+                   help="defectseg, vglaw: processes that generate the synthetic samples and load batches")
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)

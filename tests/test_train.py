@@ -10,7 +10,7 @@ import torch
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
 from edgestack.train import synthetic
-from edgestack.train.datasets import Record, load_pair, scan_folder, split
+from edgestack.train.datasets import DefectDataset, Record, generate, load_pair, scan_folder, seed_worker, split
 from edgestack.train.losses import structure_loss
 from edgestack.train.metrics import DefectMetrics, is_ng
 
@@ -102,6 +102,21 @@ def test_empty_or_unknown_folders_are_errors(tmp_path):
         load_pair(Record(tmp_path / "nope.png", None))
 
 
+def test_generating_in_worker_processes_gives_the_same_samples():
+    serial, pooled = generate(_sample64, 4), generate(_sample64, 4, workers=2)
+    for a, b in zip(serial, pooled, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+
+
+def test_loader_workers_augment_differently():
+    """Without seed_worker every worker would replay the same copy of the dataset's RNG."""
+    image = synthetic.make_sample(synthetic.TRAIN_SEED, 0, 64).image
+    data = DefectDataset([image] * 4, [np.zeros((64, 64), np.uint8)] * 4, train=True)
+    loader = torch.utils.data.DataLoader(data, 1, num_workers=2, worker_init_fn=seed_worker)
+    first, second = [batch[0] for batch in list(loader)[:2]]  # index 0 from worker 0, index 1 from worker 1
+    assert not torch.equal(first, second)
+
+
 def test_split_is_seeded_and_disjoint():
     train, val = split(100, 0.1, seed=3)
     assert (train, val) == split(100, 0.1, seed=3) and val != split(100, 0.1, seed=4)[1]
@@ -168,3 +183,7 @@ def test_synth_cli_writes_cds2k_layout(tmp_path, capsys):
     written = list((tmp_path / "s").rglob("*.png"))
     assert len(list((tmp_path / "s").glob("*/Image/*.png"))) == 6 and len(written) > 6
     assert "CDS2K layout" in capsys.readouterr().out
+
+
+def _sample64(index):  # module level: worker processes import it by name
+    return synthetic.make_sample(synthetic.TRAIN_SEED, index, 64)

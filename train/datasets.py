@@ -11,7 +11,10 @@ with its reason; a folder with nothing usable is an EdgestackError.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -164,6 +167,29 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
     return torch.from_numpy(x.transpose(2, 0, 1).copy()), torch.from_numpy((mask > 128).astype(np.float32)[None])
 
 
+def generate(make: Callable[[int], object], count: int, workers: int = 1, progress=None) -> list:
+    """[make(0), ..., make(count - 1)], in `workers` processes when > 1 (same results: `make` depends only on the
+    index); `progress(done, count)` after each."""
+    results = []
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        for item in pool.imap(make, range(count), chunksize=16) if pool else map(make, range(count)):
+            results.append(item)
+            if progress:
+                progress(len(results), count)
+    finally:
+        if pool:
+            pool.terminate()
+    return results
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: each worker starts with a copy of the dataset's numpy RNG; give it its own
+    stream from the worker's torch seed (which the loader draws per worker from its generator)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(info.seed)
+
+
 class DefectDataset(torch.utils.data.Dataset):
     """Images and masks in memory at `size` x `size`; augmented when `train`."""
 
@@ -189,15 +215,14 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
 
 
 def load_datasets(
-    data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None
+    data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None,
+    workers: int = 1,
 ) -> tuple[DefectDataset, DefectDataset, dict]:
-    """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed)."""
+    """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed, generated in
+    `workers` processes)."""
     if data == "synthetic":
-        samples = []
-        for i in range(synthetic_count):
-            samples.append(synthetic.make_sample(synthetic.TRAIN_SEED, i, size))
-            if progress:
-                progress(i + 1, synthetic_count)
+        make = partial(synthetic.make_sample, synthetic.TRAIN_SEED, size=size)
+        samples = generate(make, synthetic_count, workers, progress)
         pairs = [(s.image, s.mask) for s in samples]
         info = {"data": "synthetic", "seed": synthetic.TRAIN_SEED, "count": synthetic_count, "skipped": []}
     else:

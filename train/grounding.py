@@ -9,7 +9,6 @@ over expressions of the mask IoU at the paper's 0.35 threshold.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import time
 from functools import partial
@@ -26,8 +25,16 @@ from edgestack.models.vglaw import MASK_THRESHOLD
 from edgestack.models.vglaw.model import box_to_corners
 from edgestack.models.vglaw.tokenizer import encode, load_tokenizer, train_tokenizer
 from edgestack.train import referring
-from edgestack.train.datasets import MEAN, STD
-from edgestack.train.loop import cosine_schedule, plot_curves, progress_bar, resume_run, run_folder
+from edgestack.train.datasets import MEAN, STD, generate
+from edgestack.train.loop import (
+    cosine_schedule,
+    device_name,
+    plot_curves,
+    progress_bar,
+    resume_run,
+    run_folder,
+    training_device,
+)
 
 TOKENIZER_CORPUS = 5000  # training-split expressions the shipped tokenizer was trained on
 
@@ -52,13 +59,8 @@ class GroundingDataset(torch.utils.data.Dataset):
     def __init__(self, split: str, count: int, tokenizer, train: bool = False, progress=None, workers: int = 1):
         if split not in referring.SPLIT_SEEDS:
             raise EdgestackError(f"unknown split {split!r}; choose one of {', '.join(referring.SPLIT_SEEDS)}")
-        make = partial(referring.make_referring, referring.SPLIT_SEEDS[split])
-        with multiprocessing.Pool(workers) if workers > 1 else _serial() as pool:
-            self.samples = []
-            for sample in pool.imap(make, range(count), chunksize=32):
-                self.samples.append(sample)
-                if progress:
-                    progress(len(self.samples), count)
+        self.samples = generate(partial(referring.make_referring, referring.SPLIT_SEEDS[split]), count, workers,
+                                progress)
         self.prompts = [encode(tokenizer, s.expression) for s in self.samples]
         self.mirrored = [encode(tokenizer, mirror_text(s.expression)) for s in self.samples] if train else None
         self.train = train
@@ -76,19 +78,6 @@ class GroundingDataset(torch.utils.data.Dataset):
             prompt = self.mirrored[index]
         return (to_input(image), torch.from_numpy(prompt.ids), torch.from_numpy(prompt.attention_mask),
                 torch.from_numpy(box / image.shape[0]), torch.from_numpy(mask.astype(np.float32))[None])
-
-
-class _serial:
-    """Stands in for a process pool when generating in this process."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, items, chunksize=1):
-        return map(fn, items)
 
 
 def to_input(image: np.ndarray) -> torch.Tensor:
@@ -168,9 +157,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
 
     `device` defaults to CUDA when available; `workers` processes generate the synthetic samples."""
     spec, config_name = resolve("vglaw", config)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EdgestackError(f"--device {device}: this torch has no CUDA device; pass --device cpu")
+    device = training_device(device)
     out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -223,7 +210,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
             "best": max(best, val["prec@0.5"]),
             "args": {"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
                      "weight_decay": weight_decay, "train_count": train_count, "seed": seed,
-                     "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"},
+                     "device": device_name(device)},
         }
         torch.save(checkpoint, last)
         if val["prec@0.5"] > best:

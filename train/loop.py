@@ -18,7 +18,7 @@ import torch
 
 from edgestack.errors import EdgestackError
 from edgestack.models import resolve
-from edgestack.train.datasets import load_datasets
+from edgestack.train.datasets import load_datasets, seed_worker
 from edgestack.train.losses import structure_loss
 from edgestack.train.metrics import DefectMetrics
 
@@ -30,13 +30,13 @@ def progress_bar():
                     TextColumn("{task.fields[status]}"))
 
 
-def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: str = "cpu") -> dict[str, float]:
     """Benchmark + image-level figures of `model` on a loader of (image, mask) batches at training size."""
     metrics = DefectMetrics()
     model.eval()
     with torch.no_grad():
         for images, masks in loader:
-            probs = model(images)
+            probs = model(images.to(device)).cpu()
             for prob, mask in zip(probs[:, 0].numpy(), masks[:, 0].numpy()):
                 metrics.update(prob, (mask * 255).astype(np.uint8) if mask.any() else None)
     return metrics.results()
@@ -63,6 +63,18 @@ def plot_curves(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def training_device(device: str | None) -> str:
+    """`device`, or CUDA when available; a clear error for a CUDA device this torch cannot use."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgestackError(f"--device {device}: this torch has no CUDA device; pass --device cpu")
+    return device
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def run_folder(out: str | Path, resume: bool) -> tuple[Path, Path]:
@@ -114,17 +126,21 @@ def train(
     resume: bool = False,
     init: str | Path | None = None,
     threads: int = 2,
+    device: str | None = None,
+    workers: int = 1,
     log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
 ) -> dict[str, Any]:
     """Train; returns the final summary (also written to OUT/summary.json).
 
     `init`: start from these weights (a checkpoint, a .safetensors, or "shipped": the config's own) instead of random
-    ones: fine-tuning on a line's own images converges far faster than training from scratch."""
+    ones: fine-tuning on a line's own images converges far faster than training from scratch. `device` defaults to
+    CUDA when available; `workers` processes generate the synthetic samples and load batches."""
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
     if size % 32:
         raise EdgestackError(f"--size must be a multiple of 32 (the encoder stride), got {size}")
+    device = training_device(device)
     out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -140,18 +156,21 @@ def train(
 
         load_checkpoint(model, init)
         log(f"initialised from {init}")
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     started = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("generating data" if data == "synthetic" else "reading data", total=None, status="")
         train_set, val_set, data_info = load_datasets(
             data, size, val_fraction, seed, synthetic_count,
-            progress=lambda i, n: bar.update(task, completed=i, total=n),
+            progress=lambda i, n: bar.update(task, completed=i, total=n), workers=workers,
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
     generator = torch.Generator().manual_seed(seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator)
+    loading = {"num_workers": workers, "persistent_workers": True, "worker_init_fn": seed_worker} if workers > 1 else {}
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator,
+                                               pin_memory=device.startswith("cuda"), **loading)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.1)
     history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
@@ -165,6 +184,7 @@ def train(
         with progress_bar() as bar:
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
             for images, masks in train_loader:
+                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
                 logits, aux = model(images)
                 loss = structure_loss(logits, masks) + aux_weight * structure_loss(aux, masks)
                 optimizer.zero_grad(set_to_none=True)
@@ -173,7 +193,7 @@ def train(
                 schedule.step()
                 losses.append(loss.item())
                 bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
-        val = evaluate(model, val_loader)
+        val = evaluate(model, val_loader, device)
         seconds = time.perf_counter() - epoch_start
         train_seconds += seconds
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
@@ -186,7 +206,7 @@ def train(
             "best": max(best, score),
             "args": {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
                      "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
-                     "init": None if init is None else str(init)},
+                     "init": None if init is None else str(init), "device": device_name(device)},
         }
         torch.save(checkpoint, last)
         if score > best:
@@ -196,7 +216,8 @@ def train(
 
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1),
                "best_val": max(history, key=lambda h: h["val"].get("S", h["val"]["accuracy"]))["val"],
-               "final_val": history[-1]["val"], "data": data_info, "threads": threads}
+               "final_val": history[-1]["val"], "data": data_info, "threads": threads,
+               "device": device_name(device)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
