@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(args.threads)
+    # Latency first: measured after the evaluation in the same process, onnxruntime's figures on a 2-core
+    # machine came out about 1.5x slower (cause not pinned down; a fresh process matches a standalone timing).
+    timings = [latency(args.bundle, backend, args.runs, args.warmup) for backend in args.backends.split(",")]
     accuracy = {}
     for name, checkpoint in (("adaptive", args.adaptive), ("static", args.static)):
         results, _ = evaluate(checkpoint, None, "test", args.count, out / f"eval-{name}", args.threads)
@@ -65,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         accuracy[name] = results | {"checkpoint": checkpoint, "epochs": state["epoch"],
                                     "train_seconds": sum(h["seconds"] for h in state["history"]),
                                     "training": state["args"]}
-    timings = [latency(args.bundle, backend, args.runs, args.warmup) for backend in args.backends.split(",")]
     report = {"accuracy": accuracy, "latency": timings, "environment": environment()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
