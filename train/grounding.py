@@ -33,6 +33,7 @@ from edgestack.train.loop import (
     progress_bar,
     resume_run,
     run_folder,
+    shuffled_loader,
     training_device,
 )
 
@@ -173,9 +174,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     log(f"data: {train_count} train / {val_count} val referring samples ({time.perf_counter() - started:.0f} s)")
     model.to(device)
     generator = torch.Generator().manual_seed(seed)
-    loading = {"num_workers": workers, "persistent_workers": True} if workers > 1 else {}
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator,
-                                               pin_memory=device.startswith("cuda"), **loading)
+    train_loader = shuffled_loader(train_set, batch_size, generator, workers, device)  # flips use torch's RNG
     val_loader = torch.utils.data.DataLoader(val_set, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)

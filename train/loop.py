@@ -77,6 +77,16 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
+def shuffled_loader(dataset, batch_size: int, generator: torch.Generator, workers: int, device: str,
+                    worker_init_fn=None) -> torch.utils.data.DataLoader:
+    """The training loader: shuffled full batches, `workers` > 1 loading processes (kept across epochs),
+    pinned memory when training on CUDA."""
+    loading = {"num_workers": workers, "persistent_workers": True, "worker_init_fn": worker_init_fn} if workers > 1 \
+        else {}
+    return torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, generator=generator,
+                                       pin_memory=device.startswith("cuda"), **loading)
+
+
 def run_folder(out: str | Path, resume: bool) -> tuple[Path, Path]:
     """(run folder, its last.pt), refusing to overwrite a run unless resuming and to resume nothing."""
     out = Path(out)
@@ -168,9 +178,7 @@ def train(
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
     generator = torch.Generator().manual_seed(seed)
-    loading = {"num_workers": workers, "persistent_workers": True, "worker_init_fn": seed_worker} if workers > 1 else {}
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=generator,
-                                               pin_memory=device.startswith("cuda"), **loading)
+    train_loader = shuffled_loader(train_set, batch_size, generator, workers, device, seed_worker)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.1)
     history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
