@@ -233,7 +233,8 @@ __device__ __forceinline__ uint32_t shared_pair(const __half* at) { return *rein
 #endif
 
 // D: head_dim padded to 16 or 32; KT: window tokens padded to 64 or 256. `pairs`: channels and head_dim are
-// even and q/k/v 4-byte aligned, so K/V rows load as half2.
+// even and q/k/v 4-byte aligned, so K/V rows load as half2. The explicit 1 block/SM minimum keeps ptxas from
+// capping the D = 16 variants at 72 registers, where they spilled.
 template <int D, int KT>
 __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(const Params p, bool pairs) {
 #ifndef EDGESTACK_TENSOR_CORES
