@@ -58,7 +58,9 @@ register(
         parity_sizes=lambda c: [(352, 352), (256, 384)],
         preprocess={"layout": "NCHW", "color": "RGB", "scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                     "min_size": 64},
-        parity_tolerance={"max_abs_over_max_ref": 1e-4},
+        # The output is a probability: an absolute bound. On a defect-free input every probability is ~1e-4,
+        # so an error relative to the largest one says nothing (1e-7 absolute read as 1e-3 relative).
+        parity_tolerance={"max_abs": 1e-5},
         postprocess=lambda c: {"kind": "defect_probability", "output": "prob", "threshold": 0.5},
         extras={"default_checkpoint": {name: str(path) for name, path in SHIPPED.items()}},
     )
