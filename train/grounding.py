@@ -140,9 +140,8 @@ def predict(model, loader, device: str = "cpu") -> dict[str, np.ndarray]:
             mask_ious.append(inter / union.clamp(min=1))
             boxes.append(corners * images.shape[-1])
             probs.append(logits.sigmoid()[:, 0])
-    box_ious, mask_ious, boxes, probs = ([t.cpu() for t in ts] for ts in (box_ious, mask_ious, boxes, probs))
-    return {"box_iou": torch.cat(box_ious).numpy(), "mask_iou": torch.cat(mask_ious).numpy(),
-            "boxes": torch.cat(boxes).numpy(), "probs": torch.cat(probs).numpy()}
+    return {"box_iou": torch.cat(box_ious).cpu().numpy(), "mask_iou": torch.cat(mask_ious).cpu().numpy(),
+            "boxes": torch.cat(boxes).cpu().numpy(), "probs": torch.cat(probs).cpu().numpy()}
 
 
 def summarize(predictions: dict[str, np.ndarray]) -> dict[str, float]:
@@ -172,7 +171,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
         val_set = GroundingDataset("val", val_count, tokenizer, workers=workers,
                                    progress=lambda i, n: bar.update(task, completed=train_count + i))
     log(f"data: {train_count} train / {val_count} val referring samples ({time.perf_counter() - started:.0f} s)")
-    model.to(device)
+    model.to(device)  # after the generation pool has forked: its processes never see a CUDA context
     generator = torch.Generator().manual_seed(seed)
     train_loader = shuffled_loader(train_set, batch_size, generator, workers, device)  # flips use torch's RNG
     val_loader = torch.utils.data.DataLoader(val_set, 64)
@@ -217,7 +216,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
             torch.save(checkpoint, out / "best.pt")
         plot_curves(history, out / "curves.png", keys=("prec@0.5", "mIoU"), loss_name="L1 + GIoU + 4 focal + 4 dice")
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1), "threads": threads,
-               "device": checkpoint["args"]["device"],
+               "device": device_name(device),
                "best_val": max(history, key=lambda h: h["val"]["prec@0.5"])["val"], "final_val": history[-1]["val"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

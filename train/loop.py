@@ -166,7 +166,6 @@ def train(
 
         load_checkpoint(model, init)
         log(f"initialised from {init}")
-    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     started = time.perf_counter()
     with progress_bar() as bar:
@@ -177,6 +176,7 @@ def train(
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
+    model.to(device)  # after the generation pool has forked: its processes never see a CUDA context
     generator = torch.Generator().manual_seed(seed)
     train_loader = shuffled_loader(train_set, batch_size, generator, workers, device, seed_worker)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)

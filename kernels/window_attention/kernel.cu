@@ -444,18 +444,18 @@ int launch_tc(const Params& p, int batch, int num_heads, bool pairs, cudaStream_
     return edgestack::launch_status();
 }
 
-// The tensor-core kernel applies to fp16 on sm_80+ with head_dim <= 32 and windows of <= 256 tokens.
-int try_launch_tc(const Params& p, int batch, int num_heads, cudaStream_t stream, bool* launched) {
-    *launched = false;
-    if (p.head_dim > 32 || p.tokens > 256) return EDGESTACK_OK;
+// The tensor-core kernel applies to fp16 on sm_80+ with head_dim <= 32 and windows of <= 256 tokens. A failed
+// device query answers no: the CUDA-core launch that follows reports the error.
+bool tensor_cores_apply(const Params& p) {
+    if (p.head_dim > 32 || p.tokens > 256) return false;
     int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
-        return edgestack::launch_status();
-    if (major < 8) return EDGESTACK_OK;
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 8;
+}
+
+int launch_tensor_cores(const Params& p, int batch, int num_heads, cudaStream_t stream) {
     const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 4 == 0; };
     const bool pairs = p.channels % 2 == 0 && p.head_dim % 2 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
-    *launched = true;
     if (p.head_dim <= 16)
         return p.tokens <= 64 ? launch_tc<16, 64>(p, batch, num_heads, pairs, stream)
                               : launch_tc<16, 256>(p, batch, num_heads, pairs, stream);
@@ -528,11 +528,9 @@ extern "C" int edgestack_window_attention(const void* q, const void* k, const vo
     p.bias_log2 = masked_bias * kLog2e;
     switch (dtype) {
         case EDGESTACK_FLOAT32: return dispatch_head_dim<float>(p, batch, num_heads, stream);
-        case EDGESTACK_FLOAT16: {
-            bool launched = false;
-            const int status = try_launch_tc(p, batch, num_heads, stream, &launched);
-            return launched || status != EDGESTACK_OK ? status : dispatch_head_dim<__half>(p, batch, num_heads, stream);
-        }
+        case EDGESTACK_FLOAT16:
+            return tensor_cores_apply(p) ? launch_tensor_cores(p, batch, num_heads, stream)
+                                         : dispatch_head_dim<__half>(p, batch, num_heads, stream);
         default: return EDGESTACK_ERR_BAD_DTYPE;
     }
 }
