@@ -216,6 +216,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
 
     grounding = _is_grounding(args.model, args.config)
+    if args.bf16 and (grounding or _is_detector(args.model, args.config)):
+        raise EdgestackError("--bf16 applies to defectseg only; drop it for vglaw and the detector")
     defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
                 {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
     for name, value in defaults.items():
@@ -257,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
                     resume=args.resume, init=args.init, threads=args.threads, device=args.device,
-                    workers=args.workers)
+                    workers=args.workers, bf16=args.bf16)
     best = summary["best_val"]
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
@@ -444,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="defectseg, vglaw: torch device, e.g. cuda or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=1,
                    help="defectseg, vglaw: processes that generate the synthetic samples and load batches")
+    p.add_argument("--bf16", action="store_true", help="defectseg: bfloat16 autocast in training (~1.6x faster on "
+                                                       "CPUs with AVX512-BF16/AMX and Ampere+ GPUs)")
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)

@@ -11,7 +11,7 @@ from edgestack.cli import main
 from edgestack.errors import EdgestackError
 from edgestack.train import synthetic
 from edgestack.train.datasets import DefectDataset, Record, generate, load_pair, scan_folder, seed_worker, split
-from edgestack.train.losses import structure_loss
+from edgestack.train.losses import boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics, is_ng
 
 
@@ -131,6 +131,17 @@ def test_structure_loss_prefers_the_right_mask():
     assert torch.isfinite(good) and good < 0.05 < bad
 
 
+def test_boundary_weight_matches_the_direct_box_filter():
+    mask = (torch.rand(3, 1, 70, 45, generator=torch.Generator().manual_seed(0)) > 0.9).float()
+    direct = 1 + 5 * torch.abs(torch.nn.functional.avg_pool2d(mask, 31, stride=1, padding=15) - mask)
+    weight = boundary_weight(mask)
+    assert weight.shape == mask.shape and torch.allclose(weight, direct, atol=1e-5)
+    lone = torch.zeros(1, 1, 80, 80)
+    lone[..., 10, 10] = 1
+    weight = boundary_weight(lone)  # the defect pixel near 6x, background beyond the window exactly 1
+    assert weight[..., 10, 10] > 5.9 and weight[..., 60:, 60:].eq(1).all()
+
+
 def test_ok_ng_rule_and_perfect_metrics():
     prob = np.zeros((64, 64), np.float32)
     prob[0:3, 0:5] = 0.9  # 15 pixels: below the minimum area
@@ -157,8 +168,10 @@ def test_train_resume_eval_cli(cds2k, tmp_path):
     assert {"state_dict", "optimizer", "scheduler", "history"} <= set(state)
     assert (out / "best.pt").is_file() and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert main(args + ["--epochs", "1"]) == 2  # would overwrite the run
-    assert main(args + ["--epochs", "2", "--resume"]) == 0
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+    assert main(args + ["--epochs", "2", "--resume", "--bf16"]) == 0  # bf16 autocast on the CPU, fp32 weights
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["args"]["bf16"] and np.isfinite(state["history"][-1]["loss"])
+    assert all(t.dtype != torch.bfloat16 for t in state["state_dict"].values())
 
     results = tmp_path / "eval"
     assert main(["eval", "defectseg", "--data", str(root), "--checkpoint", str(out / "last.pt"), "--size", "64",
@@ -174,8 +187,10 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     assert main(["train", "defectseg", "--data", str(tmp_path / "none"), "--epochs", "1"]) == 2
     assert main(["train", "pspnet-r18", "--data", "synthetic", "--epochs", "1"]) == 2
     assert main(["eval", "defectseg-m", "--data", "synthetic"]) == 2  # no shipped weights for -m
+    assert main(["train", "vglaw", "--data", "synthetic", "--epochs", "1", "--bf16"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "defectseg only" in err and "no shipped weights" in err
+    assert "--bf16 applies to defectseg only" in err
 
 
 def test_synth_cli_writes_cds2k_layout(tmp_path, capsys):

@@ -138,13 +138,16 @@ def train(
     threads: int = 2,
     device: str | None = None,
     workers: int = 1,
+    bf16: bool = False,
     log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
 ) -> dict[str, Any]:
     """Train; returns the final summary (also written to OUT/summary.json).
 
     `init`: start from these weights (a checkpoint, a .safetensors, or "shipped": the config's own) instead of random
     ones: fine-tuning on a line's own images converges far faster than training from scratch. `device` defaults to
-    CUDA when available; `workers` processes generate the synthetic samples and load batches."""
+    CUDA when available; `workers` processes generate the synthetic samples and load batches. `bf16`: bfloat16
+    autocast for the forward pass (weights, optimizer and loss stay fp32), ~1.6x faster on CPUs with AVX512-BF16 or
+    AMX and on Ampere+ GPUs; validation and the checkpoints are fp32."""
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
@@ -176,7 +179,9 @@ def train(
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
-    model.to(device)  # after the generation pool has forked: its processes never see a CUDA context
+    # After the generation pool has forked: its processes never see a CUDA context. Channels-last (NHWC) is the
+    # layout oneDNN and cuDNN convolve fastest; on this 2-core CPU it made a training step ~1.4x faster.
+    model.to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(seed)
     train_loader = shuffled_loader(train_set, batch_size, generator, workers, device, seed_worker)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
@@ -192,9 +197,11 @@ def train(
         with progress_bar() as bar:
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
             for images, masks in train_loader:
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                logits, aux = model(images)
-                loss = structure_loss(logits, masks) + aux_weight * structure_loss(aux, masks)
+                images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+                masks = masks.to(device, non_blocking=True)
+                with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+                    logits, aux = model(images)
+                loss = structure_loss(logits.float(), masks) + aux_weight * structure_loss(aux.float(), masks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -214,7 +221,8 @@ def train(
             "best": max(best, score),
             "args": {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
                      "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
-                     "init": None if init is None else str(init), "device": device_name(device)},
+                     "init": None if init is None else str(init), "device": device_name(device),
+                     "bf16": bf16},
         }
         torch.save(checkpoint, last)
         if score > best:

@@ -5,14 +5,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+BOUNDARY_WINDOW = 31
+
+
+def boundary_weight(mask: torch.Tensor, window: int = BOUNDARY_WINDOW) -> torch.Tensor:
+    """1 + 5 |local mean of the mask - mask| over a window x window box (zero padding counted).
+
+    The box mean is two 1-D passes: a 31x31 avg_pool2d costs ~960 reads per pixel and took 40% of a CPU
+    training step; the separable form gives the same values (within float rounding) for 62."""
+    pad = window // 2
+    rows = F.avg_pool2d(mask, (window, 1), stride=1, padding=(pad, 0))
+    local_mean = F.avg_pool2d(rows, (1, window), stride=1, padding=(0, pad))
+    return 1 + 5 * torch.abs(local_mean - mask)
+
 
 def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Weighted BCE + weighted soft IoU (the F3Net/PraNet/SINet-v2 "structure loss" of COD practice).
 
-    Pixels near mask boundaries get up to 6x weight (1 + 5 |local mean of the mask - mask|, 31x31 window),
-    so thin and small defects are not drowned by the background. `mask` is float 0/1, [B,1,H,W].
+    Pixels near mask boundaries get up to 6x weight (`boundary_weight`), so thin and small defects are not
+    drowned by the background. `mask` is float 0/1, [B,1,H,W].
     """
-    weight = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    weight = boundary_weight(mask)
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
     wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
     prob = torch.sigmoid(logits)
