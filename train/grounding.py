@@ -29,9 +29,9 @@ from edgestack.train.datasets import MEAN, STD, generate
 from edgestack.train.loop import (
     cosine_schedule,
     device_name,
-    plot_curves,
     progress_bar,
     resume_run,
+    run_epochs,
     run_folder,
     shuffled_loader,
     training_device,
@@ -179,42 +179,21 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
     history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
         [], 1, -1.0)
+    def batch_loss(batch) -> torch.Tensor:
+        images, ids, masks, target_box, target_mask = (t.to(device, non_blocking=True) for t in batch)
+        box, logits = model(images, ids, masks)
+        return grounding_loss(box, logits, target_box, target_mask)[0]
+
+    history = run_epochs(
+        model, optimizer, schedule, train_loader, batch_loss, lambda: summarize(predict(model, val_loader, device)),
+        lambda val: val["prec@0.5"], epochs=epochs, first_epoch=first_epoch, history=history, best=best, out=out,
+        last=last, config_name=config_name, log=log, curve_keys=("prec@0.5", "mIoU"),
+        loss_name="L1 + GIoU + 4 focal + 4 dice", clip_grad=1.0,
+        describe=lambda val: f"val Prec@0.5 {val['prec@0.5']:.3f}  mIoU {val['mIoU']:.3f}",
+        args={"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
+              "weight_decay": weight_decay, "train_count": train_count, "seed": seed, "device": device_name(device)},
+    )
     train_seconds = sum(h["seconds"] for h in history)
-    for epoch in range(first_epoch, epochs + 1):
-        model.train()
-        epoch_start, losses = time.perf_counter(), []
-        with progress_bar() as bar:
-            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
-            for batch in train_loader:
-                images, ids, masks, target_box, target_mask = (t.to(device, non_blocking=True) for t in batch)
-                box, logits = model(images, ids, masks)
-                loss, parts = grounding_loss(box, logits, target_box, target_mask)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
-        val = summarize(predict(model, val_loader, device))
-        seconds = time.perf_counter() - epoch_start
-        train_seconds += seconds
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
-        log(f"epoch {epoch}: loss {np.mean(losses):.4f}  val Prec@0.5 {val['prec@0.5']:.3f}  mIoU {val['mIoU']:.3f}"
-            f"  ({seconds:.0f} s)")
-        checkpoint = {
-            "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
-            "best": max(best, val["prec@0.5"]),
-            "args": {"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
-                     "weight_decay": weight_decay, "train_count": train_count, "seed": seed,
-                     "device": device_name(device)},
-        }
-        torch.save(checkpoint, last)
-        if val["prec@0.5"] > best:
-            best = val["prec@0.5"]
-            torch.save(checkpoint, out / "best.pt")
-        plot_curves(history, out / "curves.png", keys=("prec@0.5", "mIoU"), loss_name="L1 + GIoU + 4 focal + 4 dice")
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1), "threads": threads,
                "device": device_name(device),
                "best_val": max(history, key=lambda h: h["val"]["prec@0.5"])["val"], "final_val": history[-1]["val"]}

@@ -42,8 +42,7 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device
     return metrics.results()
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...] = ("S", "wF", "accuracy", "MAE x10"),
-                loss_name: str = "structure loss + aux") -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...], loss_name: str) -> None:
     """Training loss (log) and validation figures per epoch; a key "NAME xK" plots NAME scaled by K."""
     import matplotlib
 
@@ -120,6 +119,45 @@ def resume_run(
     return state["history"], state["epoch"] + 1, state["best"]
 
 
+def run_epochs(
+    model, optimizer, schedule, loader, batch_loss, validate, score, *, epochs: int, first_epoch: int,
+    history: list[dict[str, Any]], best: float, out: Path, last: Path, config_name: str, args: dict[str, Any],
+    describe, curve_keys: tuple[str, ...], loss_name: str, clip_grad: float | None = None, log=print,
+) -> list[dict[str, Any]]:
+    """The epoch loop both trainers share: optimise `batch_loss(batch)` over `loader`, then `validate()`; write
+    OUT/last.pt every epoch, best.pt when `score(val)` improves, and curves.png. Returns the history."""
+    for epoch in range(first_epoch, epochs + 1):
+        model.train()
+        epoch_start, losses = time.perf_counter(), []
+        with progress_bar() as bar:
+            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(loader), status="")
+            for batch in loader:
+                loss = batch_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
+        val = validate()
+        seconds = time.perf_counter() - epoch_start
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
+        log(f"epoch {epoch}: loss {np.mean(losses):.4f}  {describe(val)}  ({seconds:.0f} s)")
+        checkpoint = {
+            "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
+            "best": max(best, score(val)), "args": args,
+        }
+        torch.save(checkpoint, last)
+        if score(val) > best:
+            best = score(val)
+            torch.save(checkpoint, out / "best.pt")
+        plot_curves(history, out / "curves.png", keys=curve_keys, loss_name=loss_name)
+    return history
+
+
 def train(
     model_name: str = "defectseg",
     config: str | None = None,
@@ -189,49 +227,31 @@ def train(
     history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
         [], 1, -1.0)
 
-    aux_weight = model.aux_weight
-    train_seconds = sum(h["seconds"] for h in history)
-    for epoch in range(first_epoch, epochs + 1):
-        model.train()
-        epoch_start, losses = time.perf_counter(), []
-        with progress_bar() as bar:
-            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
-            for images, masks in train_loader:
-                images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-                masks = masks.to(device, non_blocking=True)
-                with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-                    logits, aux = model(images)
-                loss = structure_loss(logits.float(), masks) + aux_weight * structure_loss(aux.float(), masks)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
-        val = evaluate(model, val_loader, device)
-        seconds = time.perf_counter() - epoch_start
-        train_seconds += seconds
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
-        log(f"epoch {epoch}: loss {np.mean(losses):.4f}  val S {val.get('S', float('nan')):.4f}  "
-            f"MAE {val.get('MAE', float('nan')):.4f}  acc {val['accuracy']:.3f}  ({seconds:.0f} s)")
-        score = val.get("S", val["accuracy"])
-        checkpoint = {
-            "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
-            "best": max(best, score),
-            "args": {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
-                     "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
-                     "init": None if init is None else str(init), "device": device_name(device),
-                     "bf16": bf16},
-        }
-        torch.save(checkpoint, last)
-        if score > best:
-            best = score
-            torch.save(checkpoint, out / "best.pt")
-        plot_curves(history, out / "curves.png")
+    def batch_loss(batch) -> torch.Tensor:
+        images, masks = batch
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+            logits, aux = model(images)
+        return structure_loss(logits.float(), masks) + model.aux_weight * structure_loss(aux.float(), masks)
 
+    def score(val: dict[str, Any]) -> float:
+        return val.get("S", val["accuracy"])  # a folder without positives has no S-measure
+
+    history = run_epochs(
+        model, optimizer, schedule, train_loader, batch_loss, lambda: evaluate(model, val_loader, device), score,
+        epochs=epochs, first_epoch=first_epoch, history=history, best=best, out=out, last=last,
+        config_name=config_name, log=log, curve_keys=("S", "wF", "accuracy", "MAE x10"),
+        loss_name="structure loss + aux",
+        describe=lambda val: f"val S {val.get('S', float('nan')):.4f}  MAE {val.get('MAE', float('nan')):.4f}  "
+                             f"acc {val['accuracy']:.3f}",
+        args={"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
+              "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
+              "init": None if init is None else str(init), "device": device_name(device), "bf16": bf16},
+    )
+    train_seconds = sum(h["seconds"] for h in history)
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1),
-               "best_val": max(history, key=lambda h: h["val"].get("S", h["val"]["accuracy"]))["val"],
+               "best_val": max(history, key=lambda h: score(h["val"]))["val"],
                "final_val": history[-1]["val"], "data": data_info, "threads": threads,
                "device": device_name(device)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
