@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
 # One GPU-machine session, from the repository root, within BUDGET seconds:
 #   untimed: install (no deps), build the kernels for ARCHS, GPU tests, compute-sanitizer memcheck of the kernel
-#            tests on small shapes, one Nsight Compute pass over the benchmark kernels, and (VGLAW_EPOCHS > 0)
-#            vglaw-s and vglaw-s-static trained side by side on the GPU with the same budget;
+#            tests on small shapes, one Nsight Compute pass over the benchmark kernels, and in the background
+#            (VGLAW_EPOCHS > 0) vglaw-s and vglaw-s-static trained side by side with the same budget,
+#            (DEFECTSEG_EPOCHS > 0) defectseg-s fine-tuned from its shipped weights;
 #   timed, once the GPU is otherwise idle: kernel benchmark, whole-model benchmark (fp16), MAT fp16 robustness
 #            over 100 masks, torch.compile rows if time is left.
 # Each step runs under a timeout that keeps the whole session within BUDGET; a failed step does not stop the next.
 #   OUT=results/gpu BUDGET=560 VGLAW_EPOCHS=40 bash benchmarks/gpu_session.sh
+#   OUT=... BUDGET=560 DEFECTSEG_EPOCHS=60 bash benchmarks/gpu_session.sh, carrying .whl/ with the pysodmetrics
+#     wheel its validation needs (not in the GPU image): pip download --no-deps --only-binary=:all: -d .whl
+#     pysodmetrics==1.6.2
 #   OUT=... BUDGET=180 QUICK=1 NCU_KERNELS=window_attention bash benchmarks/gpu_session.sh
-#     after a kernel change: no vglaw training and no torch.compile model rows (about 3 minutes)
+#     after a kernel change: no training and no torch.compile model rows (about 3 minutes)
 # Writes to $OUT: session.log, results.tgz (pytest.xml, memcheck.log, ncu.txt, kernels.*, models_gpu.*,
-# mat_fp16_robustness.json, vglaw logs/summaries/curves) and, when trained, vglaw-s.pt / vglaw-s-static.pt
-# (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
+# mat_fp16_robustness.json, training logs/summaries/curves) and, when trained, vglaw-s.pt / vglaw-s-static.pt /
+# defectseg-s.pt (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
 set -o pipefail
 OUT=${OUT:-results/gpu}
 BUDGET=${BUDGET:-560}
 ARCHS=${ARCHS:-90}
 VGLAW_EPOCHS=${VGLAW_EPOCHS:-0}
 VGLAW_ARGS=${VGLAW_ARGS:---synthetic-count 12000 --batch-size 64 --lr 5e-4}
-VGLAW_LIMIT=${VGLAW_LIMIT:-300}
+DEFECTSEG_EPOCHS=${DEFECTSEG_EPOCHS:-0}
+DEFECTSEG_ARGS=${DEFECTSEG_ARGS:---size 256 --synthetic-count 12000 --batch-size 32 --lr 1e-3 --init shipped}
+TRAIN_LIMIT=${TRAIN_LIMIT:-300}
 WORK=${WORK:-/tmp/edgestack-gpu}
 QUICK=${QUICK:-0}
 NCU_KERNELS=${NCU_KERNELS:-window_attention|pool|conv|upsample}
-if ((QUICK)); then VGLAW_EPOCHS=0; fi
+if ((QUICK)); then VGLAW_EPOCHS=0 DEFECTSEG_EPOCHS=0; fi
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1
@@ -57,11 +63,13 @@ compile_row() {  # compile_row MODEL MAX_S: torch.compile of the reference path,
   fi
 }
 
-train_vglaw() {  # train_vglaw CONFIG: GPU training, then the best checkpoint slimmed into $OUT
-  timeout "$VGLAW_LIMIT" python3 -m edgestack train "$1" --data synthetic --epochs "$VGLAW_EPOCHS" $VGLAW_ARGS \
-    --workers 7 --threads 1 --device cuda --out "$WORK/$1" >"$WORK/train-$1.log" 2>&1
-  echo "vglaw $1 training rc=$?" >>"$WORK/train-$1.log"
-  python3 - "$WORK/$1/best.pt" "$OUT/$1.pt" >>"$WORK/train-$1.log" 2>&1 <<'PY'
+train_on_gpu() {  # train_on_gpu CONFIG EPOCHS WORKERS ARGS...: GPU training, then the best checkpoint slimmed
+  local config=$1 epochs=$2 workers=$3  # into $OUT
+  shift 3
+  timeout "$TRAIN_LIMIT" python3 -m edgestack train "$config" --data synthetic --epochs "$epochs" "$@" \
+    --workers "$workers" --threads 1 --device cuda --out "$WORK/$config" >"$WORK/train-$config.log" 2>&1
+  echo "$config training rc=$?" >>"$WORK/train-$config.log"
+  python3 - "$WORK/$config/best.pt" "$OUT/$config.pt" >>"$WORK/train-$config.log" 2>&1 <<'PY'
 import sys, torch
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 for key in ("optimizer", "scheduler"):
@@ -75,13 +83,21 @@ PY
 step env 30 0 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2;
   python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"'
 step install 90 400 python3 -m pip install --no-deps --no-build-isolation -q -e .
-VGLAW_PIDS=()
+TRAIN_PIDS=()
 if ((VGLAW_EPOCHS > 0)); then
   echo "== vglaw: training vglaw-s and vglaw-s-static in the background at $((SECONDS - START))s" | tee -a "$LOG"
   for config in vglaw-s vglaw-s-static; do
-    train_vglaw "$config" &
-    VGLAW_PIDS+=($!)
+    train_on_gpu "$config" "$VGLAW_EPOCHS" 5 $VGLAW_ARGS &
+    TRAIN_PIDS+=($!)
   done
+fi
+if ((DEFECTSEG_EPOCHS > 0)); then
+  # pysodmetrics (its validation metrics) is not in the GPU image: install the carried wheel beside the checkout.
+  step pysodmetrics 60 400 python3 -m pip install --no-deps -q --target "$WORK/site" .whl/pysodmetrics-*.whl
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+  echo "== defectseg: fine-tuning defectseg-s in the background at $((SECONDS - START))s" | tee -a "$LOG"
+  train_on_gpu defectseg-s "$DEFECTSEG_EPOCHS" 5 $DEFECTSEG_ARGS &
+  TRAIN_PIDS+=($!)
 fi
 step build 180 350 bash -c "cmake -S . -B build -DEDGESTACK_CUDA_ARCHS=$ARCHS -DCMAKE_BUILD_TYPE=Release >/dev/null \
   && cmake --build build -j 8"
@@ -95,10 +111,10 @@ step memcheck 90 240 compute-sanitizer --tool memcheck --error-exitcode 1 --log-
 step ncu 60 220 bash -c "ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   --section MemoryWorkloadAnalysis -k regex:'$NCU_KERNELS' \
   python3 benchmarks/kernels.py --profile >$WORK/ncu.txt 2>&1; tail -5 $WORK/ncu.txt"
-if ((${#VGLAW_PIDS[@]})); then
-  echo "== vglaw: waiting for training at $((SECONDS - START))s" | tee -a "$LOG"
-  wait "${VGLAW_PIDS[@]}"
-  grep -hE "^(data|epoch [0-9]+:|trained|vglaw|slimmed)" "$WORK"/train-*.log | tee -a "$LOG"
+if ((${#TRAIN_PIDS[@]})); then
+  echo "== training: waiting at $((SECONDS - START))s" | tee -a "$LOG"
+  wait "${TRAIN_PIDS[@]}"
+  grep -hE "^(data|epoch [0-9]+:|trained|[a-z0-9-]+ training rc|slimmed)" "$WORK"/train-*.log | tee -a "$LOG"
 fi
 step kernels 120 130 python3 benchmarks/kernels.py --out "$WORK"
 step models 100 40 python3 benchmarks/models_gpu.py --out "$WORK" --dtypes fp16 --runs 30
