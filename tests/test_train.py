@@ -129,6 +129,7 @@ def test_structure_loss_prefers_the_right_mask():
     good = structure_loss((mask * 2 - 1) * 20, mask)
     bad = structure_loss(torch.zeros_like(mask), mask)
     assert torch.isfinite(good) and good < 0.05 < bad
+    assert torch.equal(structure_loss(torch.zeros_like(mask), mask, boundary_weight(mask)), bad)  # precomputed weight
 
 
 def test_boundary_weight_matches_the_direct_box_filter():

@@ -179,14 +179,18 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
     history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
         [], 1, -1.0)
+
     def batch_loss(batch) -> torch.Tensor:
         images, ids, masks, target_box, target_mask = (t.to(device, non_blocking=True) for t in batch)
         box, logits = model(images, ids, masks)
         return grounding_loss(box, logits, target_box, target_mask)[0]
 
+    def score(val: dict[str, float]) -> float:
+        return val["prec@0.5"]
+
     history = run_epochs(
         model, optimizer, schedule, train_loader, batch_loss, lambda: summarize(predict(model, val_loader, device)),
-        lambda val: val["prec@0.5"], epochs=epochs, first_epoch=first_epoch, history=history, best=best, out=out,
+        score, epochs=epochs, first_epoch=first_epoch, history=history, best=best, out=out,
         last=last, config_name=config_name, log=log, curve_keys=("prec@0.5", "mIoU"),
         loss_name="L1 + GIoU + 4 focal + 4 dice", clip_grad=1.0,
         describe=lambda val: f"val Prec@0.5 {val['prec@0.5']:.3f}  mIoU {val['mIoU']:.3f}",
@@ -196,7 +200,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     train_seconds = sum(h["seconds"] for h in history)
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1), "threads": threads,
                "device": device_name(device),
-               "best_val": max(history, key=lambda h: h["val"]["prec@0.5"])["val"], "final_val": history[-1]["val"]}
+               "best_val": max(history, key=lambda h: score(h["val"]))["val"], "final_val": history[-1]["val"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
