@@ -159,6 +159,22 @@ def test_ok_ng_rule_and_perfect_metrics():
     assert r["accuracy"] == r["precision"] == r["recall"] == 1.0 and r["positives"] == r["negatives"] == 1
 
 
+def test_recall_by_defect_size():
+    metrics = DefectMetrics()
+    small, large, whole = (np.zeros((100, 100), np.uint8) for _ in range(3))
+    small[10:12, 10:12] = 255  # 0.04% of the image
+    large[20:50, 20:50] = 255  # 9%
+    whole[:] = 255  # 100%: the last bucket is open-ended
+    metrics.update(np.zeros((100, 100)), small)  # missed
+    metrics.update(small / 255.0, small)  # found, but under the 16-pixel minimum: still OK
+    metrics.update(large / 255.0, large)  # found
+    metrics.update(whole / 255.0, whole)
+    metrics.update(np.zeros((100, 100)), None)  # negatives are not in any bucket
+    rows = metrics.by_area()
+    assert [(r["area_from"], r["positives"], r["recall"]) for r in rows] == [(0.0, 2, 0.0), (0.05, 2, 1.0)]
+    assert rows[1]["area_to"] is None and rows[0]["S"] < rows[1]["S"]
+
+
 def test_train_resume_eval_cli(cds2k, tmp_path):
     root, _ = cds2k
     out = tmp_path / "run"
@@ -182,6 +198,7 @@ def test_train_resume_eval_cli(cds2k, tmp_path):
     assert {"S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision",
             "recall"} <= set(report["results"])
     assert (results / "worst.png").read_bytes()[:4] == b"\x89PNG" and "| S |" in (results / "results.md").read_text()
+    assert sum(row["positives"] for row in report["by_area"]) == report["results"]["positives"]
 
 
 def test_cli_bad_input_exit_2(tmp_path, capsys):

@@ -1,8 +1,8 @@
 """`edgestack eval defectseg`: a checkpoint on a CDS2K-style folder or the held-out synthetic set.
 
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
-size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md and
-worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first).
+size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
+and S by defect size) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first).
 """
 
 from __future__ import annotations
@@ -72,13 +72,19 @@ def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def markdown(results: dict[str, Any], title: str) -> str:
+def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]]) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
               f"class): TP {results['tp']}, FP {results['fp']}, FN {results['fn']}, TN {results['tn']}.",
               f"OK/NG rule: NG when a connected area (8-connected) of prob >= {results['threshold']} covers "
               f">= {results['min_area']} pixels at the image's own size. Pixel metrics (pysodmetrics) on positives."]
+    if by_area:
+        lines += ["", "| defect area (share of image) | positives | recall | S |", "|---|---|---|---|"]
+        for row in by_area:
+            low, high = row["area_from"], row["area_to"]
+            span = f"{low:.1%} to {high:.1%}" if high is not None else f"{low:.1%} and more"
+            lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,9 +131,9 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     title = f"{config_name} on {data} ({source}, {size}x{size})"
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data, "size": size,
-              "results": results, "skipped": skipped, "per_image": metrics.per_image}
+              "results": results, "by_area": metrics.by_area(), "skipped": skipped, "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
-    paths["markdown"].write_text(markdown(results, title))
+    paths["markdown"].write_text(markdown(results, title, report["by_area"]))
     worst_grid([case for _, case in kept], paths["worst"])
     return results, paths

@@ -8,6 +8,9 @@ Image-level verdict: the inspection line's own rule (edgestack.runtime.defects w
 is NG when the probability map has a connected area (8-connectivity) of pixels with prob >= 0.5 that is at
 least `min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
 precision and recall.
+
+By defect size: recall and S-measure of positives grouped by the defect's share of the image (CDS2K's positives
+are mostly < 10%), so a line can read off the smallest defect the model still finds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from edgestack.runtime.defects import Rules, find_defects, judge
 
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
+AREA_EDGES = (0.0, 0.005, 0.02, 0.05)  # defect pixels / image pixels: lower bucket edges, the last open-ended
 
 
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
@@ -54,7 +58,7 @@ class DefectMetrics:
             pred = (np.clip(prob, 0, 1) * 255).round().astype(np.uint8)
             for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
                 metric.step(pred=pred, gt=mask)
-            record |= {"S": float(self.sm.sms[-1]), "MAE": float(self.mae.maes[-1])}
+            record |= {"S": float(self.sm.sms[-1]), "MAE": float(self.mae.maes[-1]), "area": float((mask > 0).mean())}
         self.verdicts.append((positive, predicted_ng))
         self.per_image.append(record)
         return record
@@ -82,3 +86,15 @@ class DefectMetrics:
             "threshold": self.threshold, "min_area": self.min_area,
         }
         return out
+
+    def by_area(self) -> list[dict[str, Any]]:
+        """Positives per AREA_EDGES bucket: count, recall (image-level NG), mean S-measure; empty ones omitted."""
+        rows = []
+        for low, high in zip(AREA_EDGES, AREA_EDGES[1:] + (None,)):
+            group = [r for r in self.per_image
+                     if r["positive"] and low <= r["area"] and (high is None or r["area"] < high)]
+            if group:
+                rows.append({"area_from": low, "area_to": high, "positives": len(group),
+                             "recall": sum(r["predicted_ng"] for r in group) / len(group),
+                             "S": float(np.mean([r["S"] for r in group]))})
+        return rows
