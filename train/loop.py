@@ -145,8 +145,8 @@ def run_epochs(
         seconds = time.perf_counter() - epoch_start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
         log(f"epoch {epoch}: loss {np.mean(losses):.4f}  {describe(val)}  ({seconds:.0f} s)")
-        improved = score(val) > best
-        best = max(best, score(val))
+        value = score(val)
+        improved, best = value > best, max(best, value)
         checkpoint = {
             "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
