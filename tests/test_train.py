@@ -175,7 +175,22 @@ def test_recall_by_defect_size():
     assert rows[1]["area_to"] is None and rows[0]["S"] < rows[1]["S"]
 
 
-def test_train_resume_eval_cli(cds2k, tmp_path):
+def native_bf16_cpu(monkeypatch, native: bool) -> None:
+    """Make this machine's CPU report (or not) native bfloat16, so the --bf16 paths run on any CI machine."""
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+def test_bf16_refused_where_emulated(cds2k, tmp_path, monkeypatch, capsys):
+    native_bf16_cpu(monkeypatch, False)
+    args = ["train", "defectseg-s", "--data", str(cds2k[0]), "--size", "64", "--epochs", "1", "--device", "cpu"]
+    assert main(args + ["--bf16", "--out", str(tmp_path / "bf16")]) == 2
+    assert "no native bfloat16" in capsys.readouterr().err and not (tmp_path / "bf16").exists()
+
+
+def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
+    native_bf16_cpu(monkeypatch, True)  # the autocast path runs here even where bf16 is emulated (tiny run)
     root, _ = cds2k
     out = tmp_path / "run"
     args = ["train", "defectseg-s", "--data", str(root), "--size", "64", "--batch-size", "4", "--out", str(out)]
