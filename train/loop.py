@@ -77,7 +77,8 @@ def require_native_bf16(device: str) -> None:
     """Refuse bfloat16 autocast where bf16 math is emulated (x86 CPUs without AVX512-BF16 or AMX, GPUs before
     Ampere): there it is several times slower than fp32 (a defectseg training step 6-9x slower on an AVX2-only EPYC)."""
     if device.startswith("cuda"):
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        with torch.cuda.device(device):  # the probe reads the current device; ask about the one we train on
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
     elif platform.machine().lower() in ("x86_64", "amd64"):
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     else:
