@@ -10,7 +10,16 @@ import torch
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
 from edgestack.train import synthetic
-from edgestack.train.datasets import DefectDataset, Record, generate, load_pair, scan_folder, seed_worker, split
+from edgestack.train.datasets import (
+    DefectDataset,
+    Record,
+    augment,
+    generate,
+    load_pair,
+    scan_folder,
+    seed_worker,
+    split,
+)
 from edgestack.train.losses import boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics, is_ng
 
@@ -115,6 +124,22 @@ def test_loader_workers_augment_differently():
     loader = torch.utils.data.DataLoader(data, 1, num_workers=2, worker_init_fn=seed_worker)
     first, second = [batch[0] for batch in list(loader)[:2]]  # index 0 from worker 0, index 1 from worker 1
     assert not torch.equal(first, second)
+
+
+def test_augment_moves_image_and_mask_together():
+    """The mask must follow every flip, rotation, scale and shift of the image: here the image is the mask."""
+    mask = np.zeros((96, 96), np.uint8)
+    cv2.ellipse(mask, (40, 52), (22, 12), 30, 0, 360, 255, -1)
+    mask[10:14, 60:90] = 255  # a thin bar: off-by-a-few-pixels would show
+    rng = np.random.default_rng(0)
+    scales = []
+    for _ in range(20):
+        image, moved = augment(np.repeat(mask[:, :, None], 3, axis=2), mask, rng)
+        bright = image[:, :, 0] > (int(image.min()) + int(image.max())) / 2  # halfway: where linear meets nearest
+        edge = cv2.dilate(moved, np.ones((3, 3), np.uint8)) != cv2.erode(moved, np.ones((3, 3), np.uint8))
+        assert np.array_equal(bright[~edge], moved[~edge] > 128)
+        scales.append(moved.mean() / mask.mean())
+    assert min(scales) < 0.75 and max(scales) > 1.4  # area follows scale squared: the wide range is exercised
 
 
 def test_split_is_seeded_and_disjoint():
