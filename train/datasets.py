@@ -142,8 +142,8 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tu
     """Flips, an affine (rotation +-15 deg, scale 0.7-1.4 log-uniform, shift +-6%), brightness/contrast jitter.
 
     Why the wide scale range: trained at 0.9-1.1, defectseg-s found at 1.5x input many small spots and thin
-    scratches it missed at their own size, but lost large defects there; trained at 0.7-1.4 it keeps them at
-    1.25x, so the input size becomes a working recall knob (README, defectseg figures)."""
+    scratches it missed at their own size, so it should see defects at more sizes than they come in; how much
+    a larger input still buys is measured per shipped checkpoint (its card's `heldout_at_320`)."""
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
