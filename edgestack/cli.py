@@ -293,7 +293,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return
     results, paths = evaluate_checkpoint(args.model, args.config, args.data, args.checkpoint, args.out,
-                                         args.size, args.count, args.min_area, args.threads)
+                                         args.size, args.count, args.min_area, args.threads,
+                                         threshold=args.threshold)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -464,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(multiple of 32); probabilities go back to mask size")
     p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic (vglaw: test "
                                                           "expressions)")
-    p.add_argument("--min-area", type=int, default=16, help="NG rule: prob >= 0.5 over a connected area >= this")
+    p.add_argument("--threshold", type=float, default=0.5, help="NG rule: pixels with prob >= this are defect "
+                                                               "(results.md also lists 0.1-0.9)")
+    p.add_argument("--min-area", type=int, default=16, help="NG rule: a connected defect area >= this many pixels")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.set_defaults(func=cmd_eval)
 

@@ -200,6 +200,25 @@ def test_recall_by_defect_size():
     assert rows[1]["area_to"] is None and rows[0]["S"] < rows[1]["S"]
 
 
+def test_operating_points_apply_the_rule_at_each_threshold():
+    metrics = DefectMetrics()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20, 10:20] = 255
+    metrics.update(mask / 255.0 * 0.35, mask)  # a faint find: NG only at thresholds <= 0.3
+    metrics.update(mask / 255.0 * 0.95, mask)  # NG at every threshold
+    stain = np.zeros((64, 64))
+    stain[40:50, 40:50] = 0.45
+    metrics.update(stain, None)  # a false reject at thresholds <= 0.4
+    points = {p["threshold"]: p for p in metrics.operating_points()}
+    assert sorted(points) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert (points[0.3]["recall"], points[0.3]["fp"], points[0.3]["fn"]) == (1.0, 1, 0)
+    assert (points[0.4]["recall"], points[0.4]["fp"], points[0.4]["precision"]) == (0.5, 1, 0.5)
+    assert (points[0.9]["recall"], points[0.9]["fp"], points[0.9]["precision"]) == (0.5, 0, 1.0)
+    main_rule = metrics.results()  # threshold 0.5: the same verdicts as its operating point
+    assert {k: points[0.5][k] for k in ("accuracy", "recall", "fp", "fn")} == {
+        k: main_rule[k] for k in ("accuracy", "recall", "fp", "fn")}
+
+
 def native_bf16_cpu(monkeypatch, native: bool) -> None:
     """Make this machine's CPU report (or not) native bfloat16, so the --bf16 paths run on any CI machine."""
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
@@ -231,10 +250,14 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
     assert all(t.dtype != torch.bfloat16 for t in state["state_dict"].values())
 
     results = tmp_path / "eval"
-    assert main(["eval", "defectseg", "--data", str(root), "--checkpoint", str(out / "last.pt"), "--size", "64",
-                 "--out", str(results)]) == 0
+    evaluate = ["eval", "defectseg", "--data", str(root), "--checkpoint", str(out / "last.pt"), "--size", "64",
+                "--out", str(results)]
+    assert main(evaluate + ["--threshold", "1.5"]) == 2
+    assert main(evaluate + ["--threshold", "0.4"]) == 0
     report = json.loads((results / "results.json").read_text())
     assert report["config"] == "defectseg-s" and len(report["per_image"]) == 12
+    assert report["results"]["threshold"] == 0.4 and len(report["operating_points"]) == 9
+    assert "| threshold | recall |" in (results / "results.md").read_text()
     assert {"S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision",
             "recall"} <= set(report["results"])
     assert (results / "worst.png").read_bytes()[:4] == b"\x89PNG" and "| S |" in (results / "results.md").read_text()

@@ -2,7 +2,8 @@
 
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
 size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
-and S by defect size) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first).
+and S by defect size, and the OK/NG figures at other thresholds) and worst.png (the worst positives by S-measure
+and every wrong OK/NG verdict, worst first).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, scan_folder, to_tensors
-from edgestack.train.metrics import DefectMetrics
+from edgestack.train.metrics import THRESHOLD, DefectMetrics
 
 ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
 
@@ -72,7 +73,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]]) -> str:
+def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
+             operating_points: list[dict[str, Any]]) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
@@ -85,6 +87,12 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]])
             low, high = row["area_from"], row["area_to"]
             span = f"{low:.1%} to {high:.1%}" if high is not None else f"{low:.1%} and more"
             lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
+    lines += ["", f"Operating points: the OK/NG rule at other thresholds (min area {results['min_area']} px), to "
+              "choose `threshold` in a line's rules file.", "",
+              "| threshold | recall | precision | accuracy | missed (FN) | false rejects (FP) |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | {p['accuracy']:.3f} | {p['fn']} | "
+              f"{p['fp']} |" for p in operating_points]
     return "\n".join(lines) + "\n"
 
 
@@ -108,14 +116,16 @@ def worst_grid(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]
 def evaluate_checkpoint(
     model_name: str = "defectseg", config: str | None = None, data: str = "synthetic",
     checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
-    min_area: int = 16, threads: int = 2, worst: int = 8,
+    min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate; returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     torch.set_num_threads(threads)
     model, config_name, source = load_trained(model_name, config, checkpoint)
-    metrics = DefectMetrics(min_area=min_area)
+    if not 0.0 < threshold < 1.0:
+        raise EdgestackError(f"--threshold must be in (0, 1), got {threshold}")
+    metrics = DefectMetrics(threshold, min_area)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask in samples:
@@ -131,9 +141,10 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     title = f"{config_name} on {data} ({source}, {size}x{size})"
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data, "size": size,
-              "results": results, "by_area": metrics.by_area(), "skipped": skipped, "per_image": metrics.per_image}
+              "results": results, "by_area": metrics.by_area(),
+              "operating_points": metrics.operating_points(), "skipped": skipped, "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
-    paths["markdown"].write_text(markdown(results, title, report["by_area"]))
+    paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"]))
     worst_grid([case for _, case in kept], paths["worst"])
     return results, paths

@@ -7,7 +7,8 @@ only (an empty mask has no structure to measure), as the CDS2K benchmark does.
 Image-level verdict: the inspection line's own rule (edgestack.runtime.defects with its defaults): an image
 is NG when the probability map has a connected area (8-connectivity) of pixels with prob >= 0.5 that is at
 least `min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
-precision and recall.
+precision and recall. Operating points: the same rule at each threshold of OPERATING_THRESHOLDS, so a line can
+read off the recall it buys with more false rejects before it sets `threshold` in its rules file.
 
 By defect size: recall and S-measure of positives grouped by the defect's share of the image (CDS2K's positives
 are mostly < 10%), so a line can read off the smallest defect the model still finds.
@@ -25,6 +26,7 @@ from edgestack.runtime.defects import Rules, find_defects, judge
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
 AREA_EDGES = (0.0, 0.005, 0.02, 0.05)  # defect pixels / image pixels: lower bucket edges, the last open-ended
+OPERATING_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
@@ -52,8 +54,11 @@ class DefectMetrics:
         """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
         predicted_ng = is_ng(prob, self.threshold, self.min_area)
         positive = mask is not None and bool(mask.any())
+        # The rule is monotone in the threshold (a component above t lies inside one above any lower t), so one
+        # number per image gives its verdict at every operating point: NG at t exactly when t <= ng_up_to.
+        ng_up_to = next((t for t in reversed(OPERATING_THRESHOLDS) if is_ng(prob, t, self.min_area)), 0.0)
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
-                                  "max_prob": float(prob.max())}
+                                  "max_prob": float(prob.max()), "ng_up_to": ng_up_to}
         if positive:
             pred = (np.clip(prob, 0, 1) * 255).round().astype(np.uint8)
             for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
@@ -86,6 +91,17 @@ class DefectMetrics:
             "threshold": self.threshold, "min_area": self.min_area,
         }
         return out
+
+    def operating_points(self) -> list[dict[str, Any]]:
+        """Image-level figures with the NG rule at each of OPERATING_THRESHOLDS (min_area unchanged)."""
+        rows = []
+        for t in OPERATING_THRESHOLDS:
+            truth = np.array([r["positive"] for r in self.per_image], bool)
+            pred = np.array([r["ng_up_to"] >= t for r in self.per_image], bool)
+            tp, fp, fn = int((truth & pred).sum()), int((~truth & pred).sum()), int((truth & ~pred).sum())
+            rows.append({"threshold": t, "accuracy": float((truth == pred).mean()) if len(truth) else 0.0,
+                         "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn), "fp": fp, "fn": fn})
+        return rows
 
     def by_area(self) -> list[dict[str, Any]]:
         """Positives per AREA_EDGES bucket: count, recall (image-level NG), mean S-measure; empty ones omitted."""
