@@ -201,7 +201,7 @@ def test_recall_by_defect_size():
 
 
 def test_operating_points_apply_the_rule_at_each_threshold():
-    metrics = DefectMetrics()
+    metrics = DefectMetrics(sweep_thresholds=True)
     mask = np.zeros((64, 64), np.uint8)
     mask[10:20, 10:20] = 255
     metrics.update(mask / 255.0 * 0.35, mask)  # a faint find: NG only at thresholds <= 0.3

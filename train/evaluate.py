@@ -121,11 +121,11 @@ def evaluate_checkpoint(
     """Evaluate; returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
-    torch.set_num_threads(threads)
-    model, config_name, source = load_trained(model_name, config, checkpoint)
     if not 0.0 < threshold < 1.0:
         raise EdgestackError(f"--threshold must be in (0, 1), got {threshold}")
-    metrics = DefectMetrics(threshold, min_area)
+    torch.set_num_threads(threads)
+    model, config_name, source = load_trained(model_name, config, checkpoint)
+    metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask in samples:

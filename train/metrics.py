@@ -36,43 +36,51 @@ def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AR
     return judge(find_defects(prob, threshold), rules)[0] == "NG"
 
 
+def verdict_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall and the confusion counts of boolean image verdicts (NG = positive class)."""
+    tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
+    fn, tn = int((truth & ~pred).sum()), int((~truth & ~pred).sum())
+    return {"accuracy": (tp + tn) / max(1, len(truth)), "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
 class DefectMetrics:
     """Accumulate one image at a time; `results()` gives the benchmark figures and image-level figures."""
 
-    def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA):
+    def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA, sweep_thresholds: bool = False):
+        """`sweep_thresholds`: also judge each image at OPERATING_THRESHOLDS, for `operating_points()`; off in
+        training's per-epoch validation, where early noisy maps hold thousands of components per threshold."""
         import py_sod_metrics as sod
 
-        self.threshold, self.min_area = threshold, min_area
+        self.threshold, self.min_area, self.sweep_thresholds = threshold, min_area, sweep_thresholds
         self.sm, self.wfm, self.mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.MAE()
         with warnings.catch_warnings():  # classic Fmeasure is the benchmark's; its deprecation note is noise here
             warnings.simplefilter("ignore", UserWarning)
             self.em, self.fm = sod.Emeasure(), sod.Fmeasure()
-        self.verdicts: list[tuple[bool, bool]] = []  # (truth NG, predicted NG)
         self.per_image: list[dict[str, Any]] = []
 
     def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "") -> dict[str, Any]:
         """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
         predicted_ng = is_ng(prob, self.threshold, self.min_area)
         positive = mask is not None and bool(mask.any())
-        # The rule is monotone in the threshold (a component above t lies inside one above any lower t), so one
-        # number per image gives its verdict at every operating point: NG at t exactly when t <= ng_up_to.
-        ng_up_to = next((t for t in reversed(OPERATING_THRESHOLDS) if is_ng(prob, t, self.min_area)), 0.0)
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
-                                  "max_prob": float(prob.max()), "ng_up_to": ng_up_to}
+                                  "max_prob": float(prob.max())}
+        if self.sweep_thresholds:
+            # The rule is monotone in the threshold (a component above t lies inside one above any lower t), so
+            # one number per image gives its verdict at every operating point: NG at t exactly when t <= ng_up_to.
+            record["ng_up_to"] = next(
+                (t for t in reversed(OPERATING_THRESHOLDS) if is_ng(prob, t, self.min_area)), 0.0)
         if positive:
             pred = (np.clip(prob, 0, 1) * 255).round().astype(np.uint8)
             for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
                 metric.step(pred=pred, gt=mask)
             record |= {"S": float(self.sm.sms[-1]), "MAE": float(self.mae.maes[-1]), "area": float((mask > 0).mean())}
-        self.verdicts.append((positive, predicted_ng))
         self.per_image.append(record)
         return record
 
     def results(self) -> dict[str, float]:
-        truth = np.array([t for t, _ in self.verdicts], bool)
-        pred = np.array([p for _, p in self.verdicts], bool)
-        tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
-        fn, tn = int((truth & ~pred).sum()), int((~truth & ~pred).sum())
+        truth = np.array([r["positive"] for r in self.per_image], bool)
+        pred = np.array([r["predicted_ng"] for r in self.per_image], bool)
         out: dict[str, float] = {"positives": int(truth.sum()), "negatives": int((~truth).sum())}
         if truth.any():
             em, fm = self.em.get_results()["em"], self.fm.get_results()["fm"]
@@ -83,25 +91,15 @@ class DefectMetrics:
                 "E_adp": float(em["adp"]), "E_mean": float(np.mean(em["curve"])), "E_max": float(np.max(em["curve"])),
                 "F_adp": float(fm["adp"]), "F_mean": float(np.mean(fm["curve"])), "F_max": float(np.max(fm["curve"])),
             }
-        out |= {
-            "accuracy": (tp + tn) / max(1, len(truth)),
-            "precision": tp / max(1, tp + fp),
-            "recall": tp / max(1, tp + fn),
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "threshold": self.threshold, "min_area": self.min_area,
-        }
-        return out
+        return out | verdict_figures(truth, pred) | {"threshold": self.threshold, "min_area": self.min_area}
 
     def operating_points(self) -> list[dict[str, Any]]:
         """Image-level figures with the NG rule at each of OPERATING_THRESHOLDS (min_area unchanged)."""
-        rows = []
-        for t in OPERATING_THRESHOLDS:
-            truth = np.array([r["positive"] for r in self.per_image], bool)
-            pred = np.array([r["ng_up_to"] >= t for r in self.per_image], bool)
-            tp, fp, fn = int((truth & pred).sum()), int((~truth & pred).sum()), int((truth & ~pred).sum())
-            rows.append({"threshold": t, "accuracy": float((truth == pred).mean()) if len(truth) else 0.0,
-                         "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn), "fp": fp, "fn": fn})
-        return rows
+        if not self.sweep_thresholds:
+            raise ValueError("operating_points() needs DefectMetrics(sweep_thresholds=True)")
+        truth = np.array([r["positive"] for r in self.per_image], bool)
+        return [{"threshold": t} | verdict_figures(truth, np.array([r["ng_up_to"] >= t for r in self.per_image], bool))
+                for t in OPERATING_THRESHOLDS]
 
     def by_area(self) -> list[dict[str, Any]]:
         """Positives per AREA_EDGES bucket: count, recall (image-level NG), mean S-measure; empty ones omitted."""
