@@ -72,23 +72,27 @@ def load_rules(path: str | Path | None) -> Rules:
 
 
 def find_defects(prob: np.ndarray, threshold: float, mm_per_px: float | None = None) -> list[dict[str, Any]]:
-    """Connected components of prob >= threshold: box, area (px, mm^2), mean and max score, centroid."""
+    """Connected components of prob >= threshold: box, area (px, mm^2), mean and max score, centroid; highest
+    max score first."""
     binary = (prob >= threshold).astype(np.uint8)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    defects = []
-    for label in range(1, count):
-        x, y, w, h, area = (int(v) for v in stats[label])
-        scores = prob[y : y + h, x : x + w][labels[y : y + h, x : x + w] == label]
-        defects.append({
-            "bbox": [x, y, x + w, y + h],
-            "area_px": area,
-            "area_mm2": area * mm_per_px**2 if mm_per_px else None,
-            "mean_score": float(scores.mean()),
-            "max_score": float(scores.max()),
-            "centroid": [float(centroids[label][0]), float(centroids[label][1])],
-        })
-    defects.sort(key=lambda d: d["max_score"], reverse=True)
-    return defects
+    # Scores per component in one pass over the labelled pixels: a noisy map (an untrained model, a bad frame)
+    # has thousands of components, and slicing each one out in Python took seconds per map.
+    inside = labels > 0
+    component, scores = labels[inside], prob[inside]
+    score_sums = np.bincount(component, weights=scores, minlength=count)
+    max_scores = np.full(count, -np.inf, dtype=scores.dtype)
+    np.maximum.at(max_scores, component, scores)
+    order = np.argsort(-max_scores[1:], kind="stable") + 1
+    areas = stats[order, cv2.CC_STAT_AREA]
+    # Whole columns to Python numbers at once: per-element conversion was most of the time on noisy maps.
+    return [
+        {"bbox": [x, y, x + w, y + h], "area_px": area, "area_mm2": area * mm_per_px**2 if mm_per_px else None,
+         "mean_score": mean, "max_score": peak, "centroid": centroid}
+        for (x, y, w, h, area), mean, peak, centroid in zip(
+            stats[order].tolist(), (score_sums[order] / areas).tolist(), max_scores[order].tolist(),
+            centroids[order].tolist())
+    ]
 
 
 def _in_roi(bbox: list[int], rois: list[list[int]]) -> bool:

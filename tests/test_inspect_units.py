@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -70,6 +71,34 @@ def test_find_defects_boxes_areas_and_scores():
     assert big["area_px"] == 200 and big["area_mm2"] == pytest.approx(2.0)
     assert big["max_score"] == pytest.approx(0.9) and big["mean_score"] == pytest.approx(0.9)
     assert defects[0]["max_score"] == pytest.approx(0.95)  # sorted by score
+
+
+def components_one_by_one(prob, threshold):
+    """Reference for find_defects: each component sliced out on its own."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
+    found = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        scores = prob[labels == label].astype(np.float64)
+        found.append(([x, y, x + w, y + h], area, scores.mean(), scores.max()))
+    return sorted(found, key=lambda c: c[3], reverse=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_find_defects_matches_each_component_scored_on_its_own(dtype):
+    rng = np.random.default_rng(7)
+    ties = np.zeros((64, 64))
+    ties[1::4, 1::4] = rng.choice([0.6, 0.7, 0.8], (16, 16))  # 256 one-pixel defects, 3 scores: ties by raster order
+    for prob in (rng.random((97, 131)) ** 6, blobs(), ties, rng.random((40, 40)) * 0.4):  # noisy, few, none
+        prob = prob.astype(dtype)
+        for threshold in (0.3, 0.5):
+            defects = find_defects(prob, threshold, mm_per_px=0.2)
+            expected = components_one_by_one(prob, threshold)
+            assert [d["bbox"] for d in defects] == [c[0] for c in expected]  # same order, ties included
+            for d, (_, area, mean, peak) in zip(defects, expected):
+                assert d["area_px"] == area and d["area_mm2"] == pytest.approx(area * 0.04)
+                assert d["mean_score"] == pytest.approx(mean, rel=1e-6) and d["max_score"] == peak
+                assert type(d["area_px"]) is int and type(d["max_score"]) is float  # JSON-ready
 
 
 def test_rules_decide_ok_ng_and_say_why():
