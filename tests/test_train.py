@@ -20,6 +20,7 @@ from edgestack.train.datasets import (
     seed_worker,
     split,
 )
+from edgestack.train.evaluate import by_kind_and_texture
 from edgestack.train.losses import boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics, is_ng
 
@@ -200,6 +201,24 @@ def test_recall_by_defect_size():
     assert rows[1]["area_to"] is None and rows[0]["S"] < rows[1]["S"]
 
 
+def test_recall_by_synthetic_kind_and_texture():
+    records = [
+        {"positive": True, "predicted_ng": True, "S": 0.9, "kinds": ["spot", "scratch"], "texture": "brick"},
+        {"positive": True, "predicted_ng": False, "S": 0.4, "kinds": ["spot"], "texture": "grass"},
+        {"positive": False, "predicted_ng": True, "kinds": [], "texture": "brick"},  # a false reject
+        {"positive": False, "predicted_ng": False, "kinds": [], "texture": "grass"},
+        {"positive": True, "predicted_ng": False, "S": 0.1},  # a folder image: no kinds, in no group
+    ]
+    rows = {(r["by"], r["group"]): r for r in by_kind_and_texture(records)}
+    assert list(rows) == [("kind", "scratch"), ("kind", "spot"), ("texture", "brick"), ("texture", "grass")]
+    spot = rows["kind", "spot"]
+    assert (spot["positives"], spot["recall"], spot["S"], spot["negatives"]) == (2, 0.5, pytest.approx(0.65), None)
+    brick, grass = rows["texture", "brick"], rows["texture", "grass"]
+    assert (brick["positives"], brick["recall"], brick["negatives"], brick["false_rejects"]) == (1, 1.0, 1, 1)
+    assert (grass["recall"], grass["S"], grass["negatives"], grass["false_rejects"]) == (0.0, 0.4, 1, 0)
+    assert by_kind_and_texture(records[4:]) == []
+
+
 def test_operating_points_apply_the_rule_at_each_threshold():
     metrics = DefectMetrics(sweep_thresholds=True)
     mask = np.zeros((64, 64), np.uint8)
@@ -262,6 +281,16 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
             "recall"} <= set(report["results"])
     assert (results / "worst.png").read_bytes()[:4] == b"\x89PNG" and "| S |" in (results / "results.md").read_text()
     assert sum(row["positives"] for row in report["by_area"]) == report["results"]["positives"]
+    assert report["by_kind_and_texture"] == [] and "by defect kind" not in (results / "results.md").read_text()
+
+    synthetic_eval = tmp_path / "eval-synthetic"  # shipped weights on a few held-out synthetic images
+    assert main(["eval", "defectseg", "--data", "synthetic", "--count", "8", "--size", "64", "--out",
+                 str(synthetic_eval)]) == 0
+    report = json.loads((synthetic_eval / "results.json").read_text())
+    textures = [r for r in report["by_kind_and_texture"] if r["by"] == "texture"]
+    assert sum(r["positives"] + r["negatives"] for r in textures) == 8
+    assert {r["group"] for r in report["by_kind_and_texture"] if r["by"] == "kind"} <= set(synthetic.DEFECTS)
+    assert "| kind |" in (synthetic_eval / "results.md").read_text()
 
 
 def test_cli_bad_input_exit_2(tmp_path, capsys):

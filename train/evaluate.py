@@ -2,8 +2,9 @@
 
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
 size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
-and S by defect size, and the OK/NG figures at other thresholds) and worst.png (the worst positives by S-measure
-and every wrong OK/NG verdict, worst first).
+and S by defect size, the OK/NG figures at other thresholds and, on the synthetic set, recall by defect kind and
+false rejects by texture) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst
+first).
 """
 
 from __future__ import annotations
@@ -48,20 +49,41 @@ def load_trained(
     return model.eval(), config_name, str(path)
 
 
-def _samples(data: str, count: int) -> tuple[Iterator[tuple[str, np.ndarray, np.ndarray | None]], list]:
+Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, image, mask, what the sample holds
+
+
+def _samples(data: str, count: int) -> tuple[Iterator[Sample], list]:
     if data == "synthetic":
         def gen():
             for i in range(count):
                 s = synthetic.make_sample(synthetic.HELDOUT_SEED, i)
-                yield f"synthetic/{synthetic.HELDOUT_SEED}/{i}", s.image, (s.mask if s.positive else None)
+                yield (f"synthetic/{synthetic.HELDOUT_SEED}/{i}", s.image, (s.mask if s.positive else None),
+                       {"kinds": s.info["defects"], "texture": s.info["texture"]})
         return gen(), []
     scan = scan_folder(data)
 
     def read():
         for record in scan.records:
             image, mask = load_pair(record)
-            yield str(record.image), image, mask
+            yield str(record.image), image, mask, {}
     return read(), scan.skipped
+
+
+def by_kind_and_texture(per_image: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Synthetic records: recall and S of positives per defect kind (an image with two kinds counts for both),
+    and per texture also its negatives' false rejects; empty when the records carry no kinds (a folder)."""
+    rows = []
+    for by, groups_of in (("kind", lambda r: r["kinds"]), ("texture", lambda r: [r["texture"]])):
+        for group in sorted({g for r in per_image if "kinds" in r for g in groups_of(r)}):
+            members = [r for r in per_image if "kinds" in r and group in groups_of(r)]
+            found = [r for r in members if r["positive"]]
+            clean = [r for r in members if not r["positive"]]
+            rows.append({"by": by, "group": group, "positives": len(found),
+                         "recall": sum(r["predicted_ng"] for r in found) / max(1, len(found)),
+                         "S": float(np.mean([r["S"] for r in found])) if found else None,
+                         "negatives": len(clean) if by == "texture" else None,
+                         "false_rejects": sum(r["predicted_ng"] for r in clean) if by == "texture" else None})
+    return rows
 
 
 def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
@@ -74,7 +96,7 @@ def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
 
 
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
-             operating_points: list[dict[str, Any]]) -> str:
+             operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]]) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
@@ -93,6 +115,14 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
               "|---|---|---|---|---|---|"]
     lines += [f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | {p['accuracy']:.3f} | {p['fn']} | "
               f"{p['fp']} |" for p in operating_points]
+    if by_group:
+        def cell(value: Any) -> str:
+            return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+        lines += ["", "Synthetic set by defect kind and by texture (an image with two kinds counts for both):", "",
+                  "| by | group | positives | recall | S | negatives | false rejects |", "|---" * 7 + "|"]
+        lines += ["| " + " | ".join(cell(r[k]) for k in ("by", "group", "positives", "recall", "S", "negatives",
+                                                         "false_rejects")) + " |" for r in by_group]
     return "\n".join(lines) + "\n"
 
 
@@ -128,9 +158,10 @@ def evaluate_checkpoint(
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
-    for name, image, mask in samples:
+    for name, image, mask, holds in samples:
         prob = predict(model, image, size)
         record = metrics.update(prob, mask, name)
+        record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
         badness = (1.0 if wrong else 0.0) + (1 - record.get("S", 1.0))
         label = f"{'NG' if record['positive'] else 'OK'}->{'NG' if record['predicted_ng'] else 'OK'}" + (
@@ -142,9 +173,12 @@ def evaluate_checkpoint(
     title = f"{config_name} on {data} ({source}, {size}x{size})"
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data, "size": size,
               "results": results, "by_area": metrics.by_area(),
-              "operating_points": metrics.operating_points(), "skipped": skipped, "per_image": metrics.per_image}
+              "operating_points": metrics.operating_points(),
+              "by_kind_and_texture": by_kind_and_texture(metrics.per_image), "skipped": skipped,
+              "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
-    paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"]))
+    paths["markdown"].write_text(
+        markdown(results, title, report["by_area"], report["operating_points"], report["by_kind_and_texture"]))
     worst_grid([case for _, case in kept], paths["worst"])
     return results, paths
