@@ -3,8 +3,8 @@
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
 size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
 and S by defect size, the OK/NG figures at other thresholds and, on the synthetic set, recall by defect kind and
-false rejects by texture) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst
-first).
+by texture with each texture's false rejects) and worst.png (the worst positives by S-measure and every wrong
+OK/NG verdict, worst first).
 """
 
 from __future__ import annotations
