@@ -23,7 +23,7 @@ from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, scan_folder, to_tensors
-from edgestack.train.metrics import THRESHOLD, DefectMetrics
+from edgestack.train.metrics import THRESHOLD, DefectMetrics, positives_figures
 
 ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
 
@@ -78,11 +78,10 @@ def by_kind_and_texture(per_image: list[dict[str, Any]]) -> list[dict[str, Any]]
             members = [r for r in per_image if "kinds" in r and group in groups_of(r)]
             found = [r for r in members if r["positive"]]
             clean = [r for r in members if not r["positive"]]
-            rows.append({"by": by, "group": group, "positives": len(found),
-                         "recall": sum(r["predicted_ng"] for r in found) / max(1, len(found)),
-                         "S": float(np.mean([r["S"] for r in found])) if found else None,
-                         "negatives": len(clean) if by == "texture" else None,
-                         "false_rejects": sum(r["predicted_ng"] for r in clean) if by == "texture" else None})
+            negatives = {"negatives": len(clean), "false_rejects": sum(r["predicted_ng"] for r in clean)}
+            if by == "kind":  # negatives have no defect kind
+                negatives = dict.fromkeys(negatives)
+            rows.append({"by": by, "group": group} | positives_figures(found) | negatives)
     return rows
 
 

@@ -44,6 +44,12 @@ def verdict_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "recall": tp / max(1, tp + fn), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
+def positives_figures(positives: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count, image-level recall and mean S-measure of a group of positive per-image records (S None if empty)."""
+    return {"positives": len(positives), "recall": sum(r["predicted_ng"] for r in positives) / max(1, len(positives)),
+            "S": float(np.mean([r["S"] for r in positives])) if positives else None}
+
+
 class DefectMetrics:
     """Accumulate one image at a time; `results()` gives the benchmark figures and image-level figures."""
 
@@ -108,7 +114,5 @@ class DefectMetrics:
             group = [r for r in self.per_image
                      if r["positive"] and low <= r["area"] and (high is None or r["area"] < high)]
             if group:
-                rows.append({"area_from": low, "area_to": high, "positives": len(group),
-                             "recall": sum(r["predicted_ng"] for r in group) / len(group),
-                             "S": float(np.mean([r["S"] for r in group]))})
+                rows.append({"area_from": low, "area_to": high} | positives_figures(group))
         return rows
