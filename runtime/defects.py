@@ -2,9 +2,11 @@
 
 Rules file (JSON, or TOML on Python >= 3.11), every key optional:
     {"threshold": 0.5, "min_area_px": 16, "min_area_mm2": null, "min_score": 0.5, "max_count": 0,
-     "mm_per_px": null, "rois": [[x0, y0, x1, y1], ...]}
+     "mm_per_px": null, "rois": [[x0, y0, x1, y1], ...], "max_listed": 100}
 A defect counts when its area and peak score reach the minimums and its box meets a region of interest
-(no regions: the whole image). The item is NG when more than `max_count` defects count.
+(no regions: the whole image). The item is NG when more than `max_count` defects count. A result lists at
+most `max_listed` components, counted ones first: a bad frame or a wrong model can give 10^5 components,
+whose records would cost seconds and megabytes per item; the counts always cover all of them.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ class Rules:
     max_count: int = 0
     mm_per_px: float | None = None
     rois: list[list[int]] = field(default_factory=list)
+    max_listed: int = 100
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0 or not 0.0 <= self.min_score <= 1.0:
             raise EdgestackError(f"rules: threshold must be in (0,1) and min_score in [0,1], got {self}")
-        if self.min_area_px < 1 or self.max_count < 0:
-            raise EdgestackError("rules: min_area_px must be >= 1 and max_count >= 0")
+        if self.min_area_px < 1 or self.max_count < 0 or self.max_listed < 0:
+            raise EdgestackError("rules: min_area_px must be >= 1, max_count and max_listed >= 0")
         if self.min_area_mm2 is not None and not self.mm_per_px:
             raise EdgestackError("rules: min_area_mm2 needs mm_per_px (the image scale)")
         for roi in self.rois:
@@ -71,49 +74,66 @@ def load_rules(path: str | Path | None) -> Rules:
         raise EdgestackError(f"rules file {path}: {exc}") from None
 
 
-def find_defects(prob: np.ndarray, threshold: float, mm_per_px: float | None = None) -> list[dict[str, Any]]:
-    """Connected components of prob >= threshold: box, area (px, mm^2), mean and max score, centroid; highest
-    max score first."""
-    binary = (prob >= threshold).astype(np.uint8)
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    # Scores per component in one pass over the labelled pixels: a noisy map (an untrained model, a bad frame)
-    # has thousands of components, and slicing each one out in Python took seconds per map.
+@dataclass
+class Assessment:
+    status: str  # "OK" or "NG"
+    rule: str | None  # the rule that fired for NG
+    defects: list[dict[str, Any]]  # the listed components: counted first, then ignored (with why), strongest first
+    counted: int  # components that count under the rules, listed or not
+    components: int  # connected components of prob >= threshold
+
+
+def assess(prob: np.ndarray, rules: Rules) -> Assessment:
+    """Connected components of prob >= rules.threshold, which of them count as defects, and the verdict.
+
+    Each listed component: box [x0, y0, x1, y1], area (px, mm^2), mean and max score, centroid, `counted`, and
+    for an ignored one the first rule it fails. Everything is computed over whole arrays, so a noisy map costs
+    about one labelling pass whatever its component count."""
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(
+        (prob >= rules.threshold).astype(np.uint8), connectivity=8)
     inside = labels > 0
     component, scores = labels[inside], prob[inside]
-    score_sums = np.bincount(component, weights=scores, minlength=count)
-    max_scores = np.full(count, -np.inf, dtype=scores.dtype)
-    np.maximum.at(max_scores, component, scores)
-    order = np.argsort(-max_scores[1:], kind="stable") + 1
-    areas = stats[order, cv2.CC_STAT_AREA]
-    # Whole columns to Python numbers at once: per-element conversion was most of the time on noisy maps.
-    return [
-        {"bbox": [x, y, x + w, y + h], "area_px": area, "area_mm2": area * mm_per_px**2 if mm_per_px else None,
-         "mean_score": mean, "max_score": peak, "centroid": centroid}
-        for (x, y, w, h, area), mean, peak, centroid in zip(
-            stats[order].tolist(), (score_sums[order] / areas).tolist(), max_scores[order].tolist(),
-            centroids[order].tolist())
-    ]
+    means = (np.bincount(component, weights=scores, minlength=count) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1))[1:]
+    peaks = np.full(count, -np.inf, dtype=scores.dtype)
+    np.maximum.at(peaks, component, scores)
+    peaks = peaks[1:].astype(np.float64)  # compared with the rules as the Python floats the records hold
+    x0, y0, w, h, areas = stats[1:].T
+    x1, y1 = x0 + w, y0 + h
+    areas_mm2 = areas * rules.mm_per_px**2 if rules.mm_per_px else None
+    in_roi = np.ones(count - 1, bool)
+    if rules.rois:
+        r = np.asarray(rules.rois)[:, :, None]
+        in_roi = ((x0 < r[:, 2]) & (r[:, 0] < x1) & (y0 < r[:, 3]) & (r[:, 1] < y1)).any(axis=0)
+    # The first rule each component fails, in the order above (-1: it counts).
+    failed = np.select([areas < rules.min_area_px,
+                        areas_mm2 < rules.min_area_mm2 if rules.min_area_mm2 is not None else False,
+                        peaks < rules.min_score, ~in_roi], [0, 1, 2, 3], default=-1)
+    counts = failed < 0
+    strongest = np.argsort(-peaks, kind="stable")  # ties keep raster order
+    listed = np.concatenate([strongest[counts[strongest]], strongest[~counts[strongest]]])[:rules.max_listed]
 
+    def why(i: int) -> str:
+        if failed[i] == 0:
+            return f"area {areas[i]} px < min_area_px {rules.min_area_px}"
+        if failed[i] == 1:
+            return f"area {areas_mm2[i]:.3g} mm2 < min_area_mm2 {rules.min_area_mm2}"
+        if failed[i] == 2:
+            return f"score {peaks[i]:.3f} < min_score {rules.min_score}"
+        return "outside every region of interest"
 
-def _in_roi(bbox: list[int], rois: list[list[int]]) -> bool:
-    return not rois or any(bbox[0] < r[2] and r[0] < bbox[2] and bbox[1] < r[3] and r[1] < bbox[3] for r in rois)
-
-
-def judge(defects: list[dict[str, Any]], rules: Rules) -> tuple[str, str | None]:
-    """Mark each defect `counted` (or why not) and return (verdict, the rule that fired or None)."""
-    counted = 0
-    for d in defects:
-        if d["area_px"] < rules.min_area_px:
-            d["ignored"] = f"area {d['area_px']} px < min_area_px {rules.min_area_px}"
-        elif rules.min_area_mm2 is not None and d["area_mm2"] < rules.min_area_mm2:
-            d["ignored"] = f"area {d['area_mm2']:.3g} mm2 < min_area_mm2 {rules.min_area_mm2}"
-        elif d["max_score"] < rules.min_score:
-            d["ignored"] = f"score {d['max_score']:.3f} < min_score {rules.min_score}"
-        elif not _in_roi(d["bbox"], rules.rois):
-            d["ignored"] = "outside every region of interest"
-        d["counted"] = "ignored" not in d
-        counted += d["counted"]
+    # Whole columns to Python numbers at once: per-element conversion dominated on noisy maps.
+    defects = []
+    for i, box, area, mean, peak, centroid in zip(
+            listed.tolist(), np.stack([x0, y0, x1, y1], 1)[listed].tolist(), areas[listed].tolist(),
+            means[listed].tolist(), peaks[listed].tolist(), centroids[1:][listed].tolist()):
+        defect = {"bbox": box, "area_px": area, "area_mm2": area * rules.mm_per_px**2 if rules.mm_per_px else None,
+                  "mean_score": mean, "max_score": peak, "centroid": centroid, "counted": bool(counts[i])}
+        if not counts[i]:
+            defect["ignored"] = why(i)
+        defects.append(defect)
+    counted = int(counts.sum())
     if counted > rules.max_count:
-        return "NG", (f"{counted} defect(s) > max_count {rules.max_count} (threshold {rules.threshold}, "
-                      f"min_area_px {rules.min_area_px}, min_score {rules.min_score})")
-    return "OK", None
+        return Assessment("NG", f"{counted} defect(s) > max_count {rules.max_count} (threshold {rules.threshold}, "
+                                f"min_area_px {rules.min_area_px}, min_score {rules.min_score})",
+                          defects, counted, count - 1)
+    return Assessment("OK", None, defects, counted, count - 1)

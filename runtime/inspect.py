@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, find_defects, judge
+from edgestack.runtime.defects import Rules, assess
 from edgestack.runtime.engine import Engine, load
 from edgestack.runtime.images import to_tensor
 from edgestack.runtime.sources import Item, open_source
@@ -79,13 +79,14 @@ class Inspector:
         """(result, probability map) for one decoded image."""
         started = time.perf_counter()
         prob = self.probability(rgb)
-        defects = find_defects(prob, self.rules.threshold, self.rules.mm_per_px)
-        status, rule = judge(defects, self.rules)
+        found = assess(prob, self.rules)
         return {
             "id": item_id,
-            "status": status,
-            "rule": rule,
-            "defects": defects,
+            "status": found.status,
+            "rule": found.rule,
+            "defects": found.defects,
+            "defect_count": found.counted,
+            "components": found.components,
             "max_score": float(prob.max()),
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
@@ -158,8 +159,8 @@ class Inspector:
 
 
 def _error_result(item_id: str, error: str) -> dict[str, Any]:
-    return {"id": item_id, "status": "ERROR", "rule": None, "defects": [], "max_score": None, "width": None,
-            "height": None, "latency_ms": None, "error": error}
+    return {"id": item_id, "status": "ERROR", "rule": None, "defects": [], "defect_count": 0, "components": 0,
+            "max_score": None, "width": None, "height": None, "latency_ms": None, "error": error}
 
 
 class RunWriter:
@@ -231,7 +232,9 @@ class RunWriter:
 
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record, "defects": sum(1 for d in record["defects"] if d.get("counted"))}
+    # Records written before defect_count existed listed every component, so their count is still right.
+    counted = record.get("defect_count", sum(1 for d in record["defects"] if d.get("counted")))
+    return {**record, "defects": counted}
 
 
 def defect_overlay(image: np.ndarray, prob: np.ndarray, result: dict[str, Any]) -> np.ndarray:

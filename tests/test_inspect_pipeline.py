@@ -1,5 +1,6 @@
 """The inspection pipeline and service on a real defectseg-s bundle (shipped weights)."""
 
+import csv
 import json
 import random
 import signal
@@ -66,6 +67,9 @@ def test_folder_run_writes_every_result_file(inspector, tmp_path):
     assert [r["id"] for r in records(run)] == [r["id"] for r in results]
     csv_rows = (run / "results.csv").read_text().splitlines()
     assert csv_rows[0].startswith("id,status") and len(csv_rows) == 8
+    counts = {r["id"]: int(r["defects"]) for r in csv.DictReader(csv_rows)}
+    assert counts == {r["id"]: r["defect_count"] for r in results}
+    assert all(r["defect_count"] == sum(d["counted"] for d in r["defects"]) for r in results)  # few components
     assert len(list((run / "overlays").glob("*.png"))) == 6
     summary = json.loads((run / "summary.json").read_text())
     assert summary["items"] == 7 and summary["counts"]["ERROR"] == 1

@@ -1,13 +1,16 @@
 """Tiling, defect extraction and verdict rules of the inspection pipeline (no model needed)."""
 
+import csv
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, find_defects, judge, load_rules
+from edgestack.runtime.defects import Rules, assess, load_rules
+from edgestack.runtime.inspect import RunWriter
 from edgestack.runtime.tiling import run_tiled, tile_starts
 
 
@@ -63,55 +66,90 @@ def blobs():
     return prob
 
 
-def test_find_defects_boxes_areas_and_scores():
-    defects = find_defects(blobs(), threshold=0.5, mm_per_px=0.1)
-    by_box = {tuple(d["bbox"]): d for d in defects}
+def test_components_boxes_areas_and_scores():
+    found = assess(blobs(), Rules(min_area_px=1, min_score=0.0, mm_per_px=0.1))
+    assert found.components == found.counted == 3 and found.status == "NG"
+    by_box = {tuple(d["bbox"]): d for d in found.defects}
     assert set(by_box) == {(10, 10, 30, 20), (100, 50, 103, 53), (150, 70, 190, 90)}
     big = by_box[(10, 10, 30, 20)]
-    assert big["area_px"] == 200 and big["area_mm2"] == pytest.approx(2.0)
+    assert big["area_px"] == 200 and big["area_mm2"] == pytest.approx(2.0) and big["centroid"] == [19.5, 14.5]
     assert big["max_score"] == pytest.approx(0.9) and big["mean_score"] == pytest.approx(0.9)
-    assert defects[0]["max_score"] == pytest.approx(0.95)  # sorted by score
+    assert [d["max_score"] for d in found.defects] == sorted((d["max_score"] for d in found.defects), reverse=True)
 
 
-def components_one_by_one(prob, threshold):
-    """Reference for find_defects: each component sliced out on its own."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
+def assess_one_by_one(prob, rules):
+    """Reference for assess: each component sliced out and judged on its own; every record, in listing order
+    (counted first, then strongest first, ties in raster order)."""
+    binary = (prob >= rules.threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     found = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
         scores = prob[labels == label].astype(np.float64)
-        found.append(([x, y, x + w, y + h], area, scores.mean(), scores.max()))
-    return sorted(found, key=lambda c: c[3], reverse=True)
+        box = [x, y, x + w, y + h]
+        mm2 = area * rules.mm_per_px**2 if rules.mm_per_px else None
+        if area < rules.min_area_px:
+            why = f"area {area} px < min_area_px {rules.min_area_px}"
+        elif rules.min_area_mm2 is not None and mm2 < rules.min_area_mm2:
+            why = f"area {mm2:.3g} mm2 < min_area_mm2 {rules.min_area_mm2}"
+        elif scores.max() < rules.min_score:
+            why = f"score {scores.max():.3f} < min_score {rules.min_score}"
+        elif rules.rois and not any(x < r[2] and r[0] < x + w and y < r[3] and r[1] < y + h for r in rules.rois):
+            why = "outside every region of interest"
+        else:
+            why = None
+        found.append({"bbox": box, "area_px": area, "area_mm2": mm2, "mean_score": scores.mean(),
+                      "max_score": scores.max(), "counted": why is None} | ({"ignored": why} if why else {}))
+    found.sort(key=lambda d: d["max_score"], reverse=True)
+    return [d for d in found if d["counted"]] + [d for d in found if not d["counted"]]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_find_defects_matches_each_component_scored_on_its_own(dtype):
+def test_assess_matches_each_component_judged_on_its_own(dtype):
     rng = np.random.default_rng(7)
     ties = np.zeros((64, 64))
     ties[1::4, 1::4] = rng.choice([0.6, 0.7, 0.8], (16, 16))  # 256 one-pixel defects, 3 scores: ties by raster order
+    rule_sets = [Rules(threshold=0.3, min_area_px=1, min_score=0.0, max_listed=10**6),
+                 Rules(threshold=0.5, min_area_px=2, min_score=0.75, max_listed=10**6, mm_per_px=0.2,
+                       min_area_mm2=0.1, rois=[[0, 0, 40, 30], [60, 50, 200, 100]])]
     for prob in (rng.random((97, 131)) ** 6, blobs(), ties, rng.random((40, 40)) * 0.4):  # noisy, few, none
         prob = prob.astype(dtype)
-        for threshold in (0.3, 0.5):
-            defects = find_defects(prob, threshold, mm_per_px=0.2)
-            expected = components_one_by_one(prob, threshold)
-            assert [d["bbox"] for d in defects] == [c[0] for c in expected]  # same order, ties included
-            for d, (_, area, mean, peak) in zip(defects, expected):
-                assert d["area_px"] == area and d["area_mm2"] == pytest.approx(area * 0.04)
-                assert d["mean_score"] == pytest.approx(mean, rel=1e-6) and d["max_score"] == peak
+        for rules in rule_sets:
+            found = assess(prob, rules)
+            expected = assess_one_by_one(prob, rules)
+            assert found.components == len(expected) == len(found.defects)
+            assert found.counted == sum(d["counted"] for d in expected)
+            assert [d["bbox"] for d in found.defects] == [d["bbox"] for d in expected]  # same order, ties included
+            for d, e in zip(found.defects, expected):
+                assert d["area_px"] == e["area_px"] and d["max_score"] == e["max_score"]
+                assert d["mean_score"] == pytest.approx(e["mean_score"], rel=1e-6)
+                assert d["area_mm2"] == pytest.approx(e["area_mm2"]) and d.get("ignored") == e.get("ignored")
                 assert type(d["area_px"]) is int and type(d["max_score"]) is float  # JSON-ready
 
 
-def test_rules_decide_ok_ng_and_say_why():
-    defects = find_defects(blobs(), threshold=0.5)
-    verdict, rule = judge(defects, Rules(min_area_px=16, min_score=0.6))
-    assert verdict == "NG" and "1 defect(s) > max_count 0" in rule
-    reasons = sorted(d.get("ignored", "counted") for d in defects)
-    assert reasons[0] == "area 9 px < min_area_px 16" and reasons[-1].startswith("score 0.550 < min_score")
+def test_a_noisy_map_lists_the_counted_defects_first_and_counts_every_component():
+    prob = np.random.default_rng(3).random((300, 400)) ** 4
+    rules = Rules(threshold=0.3, min_area_px=3, min_score=0.5, max_listed=7)
+    found = assess(prob, rules)
+    expected = assess_one_by_one(prob, replace(rules, max_listed=10**6))
+    assert found.components == len(expected) > 1000 and 7 < found.counted < found.components
+    assert [d["bbox"] for d in found.defects] == [d["bbox"] for d in expected[:7]]
+    assert all(d["counted"] for d in found.defects)
+    assert assess(prob, replace(rules, max_listed=0)).defects == []
+    assert "defect(s) > max_count 0" in found.rule and found.status == "NG"
 
-    assert judge(find_defects(blobs(), 0.5), Rules(min_area_px=16, min_score=0.6, max_count=1))[0] == "OK"
+
+def test_rules_decide_ok_ng_and_say_why():
+    found = assess(blobs(), Rules(min_area_px=16, min_score=0.6))
+    assert found.status == "NG" and "1 defect(s) > max_count 0" in found.rule and found.counted == 1
+    assert [d.get("ignored", "counted") for d in found.defects] == [
+        "counted", "area 9 px < min_area_px 16", "score 0.550 < min_score 0.6"]
+
+    assert assess(blobs(), Rules(min_area_px=16, min_score=0.6, max_count=1)).status == "OK"
     roi_elsewhere = Rules(min_area_px=16, min_score=0.5, rois=[[0, 60, 120, 100]])
-    assert judge(find_defects(blobs(), 0.5), roi_elsewhere)[0] == "OK"
-    assert judge(find_defects(np.zeros((10, 10), np.float32), 0.5), Rules()) == ("OK", None)
+    assert assess(blobs(), roi_elsewhere).status == "OK"
+    empty = assess(np.zeros((10, 10), np.float32), Rules())
+    assert (empty.status, empty.rule, empty.defects, empty.counted, empty.components) == ("OK", None, [], 0, 0)
 
 
 def test_rules_file_and_its_errors(tmp_path):
@@ -126,6 +164,7 @@ def test_rules_file_and_its_errors(tmp_path):
         ({"threshold": 1.5}, "threshold must be"),
         ({"min_area_mm2": 1.0}, "needs mm_per_px"),
         ({"rois": [[5, 5, 1, 1]]}, "x0 < x1"),
+        ({"max_listed": -1}, "max_listed"),
     ]:
         path.write_text(json.dumps(content))
         with pytest.raises(EdgestackError, match=message):
@@ -135,3 +174,16 @@ def test_rules_file_and_its_errors(tmp_path):
         load_rules(path)
     with pytest.raises(EdgestackError, match="does not exist"):
         load_rules(tmp_path / "nope.json")
+
+
+def test_a_run_folder_from_before_defect_count_resumes(tmp_path):
+    # Its records listed every component with `counted`: the rewritten CSV must still count them right.
+    old = {"id": "a.png", "status": "NG", "rule": "1 defect(s) > max_count 0", "max_score": 0.9, "width": 8,
+           "height": 8, "latency_ms": 1.0, "defects": [{"bbox": [0, 0, 2, 2], "counted": True},
+                                                       {"bbox": [4, 4, 5, 5], "counted": False, "ignored": "area"}]}
+    (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
+    writer = RunWriter(tmp_path, "none", Rules())
+    assert writer.done == {"a.png"}
+    writer.finish()
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["id"], r["defects"]) for r in rows] == [("a.png", "1")]

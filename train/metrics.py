@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgestack.runtime.defects import Rules, find_defects, judge
+from edgestack.runtime.defects import Rules, assess
 
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
@@ -32,8 +32,8 @@ OPERATING_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
     """The image-level rule above, for one HxW probability map."""
     # min_score = threshold: every defect pixel already reaches it, so only the area decides, as stated above.
-    rules = Rules(threshold=threshold, min_area_px=min_area, min_score=threshold)
-    return judge(find_defects(prob, threshold), rules)[0] == "NG"
+    rules = Rules(threshold=threshold, min_area_px=min_area, min_score=threshold, max_listed=0)
+    return assess(prob, rules).status == "NG"
 
 
 def verdict_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
