@@ -14,14 +14,12 @@ import torch
 from edgestack import bundle as bundle_format
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
-from edgestack.export import export_bundle
 from edgestack.runtime import load
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    path, _ = export_bundle("pspnet-r18", out=tmp_path_factory.mktemp("art") / "pspnet-r18", progress=lambda m: None)
-    return path
+def bundle(pspnet_bundle):
+    return pspnet_bundle
 
 
 @pytest.fixture

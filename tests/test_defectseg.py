@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgestack.export import export_bundle
+from edgestack.bundle import read_meta
 from edgestack.models import resolve
 from edgestack.runtime import load
 from edgestack.train.evaluate import load_trained, predict
@@ -47,9 +47,9 @@ def test_deploy_form_gives_probabilities_training_gives_logits():
     assert spec.axes(spec.configs[name])["height"].multiple_of == 32
 
 
-def test_export_bundle_with_shipped_weights(tmp_path):
-    bundle, meta = export_bundle("defectseg-s", out=tmp_path / "defectseg-s", checkpoint=SHIPPED,
-                                 parity_sizes=[(64, 96)], progress=lambda m: None)
+def test_bundle_with_shipped_weights(defectseg_bundle):
+    bundle, meta = defectseg_bundle, read_meta(defectseg_bundle)
+    assert meta["weights"]["shipped"] and not meta["weights"]["random"]
     assert meta["onnx"]["plugin_nodes"] == {"EdgePyramidPooling": 1} and meta["onnx"]["portable_custom_nodes"] == {}
     assert [o["name"] for o in meta["outputs"]] == ["prob"] and meta["postprocess"]["kind"] == "defect_probability"
     assert all(r["passed"] for r in meta["parity"]["results"]) and len(meta["parity"]["results"]) == 2

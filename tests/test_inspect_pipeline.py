@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from edgestack.errors import EdgestackError
-from edgestack.export import export_bundle
 from edgestack.runtime.defects import Rules
 from edgestack.runtime.inspect import Inspector
 from edgestack.train.synthetic import make_sample
@@ -27,10 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    path, _ = export_bundle("defectseg-s", out=tmp_path_factory.mktemp("art") / "defectseg-s",
-                            parity_sizes=[(128, 128)], progress=lambda m: None)
-    return path
+def bundle(defectseg_bundle):
+    return defectseg_bundle
 
 
 @pytest.fixture(scope="module")

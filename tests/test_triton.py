@@ -9,7 +9,6 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 from edgestack import bundle as bundle_format  # noqa: E402
 from edgestack.cli import main  # noqa: E402
 from edgestack.errors import EdgestackError  # noqa: E402
-from edgestack.export import export_bundle  # noqa: E402
 from edgestack.export.tensorrt import resolve_profile  # noqa: E402
 from edgestack.export.triton import triton_config, write_repository  # noqa: E402
 
@@ -21,10 +20,8 @@ def parse(text: str):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    path, _ = export_bundle("pspnet-r18", out=tmp_path_factory.mktemp("t") / "pspnet-r18", parity_sizes=[(97, 97)],
-                            progress=lambda m: None)
-    return path
+def bundle(pspnet_bundle):
+    return pspnet_bundle
 
 
 @pytest.fixture(scope="module")
