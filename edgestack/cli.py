@@ -9,6 +9,8 @@ from pathlib import Path
 
 from edgestack.errors import EdgestackError
 
+RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, mm_per_px, min_score, max_count, "
+              "rois, max_listed (documented in edgestack.runtime.defects)")
 
 def _console():
     from rich.console import Console
@@ -376,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder, glob, image, video file or camera index")
     p.add_argument("--bundle", required=True)
     p.add_argument("--out", required=True, help="run folder (results.jsonl/csv, overlays, summary); reruns resume")
-    p.add_argument("--rules", help="rules file (JSON or TOML): threshold, min_area_px, min_score, max_count, rois")
+    p.add_argument("--rules", help=RULES_HELP)
     p.add_argument("--backend", default="auto")
     p.add_argument("--batch", type=int, default=4, help="tiles per engine call")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
@@ -390,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token-file", help="file holding a bearer token that every request must carry")
-    p.add_argument("--rules")
+    p.add_argument("--rules", help=RULES_HELP)
     p.add_argument("--backend", default="auto")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")

@@ -2,12 +2,13 @@
 
 import csv
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import cv2
 import numpy as np
 import pytest
 
+from edgestack.cli import RULES_HELP
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, load_rules
 from edgestack.runtime.inspect import RunWriter
@@ -174,6 +175,7 @@ def test_rules_file_and_its_errors(tmp_path):
         load_rules(path)
     with pytest.raises(EdgestackError, match="does not exist"):
         load_rules(tmp_path / "nope.json")
+    assert all(f.name in RULES_HELP for f in fields(Rules))  # the CLI's --rules help names every key
 
 
 def test_a_run_folder_from_before_defect_count_resumes(tmp_path):
