@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="inspect images/video/camera with a defect bundle: OK/NG per item")
     p.add_argument("source", help="folder, glob, image, video file or camera index")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--out", required=True, help="run folder (results.jsonl/csv, overlays, summary); reruns resume")
+    p.add_argument("--out", required=True,
+                   help="run folder (results.jsonl/csv, overlays, summary); a rerun resumes and retries ERROR items")
     p.add_argument("--rules", help=RULES_HELP)
     p.add_argument("--backend", default="auto")
     p.add_argument("--batch", type=int, default=4, help="tiles per engine call")

@@ -6,7 +6,8 @@
 
 Images are decoded in a background thread into a bounded queue while the engine runs. Every item gives
 exactly one result: OK, NG (with the rule that fired) or ERROR (with the reason). With a run folder,
-each result is appended and flushed to results.jsonl before the next item, and a rerun resumes.
+each result is appended and flushed to results.jsonl before the next item, and a rerun resumes: items
+with a verdict are skipped, ERROR items are tried again (the last record of an item is its result).
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "results.jsonl"
         records = self._recover()
-        self.done = {r["id"] for r in records}
-        self.resumed = len(records)
+        # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
+        self.done = {r["id"] for r in records if r["status"] != "ERROR"}
         self.started = time.perf_counter()
         self.new = 0
         (self.dir / "rules.json").write_text(json.dumps(rules.as_dict(), indent=2) + "\n")
@@ -194,11 +195,7 @@ class RunWriter:
         if good_end < len(data):
             with open(self.jsonl, "r+b") as f:
                 f.truncate(good_end)
-        records = {}
-        for line in data[:good_end].splitlines():
-            record = json.loads(line)
-            records[record["id"]] = record
-        return list(records.values())
+        return read_records(self.jsonl)
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
         with open(self.dir / "results.csv", "w", newline="", encoding="utf-8") as f:
@@ -228,7 +225,9 @@ class RunWriter:
     def finish(self) -> dict[str, Any]:
         for f in (self.jsonl_file, self.csv_file, self.notes):
             f.close()
-        return write_summary(self.dir, self.new, time.perf_counter() - self.started)
+        records = read_records(self.jsonl)
+        self._write_csv(records)  # a retried item's row replaces its ERROR row
+        return write_summary(self.dir, records, self.new, time.perf_counter() - self.started)
 
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -253,9 +252,17 @@ def defect_overlay(image: np.ndarray, prob: np.ndarray, result: dict[str, Any]) 
     return tinted
 
 
-def write_summary(run_dir: Path, new_items: int, seconds: float) -> dict[str, Any]:
-    """summary.json + summary.md + scores.png over every record in the run folder."""
-    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+def read_records(jsonl: Path) -> list[dict[str, Any]]:
+    """The last record of each item in results.jsonl (a retried item's result replaces its ERROR)."""
+    records = {}
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        records[record["id"]] = record
+    return list(records.values())
+
+
+def write_summary(run_dir: Path, records: list[dict[str, Any]], new_items: int, seconds: float) -> dict[str, Any]:
+    """summary.json + summary.md + scores.png over every item of the run folder."""
     counts = {status: sum(r["status"] == status for r in records) for status in ("OK", "NG", "ERROR")}
     latencies = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
     summary = {

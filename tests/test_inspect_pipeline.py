@@ -141,6 +141,24 @@ def test_resume_after_kill_gives_every_item_exactly_once(bundle, tmp_path):
     assert sorted(csv_ids) == sorted(ids)
 
 
+def test_a_rerun_retries_error_items_and_keeps_verdicts(inspector, tmp_path):
+    write_folder(tmp_path / "in", 3)
+    half_written = tmp_path / "in" / "part003.png"
+    half_written.write_bytes(encoded(np.full((96, 96, 3), 100, np.uint8))[:50])  # a camera still writing it
+    first = {r["id"]: r for r in inspector.run(tmp_path / "in", tmp_path / "run")}
+    assert first["part003.png"]["status"] == "ERROR" and len(first) == 4
+    half_written.write_bytes(encoded(np.full((96, 96, 3), 100, np.uint8)))
+    second = list(inspector.run(tmp_path / "in", tmp_path / "run"))
+    assert [r["id"] for r in second] == ["part003.png"] and second[0]["status"] in ("OK", "NG")
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["items"] == 4 and summary["counts"]["ERROR"] == 0 and summary["errors"] == []
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert sorted((r["id"], r["status"]) for r in rows) == sorted(
+        [(i, first[i]["status"]) for i in first if i != "part003.png"] + [("part003.png", second[0]["status"])])
+    assert len(records(run)) == 5  # the log keeps the ERROR line; the last line of an item is its result
+
+
 def png_header_only(width, height):
     """A PNG whose header claims width x height; the pixel data is a stub (never decoded)."""
     def chunk(kind, data):
