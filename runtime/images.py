@@ -24,6 +24,8 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False) -> np.ndarray:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if image is None:
             raise EdgestackError(f"image {path} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
+        if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
+            raise EdgestackError(f"image {path} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
         if image.ndim == 3 and image.shape[2] == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         elif image.ndim == 3 and image.shape[2] == 4:

@@ -89,20 +89,22 @@ def test_infer_cli_writes_overlay(bundle, image_file, tmp_path, capsys):
 
 
 def write_case(folder, case):
-    path = folder / f"{case}.png"
+    path = folder / (f"{case}.tiff" if case == "float" else f"{case}.png")
     if case == "corrupt":
         path.write_bytes(b"not a png")
     elif case == "gray":
         cv2.imwrite(str(path), np.zeros((100, 100), np.uint8))
     elif case == "small":
         cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
+    elif case == "float":
+        cv2.imwrite(str(path), np.full((100, 100, 3), 0.5, np.float32))
     return path
 
 
 @pytest.mark.parametrize(
     "case, message",
     [("missing", "does not exist"), ("corrupt", "could not be decoded"), ("gray", "grayscale"),
-     ("small", "at least 65x65")],
+     ("small", "at least 65x65"), ("float", "holds float32 pixels; save it as an 8- or 16-bit")],
 )
 def test_bad_images_are_clear_errors(bundle, tmp_path, capsys, case, message):
     path = write_case(tmp_path, case)
