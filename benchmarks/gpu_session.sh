@@ -3,7 +3,9 @@
 #   untimed: install (no deps), build the kernels for ARCHS, GPU tests, compute-sanitizer memcheck of the kernel
 #            tests on small shapes, one Nsight Compute pass over the benchmark kernels, and in the background
 #            (VGLAW_EPOCHS > 0) vglaw-s and vglaw-s-static trained side by side with the same budget,
-#            (DEFECTSEG_EPOCHS > 0) defectseg-s fine-tuned from its shipped weights;
+#            (DEFECTSEG_EPOCHS > 0) DEFECTSEG_CONFIG (defectseg-s) trained with DEFECTSEG_ARGS (fine-tuned
+#            from its shipped weights by default; e.g. DEFECTSEG_CONFIG=defectseg-m DEFECTSEG_ARGS="--size 256
+#            --synthetic-count 12000 --batch-size 32 --lr 2e-3 --bf16" trains defectseg-m from scratch);
 #   timed, once the GPU is otherwise idle: kernel benchmark, whole-model benchmark (fp16), MAT fp16 robustness
 #            over 100 masks, torch.compile rows if time is left.
 # Each step runs under a timeout that keeps the whole session within BUDGET; a failed step does not stop the next.
@@ -15,7 +17,7 @@
 #     after a kernel change: no training and no torch.compile model rows (about 3 minutes)
 # Writes to $OUT: session.log, results.tgz (pytest.xml, memcheck.log, ncu.txt, kernels.*, models_gpu.*,
 # mat_fp16_robustness.json, training logs/summaries/curves) and, when trained, vglaw-s.pt / vglaw-s-static.pt /
-# defectseg-s.pt (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
+# $DEFECTSEG_CONFIG.pt (best checkpoint, fp16 weights, no optimizer state: what `train.loop.ship_weights` takes).
 set -o pipefail
 OUT=${OUT:-results/gpu}
 BUDGET=${BUDGET:-560}
@@ -23,6 +25,7 @@ ARCHS=${ARCHS:-90}
 VGLAW_EPOCHS=${VGLAW_EPOCHS:-0}
 VGLAW_ARGS=${VGLAW_ARGS:---synthetic-count 12000 --batch-size 64 --lr 5e-4}
 DEFECTSEG_EPOCHS=${DEFECTSEG_EPOCHS:-0}
+DEFECTSEG_CONFIG=${DEFECTSEG_CONFIG:-defectseg-s}
 DEFECTSEG_ARGS=${DEFECTSEG_ARGS:---size 256 --synthetic-count 12000 --batch-size 32 --lr 1e-3 --init shipped}
 TRAIN_LIMIT=${TRAIN_LIMIT:-300}
 WORK=${WORK:-/tmp/edgestack-gpu}
@@ -95,8 +98,8 @@ if ((DEFECTSEG_EPOCHS > 0)); then
   # pysodmetrics (its validation metrics) is not in the GPU image: install the carried wheel beside the checkout.
   step pysodmetrics 60 400 python3 -m pip install --no-deps -q --target "$WORK/site" .whl/pysodmetrics-*.whl
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-  echo "== defectseg: fine-tuning defectseg-s in the background at $((SECONDS - START))s" | tee -a "$LOG"
-  train_on_gpu defectseg-s "$DEFECTSEG_EPOCHS" 5 $DEFECTSEG_ARGS &
+  echo "== defectseg: training $DEFECTSEG_CONFIG in the background at $((SECONDS - START))s" | tee -a "$LOG"
+  train_on_gpu "$DEFECTSEG_CONFIG" "$DEFECTSEG_EPOCHS" 5 $DEFECTSEG_ARGS &
   TRAIN_PIDS+=($!)
 fi
 step build 180 350 bash -c "cmake -S . -B build -DEDGESTACK_CUDA_ARCHS=$ARCHS -DCMAKE_BUILD_TYPE=Release >/dev/null \
