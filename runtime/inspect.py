@@ -142,6 +142,9 @@ class Inspector:
                         slots.put((item, None, str(exc)))
                     except Exception as exc:  # a decoder crash on one file must not end the run
                         slots.put((item, None, f"{exc.__class__.__name__}: {exc}"))
+            except Exception as exc:  # the source itself failed (a camera stopped): the run ends with its error
+                slots.put(exc if isinstance(exc, EdgestackError) else
+                          EdgestackError(f"reading the source failed: {exc.__class__.__name__}: {exc}"))
             finally:
                 slots.put(_END)
 
@@ -149,6 +152,8 @@ class Inspector:
         thread.start()
         try:
             while (entry := slots.get()) is not _END:
+                if isinstance(entry, EdgestackError):
+                    raise entry
                 yield entry
         finally:
             stop.set()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -20,6 +22,7 @@ from edgestack.runtime.images import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg"}
+CAMERA_STALL_S = 5.0
 
 
 @dataclass
@@ -33,15 +36,45 @@ def _image_item(path: Path, item_id: str, gray_to_rgb: bool) -> Item:
     return Item(item_id, lambda: read_image(path, gray_to_rgb=gray_to_rgb))
 
 
+def _frame_item(item_id: str, bgr: np.ndarray) -> Item:
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return Item(item_id, lambda: rgb)
+
+
 def _frames(capture: cv2.VideoCapture, prefix: str, max_frames: int | None) -> Iterator[Item]:
+    """Frames of a video file, until its end."""
     index = 0
     try:
         while max_frames is None or index < max_frames:
             ok, frame = capture.read()
             if not ok:
                 return
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            yield Item(f"{prefix}{index:06d}", lambda rgb=rgb: rgb)
+            yield _frame_item(f"{prefix}{index:06d}", frame)
+            index += 1
+    finally:
+        capture.release()
+
+
+def _camera_frames(capture: cv2.VideoCapture, camera: int, max_frames: int | None) -> Iterator[Item]:
+    """Frames of a live camera. Ids carry the session's start time: a rerun into the same run folder numbers
+    from 0 again, and must not take its frames for ones already inspected. A camera that stops delivering is
+    reopened until CAMERA_STALL_S have passed, then the run ends with an error, never quietly."""
+    session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
+    index = 0
+    try:
+        while max_frames is None or index < max_frames:
+            ok, frame = capture.read()
+            deadline = time.monotonic() + CAMERA_STALL_S
+            while not ok and time.monotonic() < deadline:
+                time.sleep(0.2)
+                capture.release()  # USB and GigE cameras often come back only when reopened
+                capture.open(camera)
+                ok, frame = capture.read()
+            if not ok:
+                raise EdgestackError(
+                    f"camera {camera} delivered no frame for {CAMERA_STALL_S:g} s after {index} frames; check its "
+                    "connection and power, then rerun with the same --out to go on")
+            yield _frame_item(f"camera{camera}-{session}-{index:06d}", frame)
             index += 1
     finally:
         capture.release()
@@ -57,7 +90,7 @@ def open_source(
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
-        return _frames(capture, f"camera{int(source)}-", max_frames), []
+        return _camera_frames(capture, int(source), max_frames), []
     if not isinstance(source, (str, Path)):
         arrays = iter(source)
         return (Item(f"item-{i:06d}", lambda a=a: read_image(a, gray_to_rgb)) for i, a in enumerate(arrays)), []

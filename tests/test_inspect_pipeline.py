@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edgestack.errors import EdgestackError
+from edgestack.runtime import sources
 from edgestack.runtime.defects import Rules
 from edgestack.runtime.inspect import Inspector
 from edgestack.train.synthetic import make_sample
@@ -157,6 +158,55 @@ def test_a_rerun_retries_error_items_and_keeps_verdicts(inspector, tmp_path):
     assert sorted((r["id"], r["status"]) for r in rows) == sorted(
         [(i, first[i]["status"]) for i in first if i != "part003.png"] + [("part003.png", second[0]["status"])])
     assert len(records(run)) == 5  # the log keeps the ERROR line; the last line of an item is its result
+
+
+class UnpluggedCamera:
+    """Stands in for cv2.VideoCapture on a camera index: `frames` frames, then none until it has been reopened
+    `back_after_reopens` times (never, when None)."""
+
+    def __init__(self, frames, back_after_reopens=None):
+        self.frames, self.back_after_reopens, self.reopens = frames, back_after_reopens, 0
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        if self.frames > 0 or (self.back_after_reopens is not None and self.reopens >= self.back_after_reopens):
+            self.frames -= 1
+            return True, np.full((96, 128, 3), 100, np.uint8)
+        return False, None
+
+    def open(self, index):
+        self.reopens += 1
+        return True
+
+    def release(self):
+        pass
+
+
+def test_a_camera_that_stops_ends_the_run_with_an_error_and_keeps_its_results(inspector, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CAMERA_STALL_S", 0.5)
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda index: UnpluggedCamera(frames=3))
+    results = []
+    with pytest.raises(EdgestackError, match="camera 0 delivered no frame for 0.5 s after 3 frames"):
+        for result in inspector.run(0, tmp_path / "run"):
+            results.append(result)
+    assert len(results) == 3 and [r["id"] for r in records(tmp_path / "run")] == [r["id"] for r in results]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["items"] == 3
+
+
+def test_a_camera_that_comes_back_on_reopen_goes_on(inspector, monkeypatch):
+    camera = UnpluggedCamera(frames=2, back_after_reopens=1)
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda index: camera)
+    assert len(list(inspector.run(0, max_frames=5))) == 5 and camera.reopens == 1
+
+
+def test_a_camera_rerun_into_the_same_folder_inspects_its_new_frames(inspector, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources.cv2, "VideoCapture", lambda index: UnpluggedCamera(frames=10))
+    first = list(inspector.run(0, tmp_path / "run", max_frames=2))
+    second = list(inspector.run(0, tmp_path / "run", max_frames=2))
+    assert len(second) == 2 and {r["id"] for r in first}.isdisjoint(r["id"] for r in second)
+    assert len(records(tmp_path / "run")) == 4
 
 
 def png_header_only(width, height):
