@@ -14,33 +14,50 @@ ImageLike = str | Path | np.ndarray
 
 
 def read_image(source: ImageLike, gray_to_rgb: bool = False) -> np.ndarray:
-    """An RGB uint8 HxWx3 image from a path or an array (uint8 0..255 or float 0..1, RGB order)."""
-    name = str(source) if isinstance(source, (str, Path)) else f"array of shape {getattr(source, 'shape', '?')}"
+    """An RGB uint8 HxWx3 image from a path or an array (uint8 0..255, uint16 or float 0..1, RGB order)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise EdgestackError(f"image {path} does not exist; check the path")
-        data = np.fromfile(str(path), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            raise EdgestackError(f"image {path} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
-        if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
-            raise EdgestackError(f"image {path} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
-        if image.ndim == 3 and image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif isinstance(source, np.ndarray):
-        image = source
-        if image.dtype.kind == "f":
-            if not np.isfinite(image).all():
-                raise EdgestackError(f"image {name} holds NaN or Inf values")
-            image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-    else:
+        return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path), gray_to_rgb)
+    if not isinstance(source, np.ndarray):
         raise EdgestackError(f"cannot read an image from {type(source).__name__}; pass a file path or an HxWx3 array")
+    name = f"array of shape {source.shape}"
+    image = source
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise EdgestackError(f"image {name} holds NaN or Inf values")
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    return _rgb8(image, name, gray_to_rgb)
+
+
+def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False) -> np.ndarray:
+    """RGB uint8 HxWx3 from the bytes of an image file (PNG/JPEG/BMP/TIFF; 8 or 16 bit; gray, RGB or RGBA)."""
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    if image is None:
+        raise EdgestackError(f"image {name} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
+    if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
+        raise EdgestackError(f"image {name} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return _rgb8(image, name, gray_to_rgb)
+
+
+def _rgb8(image: np.ndarray, name: str, gray_to_rgb: bool) -> np.ndarray:
     if image.dtype == np.uint16:
+        peak = int(image.max())
+        # 10/12-bit camera data is often stored in 16-bit files: scaled by 1/256 it turns nearly black, and
+        # the model would pass every part as OK.
+        if peak < 4096:
+            raise EdgestackError(
+                f"image {name} is 16-bit but its brightest pixel is {peak} (< 4096: 10- or 12-bit camera data?); "
+                "scaled to 8 bits it would be nearly black. Convert it to 8-bit by its real bit depth "
+                "(12-bit: value >> 4)")
         image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:
         raise EdgestackError(f"image {name} has dtype {image.dtype}; use uint8 (0..255) or float (0..1)")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgestack.errors import EdgestackError
+from edgestack.runtime.images import decode_image
 from edgestack.runtime.inspect import Inspector
 
 
@@ -53,7 +54,6 @@ class Metrics:
 
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """RGB uint8 array from encoded bytes; dimensions are checked from the header before decoding."""
-    import cv2
     from PIL import Image
 
     if not data:
@@ -67,10 +67,7 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
         raise EdgestackError("the body is not a readable image; send PNG/JPEG/BMP/TIFF bytes") from None
     if width * height > max_pixels:
         raise EdgestackError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise EdgestackError("the image could not be decoded (corrupt or unsupported); send PNG/JPEG/BMP/TIFF")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return decode_image(data, "in the request body", gray_to_rgb=True)
 
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,

@@ -1,0 +1,57 @@
+"""Reading images: bit depths, channel orders and grayscale, from files, arrays and service uploads."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edgestack.errors import EdgestackError
+from edgestack.runtime.images import decode_image, read_image
+from edgestack.runtime.service import decode_upload
+
+
+def rgb16(seed=0):
+    return np.random.default_rng(seed).integers(0, 65536, (40, 50, 3), dtype=np.uint16)
+
+
+def write(path, rgb):
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    return path
+
+
+def test_16_bit_files_arrays_and_uploads_keep_the_top_8_bits_in_rgb_order(tmp_path):
+    image = rgb16()
+    path = write(tmp_path / "full.png", image)
+    expected = (image >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(path), expected)
+    np.testing.assert_array_equal(read_image(image), expected)
+    np.testing.assert_array_equal(decode_upload(path.read_bytes(), max_pixels=10_000), expected)
+
+
+def test_12_bit_data_in_16_bit_files_is_refused_not_darkened(tmp_path):
+    twelve_bit = rgb16() >> 4  # what a 12-bit camera writes into a 16-bit PNG or TIFF: 0..4095
+    for suffix in (".png", ".tiff"):
+        path = write(tmp_path / f"mono12{suffix}", twelve_bit)
+        with pytest.raises(EdgestackError, match=r"16-bit but its brightest pixel is 409\d .*value >> 4"):
+            read_image(path)
+    with pytest.raises(EdgestackError, match="brightest pixel"):
+        decode_upload((tmp_path / "mono12.png").read_bytes(), max_pixels=10_000)
+    with pytest.raises(EdgestackError, match="brightest pixel"):
+        read_image(twelve_bit)
+
+
+def test_rgba_gray_and_float(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgb)
+    gray = write(tmp_path / "gray.png", rgb[..., 0])
+    with pytest.raises(EdgestackError, match="grayscale"):
+        read_image(gray)
+    np.testing.assert_array_equal(read_image(gray, gray_to_rgb=True), np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(decode_upload(gray.read_bytes(), max_pixels=10_000), read_image(gray, True))
+    cv2.imwrite(str(tmp_path / "f.tiff"), rgb.astype(np.float32) / 255)
+    with pytest.raises(EdgestackError, match="holds float32 pixels"):
+        read_image(tmp_path / "f.tiff")
+    np.testing.assert_array_equal(read_image(rgb.astype(np.float32) / 255), rgb)
+    with pytest.raises(EdgestackError, match="could not be decoded"):
+        decode_image(b"", "empty.png")
