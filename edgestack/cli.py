@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgestack.errors import EdgestackError
 
+BIT_DEPTH_HELP = "the camera's bit depth (10, 12, 14) when its images are stored as 16-bit files"
 RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, mm_per_px, min_score, max_count, "
               "rois, max_listed (documented in edgestack.runtime.defects)")
 
@@ -128,7 +129,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from edgestack.runtime.inspect import Inspector
 
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
-                          overlap=args.overlap, gray_to_rgb=args.gray_to_rgb)
+                          overlap=args.overlap, gray_to_rgb=args.gray_to_rgb, bit_depth=args.bit_depth)
     print(f"backend: {inspector.engine.description}", file=sys.stderr)
     counts = {"OK": 0, "NG": 0, "ERROR": 0}
     with Progress(transient=True) as progress:
@@ -163,7 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not host_is_loopback and token is None:
         print(f"warning: serving on {args.host} without --token-file: anyone on the network can call it",
               file=sys.stderr)
-    inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch)
+    inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
+                          bit_depth=args.bit_depth)
     print(f"serving {inspector.engine.description} on http://{args.host}:{args.port}", file=sys.stderr)
     serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels)
 
@@ -386,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="which items get overlay PNGs")
     p.add_argument("--max-frames", type=int, help="stop a video or camera after this many frames")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("serve", help="HTTP service: POST an image, get verdict and defects as JSON")
@@ -398,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image (width*height)")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a TensorRT plan (model.plan) for this GPU from a bundle")

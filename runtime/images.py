@@ -13,13 +13,15 @@ from edgestack.errors import EdgestackError
 ImageLike = str | Path | np.ndarray
 
 
-def read_image(source: ImageLike, gray_to_rgb: bool = False) -> np.ndarray:
-    """An RGB uint8 HxWx3 image from a path or an array (uint8 0..255, uint16 or float 0..1, RGB order)."""
+def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | None = None) -> np.ndarray:
+    """An RGB uint8 HxWx3 image from a path or an array (uint8 0..255, uint16 or float 0..1, RGB order).
+
+    `bit_depth`: the camera's bit depth when 16-bit pixels hold fewer significant bits (10, 12, 14)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise EdgestackError(f"image {path} does not exist; check the path")
-        return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path), gray_to_rgb)
+        return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path), gray_to_rgb, bit_depth)
     if not isinstance(source, np.ndarray):
         raise EdgestackError(f"cannot read an image from {type(source).__name__}; pass a file path or an HxWx3 array")
     name = f"array of shape {source.shape}"
@@ -30,10 +32,11 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False) -> np.ndarray:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
-    return _rgb8(image, name, gray_to_rgb)
+    return _rgb8(image, name, gray_to_rgb, bit_depth)
 
 
-def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False) -> np.ndarray:
+def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
+                 bit_depth: int | None = None) -> np.ndarray:
     """RGB uint8 HxWx3 from the bytes of an image file (PNG/JPEG/BMP/TIFF; 8 or 16 bit; gray, RGB or RGBA)."""
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
@@ -45,20 +48,12 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False)
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return _rgb8(image, name, gray_to_rgb)
+    return _rgb8(image, name, gray_to_rgb, bit_depth)
 
 
-def _rgb8(image: np.ndarray, name: str, gray_to_rgb: bool) -> np.ndarray:
+def _rgb8(image: np.ndarray, name: str, gray_to_rgb: bool, bit_depth: int | None) -> np.ndarray:
     if image.dtype == np.uint16:
-        peak = int(image.max())
-        # 10/12-bit camera data is often stored in 16-bit files: scaled by 1/256 it turns nearly black, and
-        # the model would pass every part as OK.
-        if peak < 4096:
-            raise EdgestackError(
-                f"image {name} is 16-bit but its brightest pixel is {peak} (< 4096: 10- or 12-bit camera data?); "
-                "scaled to 8 bits it would be nearly black. Convert it to 8-bit by its real bit depth "
-                "(12-bit: value >> 4)")
-        image = (image >> 8).astype(np.uint8)
+        image = (image >> (_significant_bits(image, name, bit_depth) - 8)).astype(np.uint8)
     if image.dtype != np.uint8:
         raise EdgestackError(f"image {name} has dtype {image.dtype}; use uint8 (0..255) or float (0..1)")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
@@ -71,6 +66,29 @@ def _rgb8(image: np.ndarray, name: str, gray_to_rgb: bool) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise EdgestackError(f"image {name} has shape {image.shape}; expected HxWx3 RGB")
     return np.ascontiguousarray(image)
+
+
+def check_bit_depth(bit_depth: int | None) -> None:
+    if bit_depth is not None and not 9 <= bit_depth <= 16:
+        raise EdgestackError(f"bit depth {bit_depth} is not one of 9..16 (the significant bits of 16-bit pixels)")
+
+
+def _significant_bits(image: np.ndarray, name: str, bit_depth: int | None) -> int:
+    """Bits a 16-bit image's values use: `bit_depth` when given (checked), else 16. 10/12-bit camera data is
+    often stored in 16-bit files: read as 16-bit it turns nearly black, and the model passes every part as OK."""
+    peak = int(image.max())
+    if bit_depth is None:
+        if peak < 4096:
+            raise EdgestackError(
+                f"image {name} is 16-bit but its brightest pixel is {peak} (< 4096: 10- or 12-bit camera data?); "
+                "read as 16-bit it would be nearly black. Pass the camera's bit depth: --bit-depth 12 "
+                "(bit_depth=12), or 16 if it really is a dark 16-bit image")
+        return 16
+    check_bit_depth(bit_depth)
+    if peak >= 1 << bit_depth:
+        raise EdgestackError(f"image {name} has a pixel value {peak}, more than {bit_depth} bits hold; "
+                             "check the camera's bit depth")
+    return bit_depth
 
 
 def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess
 from edgestack.runtime.engine import Engine, load
-from edgestack.runtime.images import to_tensor
+from edgestack.runtime.images import check_bit_depth, to_tensor
 from edgestack.runtime.sources import Item, open_source
 from edgestack.runtime.tiling import run_tiled
 
@@ -47,6 +47,7 @@ class Inspector:
         overlap: int = 32,
         prefetch: int = 4,
         gray_to_rgb: bool = False,
+        bit_depth: int | None = None,
     ):
         self.engine = bundle if isinstance(bundle, Engine) else load(bundle, backend=backend)
         meta = self.engine.meta
@@ -64,6 +65,8 @@ class Inspector:
         self.overlap = overlap
         self.prefetch = prefetch
         self.gray_to_rgb = gray_to_rgb
+        check_bit_depth(bit_depth)
+        self.bit_depth = bit_depth  # of 16-bit images whose camera uses fewer bits (read_image)
         self._lock = threading.Lock()  # one engine, many callers (service threads)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ class Inspector:
         max_frames: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume."""
-        items, skipped = open_source(source, self.gray_to_rgb, max_frames)
+        items, skipped = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth)
         writer = RunWriter(Path(run_dir), overlay, self.rules) if run_dir else None
         done = writer.done if writer else set()
         for note in skipped:

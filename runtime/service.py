@@ -52,7 +52,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) -> np.ndarray:
     """RGB uint8 array from encoded bytes; dimensions are checked from the header before decoding."""
     from PIL import Image
 
@@ -67,7 +67,7 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
         raise EdgestackError("the body is not a readable image; send PNG/JPEG/BMP/TIFF bytes") from None
     if width * height > max_pixels:
         raise EdgestackError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    return decode_image(data, "in the request body", gray_to_rgb=True)
+    return decode_image(data, "in the request body", gray_to_rgb=True, bit_depth=bit_depth)
 
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
@@ -112,7 +112,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             if len(body) > max_bytes:
                 return reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes")
         try:
-            image = decode_upload(bytes(body), max_pixels)
+            image = decode_upload(bytes(body), max_pixels, inspector.bit_depth)
         except EdgestackError as exc:
             status = 413 if "limit" in str(exc) else 400
             return reject(status, "too_large" if status == 413 else "bad_image", str(exc))

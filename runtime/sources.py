@@ -32,8 +32,8 @@ class Item:
     """-> RGB uint8 HxWx3; raises EdgestackError for an unreadable item."""
 
 
-def _image_item(path: Path, item_id: str, gray_to_rgb: bool) -> Item:
-    return Item(item_id, lambda: read_image(path, gray_to_rgb=gray_to_rgb))
+def _image_item(path: Path, item_id: str, gray_to_rgb: bool, bit_depth: int | None) -> Item:
+    return Item(item_id, lambda: read_image(path, gray_to_rgb, bit_depth))
 
 
 def _frame_item(item_id: str, bgr: np.ndarray) -> Item:
@@ -84,6 +84,7 @@ def open_source(
     source: str | Path | int | Iterable[np.ndarray],
     gray_to_rgb: bool = False,
     max_frames: int | None = None,
+    bit_depth: int | None = None,
 ) -> tuple[Iterator[Item], list[str]]:
     """(items, skipped-file notes). Folders are walked recursively; non-image files are reported, not dropped."""
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
@@ -92,8 +93,8 @@ def open_source(
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
         return _camera_frames(capture, int(source), max_frames), []
     if not isinstance(source, (str, Path)):
-        arrays = iter(source)
-        return (Item(f"item-{i:06d}", lambda a=a: read_image(a, gray_to_rgb)) for i, a in enumerate(arrays)), []
+        arrays = enumerate(iter(source))
+        return (Item(f"item-{i:06d}", lambda a=a: read_image(a, gray_to_rgb, bit_depth)) for i, a in arrays), []
 
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
@@ -116,4 +117,4 @@ def open_source(
     skipped = [f"{p}: not an image file ({p.suffix or 'no extension'})" for p in files if p not in set(images)]
     if not images:
         raise EdgestackError(f"source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return (_image_item(p, str(p.relative_to(root)), gray_to_rgb) for p in images), skipped
+    return (_image_item(p, str(p.relative_to(root)), gray_to_rgb, bit_depth) for p in images), skipped

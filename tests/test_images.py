@@ -27,16 +27,27 @@ def test_16_bit_files_arrays_and_uploads_keep_the_top_8_bits_in_rgb_order(tmp_pa
     np.testing.assert_array_equal(decode_upload(path.read_bytes(), max_pixels=10_000), expected)
 
 
-def test_12_bit_data_in_16_bit_files_is_refused_not_darkened(tmp_path):
+def test_12_bit_data_in_16_bit_files_needs_its_bit_depth_and_is_never_darkened(tmp_path):
     twelve_bit = rgb16() >> 4  # what a 12-bit camera writes into a 16-bit PNG or TIFF: 0..4095
+    expected = (twelve_bit >> 4).astype(np.uint8)
     for suffix in (".png", ".tiff"):
         path = write(tmp_path / f"mono12{suffix}", twelve_bit)
-        with pytest.raises(EdgestackError, match=r"16-bit but its brightest pixel is 409\d .*value >> 4"):
+        with pytest.raises(EdgestackError, match=r"16-bit but its brightest pixel is 409\d .*--bit-depth 12"):
             read_image(path)
+        np.testing.assert_array_equal(read_image(path, bit_depth=12), expected)
+    upload = (tmp_path / "mono12.png").read_bytes()
     with pytest.raises(EdgestackError, match="brightest pixel"):
-        decode_upload((tmp_path / "mono12.png").read_bytes(), max_pixels=10_000)
+        decode_upload(upload, max_pixels=10_000)
+    np.testing.assert_array_equal(decode_upload(upload, max_pixels=10_000, bit_depth=12), expected)
     with pytest.raises(EdgestackError, match="brightest pixel"):
         read_image(twelve_bit)
+    np.testing.assert_array_equal(read_image(twelve_bit, bit_depth=12), expected)
+    with pytest.raises(EdgestackError, match="more than 10 bits hold"):
+        read_image(twelve_bit, bit_depth=10)  # the wrong depth is caught, not clipped
+    with pytest.raises(EdgestackError, match="not one of 9..16"):
+        read_image(twelve_bit, bit_depth=8)
+    dark = np.full((8, 8, 3), 1000, np.uint16)  # a really dark 16-bit image, read as such on request
+    np.testing.assert_array_equal(read_image(dark, bit_depth=16), np.full((8, 8, 3), 3, np.uint8))
 
 
 def test_rgba_gray_and_float(tmp_path):

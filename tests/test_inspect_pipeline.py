@@ -160,6 +160,17 @@ def test_a_rerun_retries_error_items_and_keeps_verdicts(inspector, tmp_path):
     assert len(records(run)) == 5  # the log keeps the ERROR line; the last line of an item is its result
 
 
+def test_a_12_bit_camera_folder_is_inspected_with_its_bit_depth(bundle, tmp_path):
+    image = (synthetic_images(1, 128, seed=4)[0].image.astype(np.uint16) << 4) | 0xF  # 12-bit: 0..4095
+    cv2.imwrite(str(tmp_path / "mono12.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    (refused,) = Inspector(bundle, backend="onnxruntime").run(tmp_path / "mono12.png")
+    assert refused["status"] == "ERROR" and "--bit-depth 12" in refused["error"]
+    (read,) = Inspector(bundle, backend="onnxruntime", bit_depth=12).run(tmp_path / "mono12.png")
+    assert read["status"] in ("OK", "NG") and read["width"] == 128
+    with pytest.raises(EdgestackError, match="bit depth 8 is not one of 9..16"):
+        Inspector(bundle, backend="onnxruntime", bit_depth=8)  # refused before any item, not per item
+
+
 class UnpluggedCamera:
     """Stands in for cv2.VideoCapture on a camera index: `frames` frames, then none until it has been reopened
     `back_after_reopens` times (never, when None)."""
