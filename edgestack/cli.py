@@ -13,6 +13,7 @@ BIT_DEPTH_HELP = "the camera's bit depth (10, 12, 14) when its images are stored
 RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, mm_per_px, min_score, max_count, "
               "rois, max_listed (documented in edgestack.runtime.defects)")
 
+
 def _console():
     from rich.console import Console
 

@@ -99,7 +99,7 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
     peaks = peaks[1:].astype(np.float64)  # compared with the rules as the Python floats the records hold
     x0, y0, w, h, areas = stats[1:].T
     x1, y1 = x0 + w, y0 + h
-    areas_mm2 = areas * rules.mm_per_px**2 if rules.mm_per_px else None
+    areas_mm2 = areas * rules.mm_per_px**2 if rules.mm_per_px else np.full(count - 1, None)
     in_roi = np.ones(count - 1, bool)
     if rules.rois:
         r = np.asarray(rules.rois)[:, :, None]
@@ -123,11 +123,11 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
 
     # Whole columns to Python numbers at once: per-element conversion dominated on noisy maps.
     defects = []
-    for i, box, area, mean, peak, centroid in zip(
+    for i, box, area, area_mm2, mean, peak, centroid in zip(
             listed.tolist(), np.stack([x0, y0, x1, y1], 1)[listed].tolist(), areas[listed].tolist(),
-            means[listed].tolist(), peaks[listed].tolist(), centroids[1:][listed].tolist()):
-        defect = {"bbox": box, "area_px": area, "area_mm2": area * rules.mm_per_px**2 if rules.mm_per_px else None,
-                  "mean_score": mean, "max_score": peak, "centroid": centroid, "counted": bool(counts[i])}
+            areas_mm2[listed].tolist(), means[listed].tolist(), peaks[listed].tolist(), centroids[1:][listed].tolist()):
+        defect = {"bbox": box, "area_px": area, "area_mm2": area_mm2, "mean_score": mean, "max_score": peak,
+                  "centroid": centroid, "counted": bool(counts[i])}
         if not counts[i]:
             defect["ignored"] = why(i)
         defects.append(defect)
