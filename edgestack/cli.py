@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from edgestack.errors import EdgestackError
@@ -128,19 +131,33 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
     from edgestack.runtime.defects import load_rules
     from edgestack.runtime.inspect import Inspector
+    from edgestack.runtime.sources import Watch
 
+    if not args.watch and (args.settle is not None or args.idle_exit is not None):
+        raise EdgestackError("--settle and --idle-exit are options of --watch; add --watch or drop them")
+    settle = Watch.settle_s if args.settle is None else args.settle
+    watch = Watch(settle, args.idle_exit) if args.watch else None
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
                           overlap=args.overlap, gray_to_rgb=args.gray_to_rgb, bit_depth=args.bit_depth)
     print(f"backend: {inspector.engine.description}", file=sys.stderr)
+    if watch:
+        print(f"watching {args.source} for new images (Ctrl-C or SIGTERM ends the run)", file=sys.stderr)
     counts = {"OK": 0, "NG": 0, "ERROR": 0}
-    with Progress(transient=True) as progress:
+    interrupted = False
+    with Progress(transient=True) as progress, closing(inspector.run(
+            args.source, args.out, overlay=args.overlay, max_frames=args.max_frames, watch=watch)) as results:
         task = progress.add_task("inspecting", total=None)
-        for result in inspector.run(args.source, args.out, overlay=args.overlay, max_frames=args.max_frames):
-            counts[result["status"]] += 1
-            progress.update(task, advance=1, description=f"{result['id']}: {result['status']}")
+        try:
+            for result in results:
+                counts[result["status"]] += 1
+                progress.update(task, advance=1, description=f"{result['id']}: {result['status']}")
+        except KeyboardInterrupt:  # the run folder is complete up to here: report it
+            interrupted = True
     summary = (Path(args.out) / "summary.md").read_text()
     print(summary.strip())
     print(f"this run: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} errors; results in {args.out}")
+    if interrupted and not watch:  # the usual end of a watch; for a finite source, say it was cut short
+        raise KeyboardInterrupt
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -168,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
                           bit_depth=args.bit_depth)
     print(f"serving {inspector.engine.description} on http://{args.host}:{args.port}", file=sys.stderr)
-    serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels)
+    serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -390,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop a video or camera after this many frames")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images")
     p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
+    p.add_argument("--watch", action="store_true",
+                   help="keep watching the source folder and inspect each new image once it is complete")
+    p.add_argument("--settle", type=float,
+                   help="with --watch: seconds a file must stay unchanged before it is read (default 1)")
+    p.add_argument("--idle-exit", type=float,
+                   help="with --watch: end the run after this many seconds without a new image")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("serve", help="HTTP service: POST an image, get verdict and defects as JSON")
@@ -403,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image (width*height)")
     p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
+    p.add_argument("--out", help="run folder: every result in results.jsonl/csv (on disk before the response), "
+                                 "overlays, and a summary when the service stops")
+    p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="with --out: which get overlays")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a TensorRT plan (model.plan) for this GPU from a bundle")
@@ -498,10 +524,27 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench-runs", type=int, default=3, help="timed runs per backend after export (0: skip)")
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (systemd, docker stop) ends a command like Ctrl-C: run folders are closed, summaries written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with _sigterm_as_interrupt():
+            args.func(args)
     except EdgestackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

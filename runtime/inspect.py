@@ -19,6 +19,8 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,10 @@ from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess
 from edgestack.runtime.engine import Engine, load
 from edgestack.runtime.images import check_bit_depth, to_tensor
-from edgestack.runtime.sources import Item, open_source
+from edgestack.runtime.sources import Item, Watch, open_source
 from edgestack.runtime.tiling import run_tiled
 
-CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error"]
+CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error", "time"]
 _END = object()
 
 
@@ -95,6 +97,7 @@ class Inspector:
             "width": int(rgb.shape[1]),
             "height": int(rgb.shape[0]),
             "latency_ms": (time.perf_counter() - started) * 1e3,
+            "time": utc_now(),
         }, prob
 
     def run(
@@ -103,32 +106,38 @@ class Inspector:
         run_dir: str | Path | None = None,
         overlay: str = "ng",
         max_frames: int | None = None,
+        watch: Watch | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume."""
-        items, skipped = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth)
+        """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume. With `watch`,
+        keep inspecting images as they arrive in the `source` folder (see sources.Watch)."""
+        if run_dir and isinstance(source, (str, Path)) and Path(source).is_dir() \
+                and Path(source).resolve() in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
+            raise EdgestackError(f"run folder {run_dir} is inside the source folder {source}: its overlays would be "
+                                 "inspected as new images; put --out somewhere else")
         writer = RunWriter(Path(run_dir), overlay, self.rules) if run_dir else None
+        items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch,
+                            **({"note": writer.note} if writer else {}))
         done = writer.done if writer else set()
-        for note in skipped:
-            if writer:
-                writer.note(note)
         try:
-            for item, image, error in self._prefetched(items, done):
-                if error is None:
-                    try:
-                        result, prob = self.inspect(image, item.id)
-                    except EdgestackError as exc:
-                        result, prob = _error_result(item.id, str(exc)), None
-                else:
-                    result, prob = _error_result(item.id, error), None
-                if writer:
-                    writer.write(result, image, prob)
-                yield result
+            with closing(self._prefetched(items, done)) as decoded:  # the reader stops before the writer closes
+                for item, image, error in decoded:
+                    if error is None:
+                        try:
+                            result, prob = self.inspect(image, item.id)
+                        except EdgestackError as exc:
+                            result, prob = error_result(item.id, str(exc)), None
+                    else:
+                        result, prob = error_result(item.id, error), None
+                    if writer:
+                        writer.write(result, image, prob)
+                    yield result
         finally:
             if writer:
                 writer.finish()
 
-    def _prefetched(self, items: Iterator[Item], done: set[str]):
-        """Decode items in a background thread into a bounded queue: (item, image or None, error or None)."""
+    def _prefetched(self, items: Iterator[Item | None], done: set[str]):
+        """Decode items in a background thread into a bounded queue: (item, image or None, error or None).
+        A None from the source is a poll with nothing new: a chance to see the stop."""
         slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -137,7 +146,7 @@ class Inspector:
                 for item in items:
                     if stop.is_set():
                         return
-                    if item.id in done:
+                    if item is None or item.id in done:
                         continue
                     try:
                         slots.put((item, item.load(), None))
@@ -167,9 +176,15 @@ class Inspector:
                     thread.join(0.05)
 
 
-def _error_result(item_id: str, error: str) -> dict[str, Any]:
+def utc_now() -> str:
+    """When a result was made, to match it with the line's own logs (PLC, MES): ISO 8601 UTC, milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def error_result(item_id: str, error: str) -> dict[str, Any]:
     return {"id": item_id, "status": "ERROR", "rule": None, "defects": [], "defect_count": 0, "components": 0,
-            "max_score": None, "width": None, "height": None, "latency_ms": None, "error": error}
+            "max_score": None, "width": None, "height": None, "latency_ms": None, "error": error,
+            "time": utc_now()}
 
 
 class RunWriter:

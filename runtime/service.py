@@ -1,24 +1,30 @@
 """A small HTTP service for line integration: POST an image, get the verdict and defects as JSON.
 
-    edgestack serve --bundle artifacts/defectseg-s --port 8000 [--token-file secret.txt]
-    curl --data-binary @part.png -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/v1/inspect
+    edgestack serve --bundle artifacts/defectseg-s --port 8000 [--token-file secret.txt] [--out runs/service]
+    curl --data-binary @part.png -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:8000/v1/inspect?id=part-7"
 
 Binds to loopback unless told otherwise. Request bodies and image dimensions are limited (the image
 header is read before any pixel is decoded, so decompression bombs are refused cheaply). One engine
-serves every request; inference runs in worker threads behind the inspector's lock.
+serves every request; inference runs in worker threads behind the inspector's lock. With a run folder,
+every authorised request's result (ERROR for a refused image) is in results.jsonl, fsync'd before the
+response is sent, as for `edgestack inspect`; the summary is written when the service stops.
 """
 
 import hmac
 import io
+import itertools
 import threading
 import time
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgestack.errors import EdgestackError
 from edgestack.runtime.images import decode_image
-from edgestack.runtime.inspect import Inspector
+from edgestack.runtime.inspect import Inspector, RunWriter, error_result
 
 
 class Metrics:
@@ -71,7 +77,7 @@ def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) ->
 
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
-               max_pixels: int = 64_000_000):
+               max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng"):
     # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
     # (`request: Request`) at definition time, and Request is imported only here.
     try:
@@ -81,12 +87,31 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     except ImportError:
         raise EdgestackError("the service needs FastAPI and uvicorn: pip install 'edgestack[serve]'") from None
 
-    app = FastAPI(title="edgestack inspection", version="1")
+    writer = RunWriter(Path(run_dir), overlay, inspector.rules) if run_dir else None
+    write_lock = threading.Lock()
+    # Requests without ?id= get one that stays unique across restarts into the same run folder.
+    session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
+    numbers = itertools.count()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if writer:
+            writer.finish()
+
+    app = FastAPI(title="edgestack inspection", version="1", lifespan=lifespan)
     metrics = Metrics()
     meta = inspector.engine.meta
 
-    def reject(status: int, outcome: str, message: str) -> JSONResponse:
+    def record(result: dict[str, Any], image: np.ndarray | None = None, prob: np.ndarray | None = None) -> None:
+        if writer:
+            with write_lock:
+                writer.write(result, image, prob)
+
+    async def reject(status: int, outcome: str, message: str, item_id: str | None = None) -> JSONResponse:
         metrics.count(outcome)
+        if item_id is not None:  # authorised: the refusal is that item's result
+            await run_in_threadpool(record, error_result(item_id, message))
         return JSONResponse({"error": message}, status_code=status)
 
     @app.get("/health")
@@ -98,29 +123,32 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         return metrics.text()
 
     @app.post("/v1/inspect")
-    async def inspect(request: Request, id: str = "request"):
+    async def inspect(request: Request, id: str | None = None):
         if token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return reject(401, "unauthorized", "missing or wrong bearer token")
+                return await reject(401, "unauthorized", "missing or wrong bearer token")
+        item_id = id if id is not None else f"request-{session}-{next(numbers):06d}"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            return reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}")
+            return await reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}",
+                                item_id)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_bytes:
-                return reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes")
+                return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
         try:
             image = decode_upload(bytes(body), max_pixels, inspector.bit_depth)
         except EdgestackError as exc:
             status = 413 if "limit" in str(exc) else 400
-            return reject(status, "too_large" if status == 413 else "bad_image", str(exc))
+            return await reject(status, "too_large" if status == 413 else "bad_image", str(exc), item_id)
         started = time.perf_counter()
         try:
-            result, _ = await run_in_threadpool(inspector.inspect, image, id)
+            result, prob = await run_in_threadpool(inspector.inspect, image, item_id)
         except EdgestackError as exc:
-            return reject(422, "bad_image", str(exc))
+            return await reject(422, "bad_image", str(exc), item_id)
+        await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
         metrics.count(result["status"], time.perf_counter() - started)
         return result
 
@@ -128,7 +156,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
 
 def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_bytes: int = 64 << 20, max_pixels: int = 64_000_000) -> None:
+          max_bytes: int = 64 << 20, max_pixels: int = 64_000_000, run_dir: str | Path | None = None,
+          overlay: str = "ng") -> None:
     import uvicorn
 
-    uvicorn.run(create_app(inspector, token, max_bytes, max_pixels), host=host, port=port, log_level="warning")
+    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

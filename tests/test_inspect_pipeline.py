@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 
 import cv2
 import httpx
@@ -64,7 +65,9 @@ def test_folder_run_writes_every_result_file(inspector, tmp_path):
     run = tmp_path / "run"
     assert [r["id"] for r in records(run)] == [r["id"] for r in results]
     csv_rows = (run / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("id,status") and len(csv_rows) == 8
+    assert csv_rows[0].startswith("id,status") and csv_rows[0].endswith(",time") and len(csv_rows) == 8
+    made = [datetime.fromisoformat(r["time"]) for r in results]  # UTC, to match the line's own logs
+    assert all(abs((datetime.now(timezone.utc) - t).total_seconds()) < 600 for t in made) and made == sorted(made)
     counts = {r["id"]: int(r["defects"]) for r in csv.DictReader(csv_rows)}
     assert counts == {r["id"]: r["defect_count"] for r in results}
     assert all(r["defect_count"] == sum(d["counted"] for d in r["defects"]) for r in results)  # few components
@@ -171,6 +174,79 @@ def test_a_12_bit_camera_folder_is_inspected_with_its_bit_depth(bundle, tmp_path
         Inspector(bundle, backend="onnxruntime", bit_depth=8)  # refused before any item, not per item
 
 
+def write_png(path, sample, pause_after=None):
+    """Write `sample` as a PNG like a camera PC does; with `pause_after` bytes, stop there for a moment first."""
+    data = encoded(sample.image)
+    with open(path, "wb") as f:
+        if pause_after:
+            f.write(data[:pause_after])
+            f.flush()
+            time.sleep(0.25)
+        f.write(data[pause_after or 0:])
+
+
+def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "WATCH_POLL_S", 0.05)
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    samples = synthetic_images(4, 128, seed=6)
+    write_png(hot / "before.png", samples[0])  # there before the watch starts
+
+    def camera_pc():
+        time.sleep(0.5)
+        write_png(hot / "slow.png", samples[1], pause_after=2000)  # still being written at a poll
+        (hot / "notes.txt").write_text("shift log")
+        write_png(hot / "renamed.png.tmp", samples[2])
+        (hot / "renamed.png.tmp").rename(hot / "renamed.png")
+        (hot / "sub").mkdir()
+        write_png(hot / "sub" / "late.png", samples[3])
+
+    writer = threading.Thread(target=camera_pc)
+    writer.start()
+    started = time.monotonic()
+    results = list(inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=1.0, idle_exit_s=2.0)))
+    writer.join()
+    assert sorted(r["id"] for r in results) == ["before.png", "renamed.png", "slow.png", "sub/late.png"]
+    assert all(r["status"] in ("OK", "NG") and r["width"] == 128 for r in results)  # none read half-written
+    assert (tmp_path / "run" / "skipped.txt").read_text() == f"{hot / 'notes.txt'}: not an image file (.txt)\n"
+    assert time.monotonic() - started < 30  # the idle exit ended it
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["items"] == 4
+    again = list(inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=0.1, idle_exit_s=0.5)))
+    assert again == []  # a rerun inspects nothing twice
+
+
+def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspector, tmp_path):
+    write_folder(tmp_path / "in", 1)
+    with pytest.raises(EdgestackError, match="inside the source folder"):
+        list(inspector.run(tmp_path / "in", tmp_path / "in" / "run"))
+    with pytest.raises(EdgestackError, match="watch needs a folder"):
+        list(inspector.run(tmp_path / "in" / "part000.png", watch=sources.Watch()))
+    with pytest.raises(EdgestackError, match="settle >= 0"):
+        sources.Watch(settle_s=-1)
+    from edgestack.cli import main
+
+    assert main(["inspect", str(tmp_path / "in"), "--bundle", "unused", "--out", str(tmp_path / "r"),
+                 "--idle-exit", "5"]) == 2  # an option of --watch alone
+
+
+def test_sigterm_ends_a_watch_with_its_summary(bundle, tmp_path):
+    hot, run = tmp_path / "hot", tmp_path / "run"
+    hot.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "edgestack", "inspect", str(hot), "--bundle", str(bundle),
+                             "--out", str(run), "--backend", "onnxruntime", "--watch", "--settle", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i, sample in enumerate(synthetic_images(2, 128, seed=8)):
+        write_png(hot / f"part{i}.png", sample)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "results.jsonl").exists()
+                                          and len((run / "results.jsonl").read_text().splitlines()) == 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "2 items: " in out and json.loads((run / "summary.json").read_text())["items"] == 2
+
+
 class UnpluggedCamera:
     """Stands in for cv2.VideoCapture on a camera index: `frames` frames, then none until it has been reopened
     `back_after_reopens` times (never, when None)."""
@@ -272,8 +348,10 @@ def free_port():
 
 def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
+    run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgestack", "serve", "--bundle", str(bundle), "--port",
-                             str(port), "--backend", "onnxruntime"], stderr=subprocess.PIPE, text=True)
+                             str(port), "--backend", "onnxruntime", "--out", str(run)], stderr=subprocess.PIPE,
+                            text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -297,6 +375,14 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
         for t in threads:
             t.join()
         assert failures == [] and sorted(statuses) == sorted(f"w{w}-{i}" for w in range(8) for i in range(5))
+        assert httpx.post(f"{url}/v1/inspect?id=torn", content=images[0][:100]).status_code == 400
+        unnamed = httpx.post(f"{url}/v1/inspect", content=images[1], timeout=60).json()["id"]
+        # Every answered request is already on disk, ERROR for the refused image; unnamed ones get unique ids.
+        logged = {r["id"]: r["status"] for r in records(run)}
+        assert sorted(logged) == sorted(statuses + ["torn", unnamed]) and logged["torn"] == "ERROR"
+        assert unnamed.startswith("request-")
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    summary = json.loads((run / "summary.json").read_text())  # written when the service stopped
+    assert summary["items"] == 42 and summary["counts"]["ERROR"] == 1
