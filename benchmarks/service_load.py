@@ -71,7 +71,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "edgestack", "serve", "--bundle", args.bundle, "--port",
-                               str(port), "--backend", args.backend])
+                               str(port), "--backend", args.backend, "--max-pending", str(args.clients)])
     try:
         for _ in range(600):
             try:

@@ -185,7 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
                           bit_depth=args.bit_depth)
     print(f"serving {inspector.engine.description} on http://{args.host}:{args.port}", file=sys.stderr)
-    serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay)
+    serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay,
+          args.max_pending)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -429,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder: every result in results.jsonl/csv (on disk before the response), "
                                  "overlays, and a summary when the service stops")
     p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="with --out: which get overlays")
+    p.add_argument("--max-pending", type=int, default=32,
+                   help="requests in progress at once; more get 503 + Retry-After (default 32)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a TensorRT plan (model.plan) for this GPU from a bundle")

@@ -232,25 +232,37 @@ class RunWriter:
         self.notes.flush()
 
     def write(self, result: dict[str, Any], image: np.ndarray | None, prob: np.ndarray | None) -> None:
-        if image is not None and prob is not None and (self.overlay == "all" or
-                                                       (self.overlay == "ng" and result["status"] == "NG")):
-            from edgestack.runtime.images import write_image
+        try:
+            if image is not None and prob is not None and (self.overlay == "all" or
+                                                           (self.overlay == "ng" and result["status"] == "NG")):
+                from edgestack.runtime.images import write_image
 
-            name = result["id"].replace(os.sep, "__").replace("/", "__")
-            write_image(self.dir / "overlays" / f"{Path(name).stem}.png", defect_overlay(image, prob, result))
-        self.jsonl_file.write(json.dumps(result) + "\n")
-        self.jsonl_file.flush()
-        os.fsync(self.jsonl_file.fileno())
-        self.csv.writerow(_csv_row(result))
-        self.csv_file.flush()
+                name = result["id"].replace(os.sep, "__").replace("/", "__")
+                write_image(self.dir / "overlays" / f"{Path(name).stem}.png", defect_overlay(image, prob, result))
+            self.jsonl_file.write(json.dumps(result) + "\n")
+            self.jsonl_file.flush()
+            os.fsync(self.jsonl_file.fileno())
+            self.csv.writerow(_csv_row(result))
+            self.csv_file.flush()
+        except OSError as exc:  # a full disk, a share gone read-only: stop rather than inspect unrecorded
+            raise EdgestackError(
+                f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
+                "or fix the folder, then rerun with the same run folder (unrecorded items are inspected again)"
+            ) from None
         self.new += 1
 
     def finish(self) -> dict[str, Any]:
-        for f in (self.jsonl_file, self.csv_file, self.notes):
-            f.close()
-        records = read_records(self.jsonl)
-        self._write_csv(records)  # a retried item's row replaces its ERROR row
-        return write_summary(self.dir, records, self.new, time.perf_counter() - self.started)
+        try:
+            for f in (self.jsonl_file, self.csv_file, self.notes):
+                f.close()
+            records = read_records(self.jsonl)
+            self._write_csv(records)  # a retried item's row replaces its ERROR row
+            return write_summary(self.dir, records, self.new, time.perf_counter() - self.started)
+        except OSError as exc:
+            raise EdgestackError(
+                f"could not write the results table or summary of {self.dir}: {exc.strerror or exc}; results.jsonl "
+                "holds every recorded result, and a rerun with the same run folder writes them again"
+            ) from None
 
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@
 
 Binds to loopback unless told otherwise. Request bodies and image dimensions are limited (the image
 header is read before any pixel is decoded, so decompression bombs are refused cheaply). One engine
-serves every request; inference runs in worker threads behind the inspector's lock. With a run folder,
+serves every request; inference runs in worker threads behind the inspector's lock. At most `max_pending`
+requests are in progress (read, queued or running): beyond that a request gets 503 with Retry-After at once,
+so a burst of large images cannot exhaust memory or push every verdict past the line's deadline. With a run folder,
 every authorised request's result (ERROR for a refused image) is in results.jsonl, fsync'd before the
 response is sent, as for `edgestack inspect`; the summary is written when the service stops.
 """
@@ -13,6 +15,7 @@ response is sent, as for `edgestack inspect`; the summary is written when the se
 import hmac
 import io
 import itertools
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,6 +28,8 @@ import numpy as np
 from edgestack.errors import EdgestackError
 from edgestack.runtime.images import decode_image
 from edgestack.runtime.inspect import Inspector, RunWriter, error_result
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -77,7 +82,8 @@ def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) ->
 
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
-               max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng"):
+               max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng",
+               max_pending: int = 32):
     # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
     # (`request: Request`) at definition time, and Request is imported only here.
     try:
@@ -87,6 +93,8 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     except ImportError:
         raise EdgestackError("the service needs FastAPI and uvicorn: pip install 'edgestack[serve]'") from None
 
+    if max_pending < 1:
+        raise EdgestackError(f"max_pending must be at least 1, got {max_pending}")
     writer = RunWriter(Path(run_dir), overlay, inspector.rules) if run_dir else None
     write_lock = threading.Lock()
     # Requests without ?id= get one that stays unique across restarts into the same run folder.
@@ -102,17 +110,22 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     app = FastAPI(title="edgestack inspection", version="1", lifespan=lifespan)
     metrics = Metrics()
     meta = inspector.engine.meta
+    pending = 0  # requests past authentication and not yet answered; only the event loop touches it
 
     def record(result: dict[str, Any], image: np.ndarray | None = None, prob: np.ndarray | None = None) -> None:
         if writer:
             with write_lock:
                 writer.write(result, image, prob)
 
-    async def reject(status: int, outcome: str, message: str, item_id: str | None = None) -> JSONResponse:
+    async def reject(status: int, outcome: str, message: str, item_id: str | None = None,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.count(outcome)
         if item_id is not None:  # authorised: the refusal is that item's result
-            await run_in_threadpool(record, error_result(item_id, message))
-        return JSONResponse({"error": message}, status_code=status)
+            try:
+                await run_in_threadpool(record, error_result(item_id, message))
+            except EdgestackError as exc:  # the client still hears why its image was refused
+                log.error("%s", exc)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -120,7 +133,8 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics_text() -> str:
-        return metrics.text()
+        gauge = f"# TYPE edgestack_requests_in_progress gauge\nedgestack_requests_in_progress {pending}\n"
+        return metrics.text() + gauge
 
     @app.post("/v1/inspect")
     async def inspect(request: Request, id: str | None = None):
@@ -129,6 +143,17 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return await reject(401, "unauthorized", "missing or wrong bearer token")
         item_id = id if id is not None else f"request-{session}-{next(numbers):06d}"
+        nonlocal pending
+        if pending >= max_pending:
+            return await reject(503, "busy", f"{pending} requests in progress (limit {max_pending}); retry shortly",
+                                item_id, {"Retry-After": "1"})
+        pending += 1
+        try:
+            return await inspect_body(request, item_id)
+        finally:
+            pending -= 1
+
+    async def inspect_body(request: Request, item_id: str):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return await reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}",
@@ -148,7 +173,11 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             result, prob = await run_in_threadpool(inspector.inspect, image, item_id)
         except EdgestackError as exc:
             return await reject(422, "bad_image", str(exc), item_id)
-        await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
+        try:
+            await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
+        except EdgestackError as exc:  # no verdict the audit trail lacks: the line treats the part as uninspected
+            metrics.count("unrecorded")
+            return JSONResponse({"error": str(exc)}, status_code=500)
         metrics.count(result["status"], time.perf_counter() - started)
         return result
 
@@ -157,8 +186,8 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
 def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_bytes: int = 64 << 20, max_pixels: int = 64_000_000, run_dir: str | Path | None = None,
-          overlay: str = "ng") -> None:
+          overlay: str = "ng", max_pending: int = 32) -> None:
     import uvicorn
 
-    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay)
+    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending)
     uvicorn.run(app, host=host, port=port, log_level="warning")

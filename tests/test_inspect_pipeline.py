@@ -1,7 +1,9 @@
 """The inspection pipeline and service on a real defectseg-s bundle (shipped weights)."""
 
 import csv
+import errno
 import json
+import os
 import random
 import signal
 import socket
@@ -338,6 +340,66 @@ def test_service_verdicts_auth_limits_and_metrics(client):
     metrics = client.get("/metrics").text
     assert 'edgestack_requests_total{outcome="unauthorized"} 2' in metrics
     assert 'edgestack_requests_total{outcome="too_large"} 2' in metrics
+
+
+def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspector, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import create_app
+
+    entered, release = threading.Event(), threading.Event()
+    inspect = inspector.inspect
+
+    def held(image, item_id):  # the first request stays in the engine until released
+        entered.set()
+        release.wait(60)
+        return inspect(image, item_id)
+
+    monkeypatch.setattr(inspector, "inspect", held)
+    image = encoded(synthetic_images(1, 128, seed=2)[0].image)
+    run = tmp_path / "run"
+    with TestClient(create_app(inspector, max_pending=1, run_dir=run)) as client:
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(r=client.post("/v1/inspect?id=a", content=image)))
+        worker.start()
+        assert entered.wait(60)
+        busy = client.post("/v1/inspect?id=b", content=image)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "limit 1" in busy.json()["error"]
+        assert "edgestack_requests_in_progress 1" in client.get("/metrics").text
+        release.set()
+        worker.join(60)
+        assert first["r"].status_code == 200
+        assert client.post("/v1/inspect?id=b", content=image).status_code == 200  # the retry goes through
+
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+        unrecorded = client.post("/v1/inspect?id=c", content=image)
+        assert unrecorded.status_code == 500 and "could not record the result of c" in unrecorded.json()["error"]
+        monkeypatch.undo()  # the disk has room again: the summary can be written at shutdown
+    assert [(r["id"], r["status"]) for r in records(run)][:2] == [("b", "ERROR"), ("a", first["r"].json()["status"])]
+    assert json.loads((run / "summary.json").read_text())["counts"]["ERROR"] == 0  # b's retry is its result
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes_it(inspector, tmp_path, monkeypatch):
+    write_folder(tmp_path / "in", 3)
+    fsyncs = []
+    fsync = os.fsync
+
+    def full_on_second(fd):
+        fsyncs.append(fd)
+        if len(fsyncs) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_on_second)
+    with pytest.raises(EdgestackError, match="could not record the result of part001.png .*No space left on device"):
+        list(inspector.run(tmp_path / "in", tmp_path / "run"))
+    monkeypatch.undo()
+    again = list(inspector.run(tmp_path / "in", tmp_path / "run"))
+    assert [r["id"] for r in again] == ["part002.png"]
+    assert sorted(r["id"] for r in records(tmp_path / "run")) == ["part000.png", "part001.png", "part002.png"]
 
 
 def free_port():
