@@ -290,8 +290,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from edgestack.train.evaluate import evaluate_checkpoint
+    from edgestack.train.evaluate import evaluate_defects
 
+    if args.bundle and (_is_detector(args.model, args.config) or _is_grounding(args.model, args.config)):
+        raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with --checkpoint")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import eval_command
 
@@ -315,9 +317,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(paths["markdown"].read_text())
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return
-    results, paths = evaluate_checkpoint(args.model, args.config, args.data, args.checkpoint, args.out,
-                                         args.size, args.count, args.min_area, args.threads,
-                                         threshold=args.threshold)
+    results, paths = evaluate_defects(args.model, args.config, args.data, args.checkpoint, args.out,
+                                      args.size, args.count, args.min_area, args.threads,
+                                      threshold=args.threshold, bundle=args.bundle, backend=args.backend)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -497,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="CDS2K-style folder, or `synthetic` (the held-out seed / test split)")
     p.add_argument("--checkpoint", help="last.pt/best.pt or .safetensors (default: the shipped weights)")
     p.add_argument("--config", help="config, when the checkpoint does not name it (default: defectseg-s)")
+    p.add_argument("--bundle", help="defectseg: evaluate this exported bundle instead of a checkpoint, as deployed")
+    p.add_argument("--backend", default="auto", help="with --bundle: onnxruntime, onnxruntime-int8, tensorrt, ...")
     p.add_argument("--out", help="results folder (default: runs/eval-CONFIG)")
     p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE for the model "
                                                          "(multiple of 32); probabilities go back to mask size")

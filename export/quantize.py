@@ -8,6 +8,7 @@ serves onnxruntime int8 on CPU and `edgestack build --precision int8`.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -148,7 +149,16 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix="edgestack-quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / bundle_format.INT8_ONNX
         progress("shape inference and graph pre-processing ...")
-        quant_pre_process(str(bundle / bundle_format.PORTABLE_ONNX), str(prepared))
+        portable = str(bundle / bundle_format.PORTABLE_ONNX)
+        try:
+            # auto_merge: the symbolic sizes of a stride-32 encoder (repeated ceil(n/2) vs ceil(n/32)) are
+            # equal but not provably so to onnxruntime, which otherwise gives up on defectseg; its warning
+            # about each such merge would only alarm the user.
+            logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
+            quant_pre_process(portable, str(prepared), auto_merge=True)
+        except Exception as exc:  # onnxruntime raises a bare Exception when symbolic inference fails
+            progress(f"symbolic shape inference failed ({exc}); using ONNX shape inference only")
+            quant_pre_process(portable, str(prepared), skip_symbolic_shape=True)
         progress(f"calibrating on {len(images)} images at {size[0]}x{size[1]} ...")
         quantize_static(
             str(prepared),

@@ -10,9 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgestack.bundle import read_meta
+from edgestack.errors import EdgestackError
 from edgestack.models import resolve
 from edgestack.runtime import load
-from edgestack.train.evaluate import load_trained, predict
+from edgestack.train.evaluate import checkpoint_forward, evaluate_defects, load_trained, predict
 from edgestack.train.metrics import DefectMetrics
 from edgestack.train.synthetic import HELDOUT_SEED, make_sample
 
@@ -65,10 +66,11 @@ def test_bundle_with_shipped_weights(defectseg_bundle):
 def heldout_slice_metrics(count: int = 48) -> dict:
     model, config, _ = load_trained("defectseg", None, None)  # no checkpoint: the shipped weights, no network
     assert config == "defectseg-s"
+    forward = checkpoint_forward(model)
     metrics = DefectMetrics()
     for i in range(count):  # a slice of the held-out set (seed 1); the card holds the figures on 400
         sample = make_sample(HELDOUT_SEED, i)
-        metrics.update(predict(model, sample.image, 256), sample.mask if sample.positive else None)
+        metrics.update(predict(forward, sample.image, 256), sample.mask if sample.positive else None)
     return metrics.results()
 
 
@@ -96,3 +98,21 @@ def test_shipped_weights_meet_the_goals_on_held_out_synthetic(shipped_slice):
 def test_configs_resolve(config):
     spec, name = resolve(config)
     assert spec.name == "defectseg" and name == config
+
+
+def test_the_exported_bundle_scores_as_its_checkpoint(defectseg_bundle, tmp_path):
+    # What a line deploys is measured by the same protocol: the bundle on onnxruntime, with the preprocessing
+    # meta.json records, against the shipped PyTorch weights it was exported from, image by image.
+    checkpoint, _ = evaluate_defects(count=12, out=tmp_path / "checkpoint")
+    deployed, paths = evaluate_defects(count=12, out=tmp_path / "bundle", bundle=defectseg_bundle,
+                                       backend="onnxruntime")
+    report = json.loads(paths["json"].read_text())
+    assert ", onnxruntime (CPUExecutionProvider)" in report["title"] and report["config"] == "defectseg-s"
+    reference = json.loads((tmp_path / "checkpoint" / "results.json").read_text())["per_image"]
+    assert [r["predicted_ng"] for r in report["per_image"]] == [r["predicted_ng"] for r in reference]
+    assert max(abs(a.get("S", 0) - b.get("S", 0)) for a, b in zip(report["per_image"], reference)) < 1e-3
+    assert abs(deployed["MAE"] - checkpoint["MAE"]) < 1e-4
+    with pytest.raises(EdgestackError, match="drop --checkpoint"):
+        evaluate_defects(count=1, checkpoint=SHIPPED, bundle=defectseg_bundle, out=tmp_path / "x")
+    with pytest.raises(EdgestackError, match="holds defectseg-s, not defectseg-m"):
+        evaluate_defects("defectseg-m", count=1, bundle=defectseg_bundle, out=tmp_path / "x")

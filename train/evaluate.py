@@ -1,4 +1,5 @@
-"""`edgestack eval defectseg`: a checkpoint on a CDS2K-style folder or the held-out synthetic set.
+"""`edgestack eval defectseg`: a checkpoint, or an exported bundle on any runtime backend (what a line deploys:
+onnxruntime fp32 or int8, TensorRT), on a CDS2K-style folder or the held-out synthetic set.
 
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
 size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
@@ -10,7 +11,7 @@ OK/NG verdict, worst first).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,39 @@ def by_kind_and_texture(per_image: list[dict[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
-def predict(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
-    """Probability map at the image's own size."""
+def checkpoint_forward(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """RGB uint8 image -> probability map at its size, through the PyTorch model (training preprocessing)."""
+    def forward(rgb: np.ndarray) -> np.ndarray:
+        x, _ = to_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8))
+        with torch.no_grad():
+            return model(x[None])[0, 0].numpy()
+
+    return forward
+
+
+def bundle_forward(bundle: str | Path, backend: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """(forward as checkpoint_forward's, engine) for a defect-probability bundle on `backend`, with the
+    preprocessing its meta.json records, as the inspection runtime runs it."""
+    from edgestack.runtime import load
+    from edgestack.runtime.images import to_tensor
+
+    engine = load(bundle, backend=backend)
+    meta = engine.meta
+    if meta["postprocess"].get("kind") != "defect_probability":
+        raise EdgestackError(f"bundle {bundle} is a {meta['model']['task']} model; eval defectseg needs a defect "
+                             "segmentation bundle such as artifacts/defectseg-s")
+    output = meta["postprocess"]["output"]
+
+    def forward(rgb: np.ndarray) -> np.ndarray:
+        return engine(to_tensor(rgb, meta["preprocess"]))[output][0, 0]
+
+    return forward, engine
+
+
+def predict(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size: int) -> np.ndarray:
+    """Probability map at the image's own size, the model run at size x size."""
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    x, _ = to_tensors(resized, np.zeros((size, size), np.uint8))
-    with torch.no_grad():
-        prob = model(x[None])[0, 0].numpy()
+    prob = forward(resized)
     return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
@@ -142,23 +170,35 @@ def worst_grid(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]
     write_image(path, np.vstack(rows) if rows else np.zeros((cell, 3 * cell, 3), np.uint8))
 
 
-def evaluate_checkpoint(
+def evaluate_defects(
     model_name: str = "defectseg", config: str | None = None, data: str = "synthetic",
     checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
     min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
+    bundle: str | Path | None = None, backend: str = "auto",
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate; returns (results, written paths)."""
+    """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend`; returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
         raise EdgestackError(f"--threshold must be in (0, 1), got {threshold}")
     torch.set_num_threads(threads)
-    model, config_name, source = load_trained(model_name, config, checkpoint)
+    if bundle is not None:
+        if checkpoint is not None or config is not None:
+            raise EdgestackError("--bundle evaluates the bundle's own weights; drop --checkpoint/--config")
+        forward, engine = bundle_forward(bundle, backend)
+        config_name = engine.meta["model"]["config"]
+        source = f"bundle {bundle}, {engine.backend.name} ({engine.backend.device})"
+        if model_name not in (engine.meta["model"]["name"], config_name):
+            raise EdgestackError(f"bundle {bundle} holds {config_name}, not {model_name}; evaluate it as "
+                                 f"`edgestack eval {config_name} --bundle {bundle}`")
+    else:
+        model, config_name, source = load_trained(model_name, config, checkpoint)
+        forward = checkpoint_forward(model)
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
-        prob = predict(model, image, size)
+        prob = predict(forward, image, size)
         record = metrics.update(prob, mask, name)
         record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
