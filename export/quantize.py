@@ -70,21 +70,36 @@ def folder_images(folder: Path, count: int, size: tuple[int, int]) -> list[np.nd
             for p in paths]
 
 
-def model_feeds(meta: dict[str, Any], images: list[np.ndarray], seed: int) -> list[dict[str, np.ndarray]]:
-    """One feed per image: the first input is the preprocessed image; an inpainting `mask` gets random holes."""
+def model_feeds(bundle: Path, meta: dict[str, Any], images: list[np.ndarray], seed: int
+                ) -> list[dict[str, np.ndarray]]:
+    """One feed per image: the first input is the preprocessed image; an inpainting `mask` gets random holes,
+    and MAT's latent, mixing masks and noise are drawn as `edgestack inpaint` draws them."""
     rng = np.random.default_rng(seed)
     first, *others = meta["inputs"]
+    weights = None
     feeds = []
-    for image in images:
+    for index, image in enumerate(images):
         feed = {first["name"]: to_tensor(image, meta["preprocess"])}
+        extras = {}
+        if meta["model"]["name"] == "mat":
+            from safetensors.numpy import load_file
+
+            from edgestack.models.mat import seeded_inputs
+
+            weights = weights or load_file(str(bundle / bundle_format.WEIGHTS))  # its noise_const maps
+            extras = {name: t.numpy() for name, t in seeded_inputs(meta["model"]["settings"], weights, 1,
+                                                                    seed + index).items()}
         for spec in others:
-            if spec["name"] != "mask":
+            if spec["name"] in extras:
+                feed[spec["name"]] = extras[spec["name"]]
+            elif spec["name"] == "mask":
+                mask = np.ones((1, 1, *image.shape[:2]), np.float32)  # 1 valid, 0 hole
+                for _ in range(int(rng.integers(1, 4))):
+                    y, x = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
+                    mask[..., y:y + image.shape[0] // 3, x:x + image.shape[1] // 3] = 0
+                feed[spec["name"]] = mask
+            else:
                 raise EdgestackError(f"cannot make calibration data for input {spec['name']!r}; only image and mask")
-            mask = np.ones((1, 1, *image.shape[:2]), np.float32)  # 1 valid, 0 hole
-            for _ in range(int(rng.integers(1, 4))):
-                y, x = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
-                mask[..., y:y + image.shape[0] // 3, x:x + image.shape[1] // 3] = 0
-            feed[spec["name"]] = mask
         feeds.append(feed)
     return feeds
 
@@ -163,18 +178,21 @@ def quantize(
         quantize_static(
             str(prepared),
             str(quantized),
-            _Feeds(model_feeds(meta, images, seed)),
+            _Feeds(model_feeds(bundle, meta, images, seed)),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibration_providers=["CPUExecutionProvider"],
-            # TensorRT takes symmetric int8 only (zero point 0) and fuses float biases itself.
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            # TensorRT takes symmetric int8 only (zero point 0) and fuses float biases itself. With float biases,
+            # widening weight scales to fit an int32 bias is moot (and that step fails on MAT's 2-D biases).
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "QDQDisableWeightAdjustForInt32Bias": True},
         )
         progress("comparing int8 with fp32 on onnxruntime ...")
-        figures = _compare(meta, bundle / bundle_format.PORTABLE_ONNX, quantized, model_feeds(meta, eval_images, seed))
+        figures = _compare(meta, bundle / bundle_format.PORTABLE_ONNX, quantized,
+                           model_feeds(bundle, meta, eval_images, seed))
         qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(quantized)).graph.node)
         shutil.move(str(quantized), bundle / bundle_format.INT8_ONNX)
 

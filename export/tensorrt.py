@@ -38,8 +38,11 @@ def parse_profile(text: str) -> dict[str, dict[str, int]]:
 
 
 def axis_problem(meta: dict[str, Any], axis: str, size: int) -> str | None:
-    """Why `size` is not allowed for dynamic axis `axis` of this bundle, or None."""
-    rng = meta["axes"][axis]
+    """Why `size` is not allowed for axis `axis` (batch, height, width) of this bundle, or None."""
+    rng = meta["axes"].get(axis)
+    if rng is None:  # exported static (MAT): only its own size
+        fixed = dict(zip(("height", "width"), meta["default_size"])).get(axis, 1)
+        return None if size == fixed else f"{axis}={size}, but this model's {axis} is fixed at {fixed}"
     if not rng["min"] <= size <= rng["max"] or size % rng["multiple_of"]:
         multiple = f", multiple of {rng['multiple_of']}" if rng["multiple_of"] > 1 else ""
         return f"{axis}={size} is outside the model's allowed range {rng['min']}..{rng['max']}{multiple}"
