@@ -37,6 +37,14 @@ def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
     tmp.replace(bundle / META)
 
 
+def refuse_several_graphs(bundle: str | Path, meta: dict[str, Any], advice: str) -> None:
+    """Commands that take one graph refuse a bundle of several (vglaw: text + vision), naming its sub-bundles."""
+    if "graphs" in meta:
+        subs = ", ".join(str(Path(bundle) / graph["folder"]) for graph in meta["graphs"].values())
+        raise EdgestackError(f"{bundle} holds {len(meta['graphs'])} graphs ({', '.join(meta['graphs'])}), not one "
+                             f"(sub-bundles {subs}); {advice}")
+
+
 def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     """meta.json of a bundle; with `verify`, every file it lists must exist and match its sha256."""
     bundle = Path(bundle)

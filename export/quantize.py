@@ -138,6 +138,8 @@ def quantize(
     """Write `model.int8.onnx` into the bundle; returns its meta.json record (meta["int8"])."""
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
+    bundle_format.refuse_several_graphs(bundle, meta, "int8 calibration draws image and mask inputs only, and these "
+                                                      "graphs feed each other; run this model in fp32 or fp16")
     if samples < 1:
         raise EdgestackError(f"--samples {samples} must be at least 1")
     size = tuple(size or meta["default_size"])

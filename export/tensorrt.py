@@ -133,6 +133,8 @@ def build_engine(
     """Build `model.plan` for this GPU; returns the meta.json record of the plan (meta["tensorrt"])."""
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
+    bundle_format.refuse_several_graphs(bundle, meta, "build a plan in each sub-bundle (`edgestack build "
+                                                      "SUB-BUNDLE`); the runtime loads each graph's own plan")
     if precision not in PRECISIONS:
         raise EdgestackError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     if calib is not None and precision != "int8":

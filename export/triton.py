@@ -98,6 +98,8 @@ def write_repository(
     library copied beside its config: start Triton with `--backend-config=tensorrt,plugins=<that file>`."""
     bundle, repo = Path(bundle), Path(repo)
     meta = bundle_format.read_meta(bundle, verify=True)
+    bundle_format.refuse_several_graphs(bundle, meta, "add each sub-bundle to the repository "
+                                                      "(`edgestack triton SUB-BUNDLE --repo ...`)")
     if fmt not in FORMATS:
         raise EdgestackError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "auto":

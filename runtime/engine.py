@@ -143,11 +143,8 @@ def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cu
     options = {"rebuild": rebuild, "cuda_graph": cuda_graph}
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
-    if "graphs" in meta:
-        raise EdgestackError(
-            f"{bundle} holds {len(meta['graphs'])} graphs ({', '.join(meta['graphs'])}), not one; load one of its "
-            f"sub-bundles ({', '.join(str(bundle / g['folder']) for g in meta['graphs'].values())}) or, for "
-            f"{meta['model']['name']}, use edgestack.runtime.grounding.Grounder / `edgestack ground`")
+    bundle_format.refuse_several_graphs(bundle, meta, f"load one of them, or for {meta['model']['name']} use "
+                                                      "edgestack.runtime.grounding.Grounder / `edgestack ground`")
     if backend != "auto":
         return Engine(bundle, meta, _make_backend(backend, bundle, meta, **options))
     # auto: TensorRT when the bundle has a plan that runs here, else onnxruntime (its CUDA provider first).

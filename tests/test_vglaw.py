@@ -295,6 +295,16 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
     assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "missing.png"), "--text", "dent"]) == 2
 
 
+@pytest.mark.parametrize("command", [["infer", "{b}", "frame.png", "--out", "o.png"], ["quantize", "{b}"], ["build", "{b}"],
+                                     ["triton", "{b}", "--repo", "repo"]])
+def test_one_graph_commands_refuse_the_two_graph_bundle_by_name(bundle, tmp_path, capsys, command):
+    path, _ = bundle
+    argv = [arg.format(b=path) for arg in command]
+    assert main(argv) == 2  # was a KeyError traceback for quantize, build and triton
+    error = capsys.readouterr().err
+    assert "holds 2 graphs (text, vision), not one" in error and str(path / "vision") in error
+
+
 def test_shipped_weights_reach_the_goal_on_held_out_expressions(tmp_path):
     """Goal of the VG-LAW issue: Prec@0.5 >= 0.8 on the synthetic test split (200 of its expressions here; the
     shipped card reports 0.881 on 1000). The paper's mask threshold; mIoU well above an empty-mask guess."""
