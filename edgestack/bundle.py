@@ -37,6 +37,18 @@ def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
     tmp.replace(bundle / META)
 
 
+def axis_problem(meta: dict[str, Any], axis: str, size: int) -> str | None:
+    """Why `size` is not allowed for axis `axis` (batch, height, width) of this bundle, or None."""
+    rng = meta["axes"].get(axis)
+    if rng is None:  # exported static (MAT): only its own size
+        fixed = dict(zip(("height", "width"), meta["default_size"])).get(axis, 1)
+        return None if size == fixed else f"{axis}={size}, but this model's {axis} is fixed at {fixed}"
+    if not rng["min"] <= size <= rng["max"] or size % rng["multiple_of"]:
+        multiple = f", multiple of {rng['multiple_of']}" if rng["multiple_of"] > 1 else ""
+        return f"{axis}={size} is outside the model's allowed range {rng['min']}..{rng['max']}{multiple}"
+    return None
+
+
 def refuse_several_graphs(bundle: str | Path, meta: dict[str, Any], advice: str) -> None:
     """Commands that take one graph refuse a bundle of several (vglaw: text + vision), naming its sub-bundles."""
     if "graphs" in meta:

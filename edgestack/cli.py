@@ -98,7 +98,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     meta = bundle_format.read_meta(args.bundle)
     sizes = parse_sizes(args.sizes) if args.sizes else [tuple(meta["default_size"])]
-    batches = [int(b) for b in args.batches.split(",")]
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise EdgestackError(f"--batches {args.batches!r} must be comma-separated integers, e.g. 1,4") from None
     console = _console()
     records = bench_bundle(args.bundle, args.backends.split(","), batches, sizes, args.warmup, args.runs,
                            progress=lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -106,6 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     paths = write_results(records, out, f"{meta['model']['config']} latency")
     console.print(markdown_table(records))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    if not any("median_ms" in r for r in records):
+        raise EdgestackError(f"no case ran; the first failure: {records[0]['error']}")
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
@@ -175,6 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         token = path.read_text().strip()
         if not token:
             raise EdgestackError(f"token file {path} is empty")
+    if not 1 <= args.port <= 65535:
+        raise EdgestackError(f"--port {args.port} is not a TCP port (1..65535)")
     try:
         host_is_loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:  # a host name

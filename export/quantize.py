@@ -25,7 +25,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.export import parity
-from edgestack.export.tensorrt import axis_problem
 from edgestack.runtime.images import read_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -144,7 +143,7 @@ def quantize(
         raise EdgestackError(f"--samples {samples} must be at least 1")
     size = tuple(size or meta["default_size"])
     for axis, value in zip(("height", "width"), size):
-        problem = axis_problem(meta, axis, value)
+        problem = bundle_format.axis_problem(meta, axis, value)
         if problem:
             raise EdgestackError(f"calibration size {size[0]}x{size[1]}: {problem}; choose another --size")
 

@@ -37,18 +37,6 @@ def parse_profile(text: str) -> dict[str, dict[str, int]]:
     return {level: dict(zip(names, size)) for level, size in zip(LEVELS, sizes)}
 
 
-def axis_problem(meta: dict[str, Any], axis: str, size: int) -> str | None:
-    """Why `size` is not allowed for axis `axis` (batch, height, width) of this bundle, or None."""
-    rng = meta["axes"].get(axis)
-    if rng is None:  # exported static (MAT): only its own size
-        fixed = dict(zip(("height", "width"), meta["default_size"])).get(axis, 1)
-        return None if size == fixed else f"{axis}={size}, but this model's {axis} is fixed at {fixed}"
-    if not rng["min"] <= size <= rng["max"] or size % rng["multiple_of"]:
-        multiple = f", multiple of {rng['multiple_of']}" if rng["multiple_of"] > 1 else ""
-        return f"{axis}={size} is outside the model's allowed range {rng['min']}..{rng['max']}{multiple}"
-    return None
-
-
 def resolve_profile(meta: dict[str, Any], profile: str | dict[str, dict[str, int]] | None) -> dict[str, dict[str, int]]:
     """Optimization profile as {min|opt|max: {axis: size}}, overridden by `profile` (text as `--profile` takes it,
     or an already resolved dict). Default: opt at the default size and batch 1, min at the model's minimum, max at
@@ -72,7 +60,7 @@ def resolve_profile(meta: dict[str, Any], profile: str | dict[str, dict[str, int
             values[level][axis] = size
     for axis in meta["axes"]:
         for level in LEVELS:
-            problem = axis_problem(meta, axis, values[level][axis])
+            problem = bundle_format.axis_problem(meta, axis, values[level][axis])
             if problem:
                 raise EdgestackError(f"profile {level}: {problem}; choose --profile sizes inside it")
         if not values["min"][axis] <= values["opt"][axis] <= values["max"][axis]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgestack.bundle import read_meta
+from edgestack.bundle import axis_problem, read_meta, refuse_several_graphs
 from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import Engine, load
+from edgestack.runtime.engine import BACKENDS, Engine, load
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
@@ -59,9 +59,22 @@ def bench_bundle(
     runs: int = 10,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per (backend, batch, size); a backend that fails to load or run gets an `error` record."""
+    """One record per (backend, batch, size); a backend that fails to load or run gets an `error` record.
+    What cannot work anywhere (an unknown backend, a size or batch outside the model's range) is refused first."""
+    meta = read_meta(bundle, verify=False)
+    refuse_several_graphs(bundle, meta, "benchmark each sub-bundle")
+    unknown = [b for b in backends if b not in ("auto", *BACKENDS)]
+    if unknown:
+        raise EdgestackError(f"unknown backend(s) {', '.join(unknown)}; choose from auto, {', '.join(BACKENDS)}")
+    if warmup < 0 or runs < 1:
+        raise EdgestackError(f"need warm-up >= 0 and runs >= 1, got {warmup} and {runs}")
+    cases = [("batch", b) for b in batches] + [(a, v) for size in sizes for a, v in zip(("height", "width"), size)]
+    for axis, value in cases:
+        problem = axis_problem(meta, axis, value)
+        if problem:
+            raise EdgestackError(f"cannot benchmark {axis} {value}: {problem}")
     records = []
-    model = read_meta(bundle, verify=False)["model"]["config"]
+    model = meta["model"]["config"]
     for backend in backends:
         try:
             engine = load(bundle, backend=backend)
@@ -155,7 +168,8 @@ def write_results(records: list[dict[str, Any]], out_dir: str | Path, title: str
     ax.set_ylabel("median latency (ms)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ok:  # every case failed: an empty plot, the table says why
+        ax.legend()
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
     plt.close(fig)

@@ -106,12 +106,9 @@ class Engine:
             if isinstance(want, int) and size != want:
                 raise EdgestackError(f"input {name!r} must have shape {spec['shape']}, got {list(array.shape)}")
             if isinstance(want, str) and want in self.axes:
-                rng = self.axes[want]
-                if not rng["min"] <= size <= rng["max"] or size % rng["multiple_of"]:
-                    raise EdgestackError(
-                        f"input {name!r}: {want}={size} is outside the model's range {rng['min']}..{rng['max']}"
-                        + (f" (multiple of {rng['multiple_of']})" if rng["multiple_of"] > 1 else "")
-                    )
+                problem = bundle_format.axis_problem(self.meta, want, size)
+                if problem:
+                    raise EdgestackError(f"input {name!r}: {problem}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise EdgestackError(f"input {name!r} holds NaN or Inf values")
         return np.ascontiguousarray(array, dtype=spec["dtype"])

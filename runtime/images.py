@@ -120,8 +120,15 @@ def overlay(image: np.ndarray, class_map: np.ndarray, num_classes: int, alpha: f
 
 def write_image(path: str | Path, image_rgb: np.ndarray) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error:  # OpenCV has no encoder for this extension
+        ok = False
     if not ok:
         raise EdgestackError(f"cannot encode an image as {path.suffix!r}; use .png or .jpg for {path}")
-    encoded.tofile(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encoded.tofile(str(path))
+    except OSError as exc:
+        raise EdgestackError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder with space") \
+            from None

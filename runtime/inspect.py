@@ -63,7 +63,12 @@ class Inspector:
         self.tile = tuple(meta["default_size"])
         self.multiple = max(meta["axes"].get("height", {}).get("multiple_of", 1),
                             meta["axes"].get("width", {}).get("multiple_of", 1))
-        self.batch = max(1, min(batch, meta["axes"].get("batch", {}).get("max", batch)))
+        if batch < 1:
+            raise EdgestackError(f"batch must be at least 1 tile per engine call, got {batch}")
+        if not 0 <= overlap < min(self.tile) // 2:
+            raise EdgestackError(f"tile overlap {overlap} px must be in 0..{min(self.tile) // 2 - 1} for this model's "
+                                 f"{self.tile[0]}x{self.tile[1]} tiles")
+        self.batch = min(batch, meta["axes"].get("batch", {}).get("max", batch))
         self.overlap = overlap
         self.prefetch = prefetch
         self.gray_to_rgb = gray_to_rgb

@@ -72,7 +72,7 @@ def test_engine_checks_inputs(bundle):
     engine = load(bundle)
     with pytest.raises(EdgestackError, match="must have shape"):
         engine(np.zeros((1, 4, 97, 97), np.float32))
-    with pytest.raises(EdgestackError, match="outside the model's range"):
+    with pytest.raises(EdgestackError, match="outside the model's allowed range"):
         engine(np.zeros((1, 3, 33, 97), np.float32))
     with pytest.raises(EdgestackError, match="NaN"):
         engine(np.full((1, 3, 97, 97), np.nan, np.float32))

@@ -295,8 +295,8 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
     assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "missing.png"), "--text", "dent"]) == 2
 
 
-@pytest.mark.parametrize("command", [["infer", "{b}", "frame.png", "--out", "o.png"], ["quantize", "{b}"], ["build", "{b}"],
-                                     ["triton", "{b}", "--repo", "repo"]])
+@pytest.mark.parametrize("command", [["infer", "{b}", "frame.png", "--out", "o.png"], ["quantize", "{b}"],
+                                     ["build", "{b}"], ["triton", "{b}", "--repo", "repo"]])
 def test_one_graph_commands_refuse_the_two_graph_bundle_by_name(bundle, tmp_path, capsys, command):
     path, _ = bundle
     argv = [arg.format(b=path) for arg in command]

@@ -160,6 +160,8 @@ def train_detector(
     log: Callable[[str], None] = print,
 ) -> tuple[Detector, list[dict[str, float]]]:
     """Train a detector from scratch on `data` (images + masks); with `teacher`, add TBD. Returns (model, history)."""
+    if epochs < 1:
+        raise EdgestackError(f"nothing to train: --epochs {epochs}; pass 1 or more")
     torch.manual_seed(seed)
     model = Detector(**config).train()
     params = list(model.parameters())

@@ -181,6 +181,8 @@ def evaluate_defects(
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
         raise EdgestackError(f"--threshold must be in (0, 1), got {threshold}")
+    if data == "synthetic" and count < 1:
+        raise EdgestackError(f"--count must be at least 1, got {count}")
     torch.set_num_threads(threads)
     if bundle is not None:
         if checkpoint is not None or config is not None:

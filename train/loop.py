@@ -143,6 +143,11 @@ def run_epochs(
 ) -> list[dict[str, Any]]:
     """The epoch loop both trainers share: optimise `batch_loss(batch)` over `loader`, then `validate()`; write
     OUT/last.pt every epoch, best.pt when `score(val)` improves, and curves.png. Returns the history."""
+    if epochs < first_epoch:
+        done = first_epoch - 1
+        raise EdgestackError(f"nothing to train: --epochs {epochs}" + (
+            f", and {out} already holds {done} epoch(s); pass --epochs {done + 1} or more to go on" if done else
+            "; pass 1 or more"))
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []

@@ -206,6 +206,10 @@ def write_synthetic(
     out = Path(out)
     if count < 1:
         raise EdgestackError(f"--count must be at least 1, got {count}")
+    if not 0.0 <= negative_fraction <= 1.0:
+        raise EdgestackError(f"--negative-fraction must be between 0 and 1, got {negative_fraction}")
+    if size < 64:
+        raise EdgestackError(f"--size must be at least 64 pixels (the models' smallest input), got {size}")
     from edgestack.runtime.images import write_image
 
     counts = {"positive": 0, "negative": 0}

@@ -1,0 +1,39 @@
+"""Bad arguments across the CLI: each is one clear line on stderr and exit code 2, never a traceback.
+
+Every case here was a traceback (or a silent success that did nothing) before it was listed."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edgestack.cli import main
+
+CASES = [
+    (["infer", "{psp}", "{image}", "--out", "{tmp}/out.xyz"], "cannot encode an image as '.xyz'"),
+    (["bench", "{psp}", "--backends", "nope"], "unknown backend(s) nope"),
+    (["bench", "{psp}", "--sizes", "0x0"], "cannot benchmark height 0: height=0 is outside"),
+    (["bench", "{psp}", "--batches", "0"], "cannot benchmark batch 0"),
+    (["bench", "{psp}", "--batches", "x"], "--batches 'x' must be comma-separated integers"),
+    (["bench", "{psp}", "--runs", "0"], "need warm-up >= 0 and runs >= 1"),
+    (["bench", "{psp}", "--backends", "tensorrt", "--out", "{tmp}/b"], "no case ran; the first failure"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--overlap", "100000"], "tile overlap 100000 px"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--batch", "0"], "batch must be at least 1"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--idle-exit", "3"], "options of --watch"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--watch"], "watch needs a folder"),
+    (["eval", "defectseg", "--data", "synthetic", "--count", "0"], "--count must be at least 1"),
+    (["synth", "{tmp}/s", "--negative-fraction", "2"], "--negative-fraction must be between 0 and 1"),
+    (["synth", "{tmp}/s", "--size", "10"], "--size must be at least 64"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "0", "--synthetic-count", "40", "--out", "{tmp}/t"],
+     "nothing to train: --epochs 0"),
+    (["serve", "--bundle", "{ds}", "--port", "99999"], "--port 99999 is not a TCP port"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0][:2]) + f" {i}" for i, c in enumerate(CASES)])
+def test_bad_arguments_exit_2_with_one_clear_line(argv, message, pspnet_bundle, defectseg_bundle, tmp_path, capsys):
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((128, 160, 3), 120, np.uint8))
+    names = {"psp": pspnet_bundle, "ds": defectseg_bundle, "image": image, "tmp": tmp_path}
+    assert main([arg.format(**names) for arg in argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
