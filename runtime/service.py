@@ -30,6 +30,7 @@ from edgestack.runtime.images import decode_image
 from edgestack.runtime.inspect import Inspector, RunWriter, error_result
 
 log = logging.getLogger(__name__)
+MAX_ID_LENGTH = 200
 
 
 class Metrics:
@@ -142,6 +143,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return await reject(401, "unauthorized", "missing or wrong bearer token")
+        if id is not None and not (0 < len(id) <= MAX_ID_LENGTH and id.isprintable()):
+            return await reject(400, "bad_request", f"id must be 1..{MAX_ID_LENGTH} printable characters (it names "
+                                                    "the result and its overlay file)")
         item_id = id if id is not None else f"request-{session}-{next(numbers):06d}"
         nonlocal pending
         if pending >= max_pending:

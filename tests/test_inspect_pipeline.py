@@ -330,6 +330,7 @@ def test_service_verdicts_auth_limits_and_metrics(client):
     body = ok.json()
     assert body["id"] == "part-1" and body["status"] in ("OK", "NG") and isinstance(body["defects"], list)
     assert client.post("/v1/inspect", content=b"x" * 2_000_001, headers=auth).status_code == 413
+    assert client.post(f"/v1/inspect?id={'p' * 201}", content=image, headers=auth).status_code == 400  # file name
     bomb = client.post("/v1/inspect", content=png_header_only(100_000, 100_000), headers=auth)
     assert bomb.status_code == 413 and "limit" in bomb.json()["error"]
     corrupt = client.post("/v1/inspect", content=b"GIF89a-garbage", headers=auth)
