@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg"}
 CAMERA_STALL_S = 5.0
 WATCH_POLL_S = 0.25
+WATCH_RECHECK_S = 5.0
 # Names a writer gives a file until it is complete and renamed: waited on in a watched folder, never noted.
 PARTIAL_SUFFIXES = {".tmp", ".part", ".partial", ".crdownload", ".filepart"}
 
@@ -113,35 +114,53 @@ def _not_an_image(path: Path) -> str:
     return f"{path}: not an image file ({path.suffix or 'no extension'})"
 
 
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a file, None when it is gone (renamed or removed since the listing)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None,
               note: Callable[[str], None]) -> Iterator[Item | None]:
     """Images as they arrive under `root` (those already there first), each once it has settled; None at
-    every poll. Only files not yet handed out are stat'ed, so a poll stays cheap as the folder fills up."""
+    every poll. A poll stats only the files not yet handed out; those handed out are checked every
+    WATCH_RECHECK_S, and one rewritten under the same name is reported (its id is taken), never passed over
+    in silence."""
     pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime), when that was first seen)
-    handled: set[Path] = set()
-    last_arrival = time.monotonic()
+    inspected: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) when handed out
+    noted: set[Path] = set()
+    last_arrival = last_recheck = time.monotonic()
     while True:
         now = time.monotonic()
         for path in sorted(_walk(root)):
-            if path in handled or path.name.startswith(".") or path.suffix.lower() in PARTIAL_SUFFIXES:
+            if path in inspected or path in noted or path.name.startswith(".") \
+                    or path.suffix.lower() in PARTIAL_SUFFIXES:
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 note(_not_an_image(path))
-                handled.add(path)
+                noted.add(path)
                 continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # renamed or removed since the listing
+            signature = _signature(path)
+            if signature is None:
                 pending.pop(path, None)
-                continue
-            signature = (stat.st_size, stat.st_mtime_ns)
-            if path not in pending or pending[path][0] != signature:
+            elif path not in pending or pending[path][0] != signature:
                 pending[path] = (signature, now)
             elif now - pending[path][1] >= watch.settle_s:
                 del pending[path]
-                handled.add(path)
+                inspected[path] = signature
                 last_arrival = now
                 yield _image_item(path, str(path.relative_to(root)), gray_to_rgb, bit_depth)
+        if now - last_recheck >= WATCH_RECHECK_S:
+            last_recheck = now
+            for path, seen in inspected.items():
+                signature = _signature(path)
+                if signature is not None and signature != seen:
+                    inspected[path] = signature
+                    note(f"{path}: rewritten after it was inspected, so this image was NOT inspected; a line must "
+                         "write each image under a new file name")
         if watch.idle_exit_s is not None and not pending and now - last_arrival >= watch.idle_exit_s:
             return
         yield None

@@ -189,6 +189,7 @@ def write_png(path, sample, pause_after=None):
 
 def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "WATCH_POLL_S", 0.05)
+    monkeypatch.setattr(sources, "WATCH_RECHECK_S", 0.2)
     hot = tmp_path / "hot"
     hot.mkdir()
     samples = synthetic_images(4, 128, seed=6)
@@ -202,6 +203,10 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
         (hot / "renamed.png.tmp").rename(hot / "renamed.png")
         (hot / "sub").mkdir()
         write_png(hot / "sub" / "late.png", samples[3])
+        log, deadline = tmp_path / "run" / "results.jsonl", time.monotonic() + 60
+        while not (log.exists() and "before.png" in log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        write_png(hot / "before.png", samples[3])  # a line reusing a name: reported, since its id is taken
 
     writer = threading.Thread(target=camera_pc)
     writer.start()
@@ -210,7 +215,10 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
     writer.join()
     assert sorted(r["id"] for r in results) == ["before.png", "renamed.png", "slow.png", "sub/late.png"]
     assert all(r["status"] in ("OK", "NG") and r["width"] == 128 for r in results)  # none read half-written
-    assert (tmp_path / "run" / "skipped.txt").read_text() == f"{hot / 'notes.txt'}: not an image file (.txt)\n"
+    assert (tmp_path / "run" / "skipped.txt").read_text().splitlines() == [
+        f"{hot / 'notes.txt'}: not an image file (.txt)",
+        f"{hot / 'before.png'}: rewritten after it was inspected, so this image was NOT inspected; a line must "
+        "write each image under a new file name"]
     assert time.monotonic() - started < 30  # the idle exit ended it
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["items"] == 4
     again = list(inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=0.1, idle_exit_s=0.5)))
