@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import queue
 import threading
@@ -32,6 +33,8 @@ from edgestack.runtime.engine import Engine, load
 from edgestack.runtime.images import check_bit_depth, to_tensor
 from edgestack.runtime.sources import Item, Watch, open_source
 from edgestack.runtime.tiling import run_tiled
+
+log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error", "time"]
 _END = object()
@@ -131,6 +134,9 @@ class Inspector:
                             result, prob = self.inspect(image, item.id)
                         except EdgestackError as exc:
                             result, prob = error_result(item.id, str(exc)), None
+                        except Exception as exc:  # the engine failing on one item (memory, a runtime error)
+                            log.exception("inspecting %s failed", item.id)  # the traceback, for a bug report
+                            result, prob = error_result(item.id, f"{exc.__class__.__name__}: {exc}"), None
                     else:
                         result, prob = error_result(item.id, error), None
                     if writer:

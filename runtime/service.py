@@ -177,6 +177,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             result, prob = await run_in_threadpool(inspector.inspect, image, item_id)
         except EdgestackError as exc:
             return await reject(422, "bad_image", str(exc), item_id)
+        except Exception as exc:  # the engine failing on this image: an answer and a record, not a bare 500
+            log.exception("inspecting %s failed", item_id)
+            return await reject(500, "engine_error", f"{exc.__class__.__name__}: {exc}", item_id)
         try:
             await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
         except EdgestackError as exc:  # no verdict the audit trail lacks: the line treats the part as uninspected

@@ -360,6 +360,8 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
     inspect = inspector.inspect
 
     def held(image, item_id):  # the first request stays in the engine until released
+        if item_id == "boom":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         entered.set()
         release.wait(60)
         return inspect(image, item_id)
@@ -379,6 +381,8 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         worker.join(60)
         assert first["r"].status_code == 200
         assert client.post("/v1/inspect?id=b", content=image).status_code == 200  # the retry goes through
+        boom = client.post("/v1/inspect?id=boom", content=image)
+        assert boom.status_code == 500 and boom.json()["error"].startswith("RuntimeError: CUDA error")
 
         def full_disk(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -388,7 +392,25 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         assert unrecorded.status_code == 500 and "could not record the result of c" in unrecorded.json()["error"]
         monkeypatch.undo()  # the disk has room again: the summary can be written at shutdown
     assert [(r["id"], r["status"]) for r in records(run)][:2] == [("b", "ERROR"), ("a", first["r"].json()["status"])]
-    assert json.loads((run / "summary.json").read_text())["counts"]["ERROR"] == 0  # b's retry is its result
+    errors = json.loads((run / "summary.json").read_text())["errors"]  # b's retry is its result
+    assert [e["id"] for e in errors] == ["boom"]
+
+
+def test_an_engine_failure_on_one_item_is_its_error_and_the_run_goes_on(inspector, tmp_path, monkeypatch, caplog):
+    write_folder(tmp_path / "in", 3)
+    probability, calls = inspector.probability, []
+
+    def fails_once(rgb):
+        calls.append(rgb)
+        if len(calls) == 2:
+            raise MemoryError("cannot allocate 9 GiB for the tiles")
+        return probability(rgb)
+
+    monkeypatch.setattr(inspector, "probability", fails_once)
+    results = {r["id"]: r for r in inspector.run(tmp_path / "in", tmp_path / "run")}
+    assert results["part001.png"]["error"] == "MemoryError: cannot allocate 9 GiB for the tiles"
+    assert results["part000.png"]["status"] != "ERROR" and results["part002.png"]["status"] != "ERROR"
+    assert "inspecting part001.png failed" in caplog.text  # with its traceback, for a bug report
 
 
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes_it(inspector, tmp_path, monkeypatch):
