@@ -36,6 +36,7 @@ from edgestack.runtime.tiling import run_tiled
 
 log = logging.getLogger(__name__)
 
+SUMMARY_EVERY_S = 60.0  # how often a watch or the service rewrites its summary while it runs
 CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error", "time"]
 _END = object()
 
@@ -122,7 +123,8 @@ class Inspector:
                 and Path(source).resolve() in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
             raise EdgestackError(f"run folder {run_dir} is inside the source folder {source}: its overlays would be "
                                  "inspected as new images; put --out somewhere else")
-        writer = RunWriter(Path(run_dir), overlay, self.rules) if run_dir else None
+        writer = RunWriter(Path(run_dir), overlay, self.rules, SUMMARY_EVERY_S if watch else None) \
+            if run_dir else None
         items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch,
                             **({"note": writer.note} if writer else {}))
         done = writer.done if writer else set()
@@ -199,9 +201,12 @@ def error_result(item_id: str, error: str) -> dict[str, Any]:
 
 
 class RunWriter:
-    """results.jsonl (source of truth, fsync'd per item), results.csv, overlays/, summary, score histogram."""
+    """results.jsonl (source of truth, fsync'd per item), results.csv, overlays/, summary, score histogram.
 
-    def __init__(self, run_dir: Path, overlay: str, rules: Rules):
+    With `summary_every_s` (a watch or the service, which run for days) the summary is also rewritten at most
+    that often while the run goes on, from the few fields it needs of each item, not the whole records."""
+
+    def __init__(self, run_dir: Path, overlay: str, rules: Rules, summary_every_s: float | None = None):
         if overlay not in ("ng", "all", "none"):
             raise EdgestackError(f"overlay must be ng, all or none, got {overlay!r}")
         self.dir = run_dir
@@ -211,6 +216,9 @@ class RunWriter:
         records = self._recover()
         # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
         self.done = {r["id"] for r in records if r["status"] != "ERROR"}
+        self.summary_every_s = summary_every_s
+        self.summarised = {r["id"]: _summary_fields(r) for r in records}
+        self.last_summary = time.monotonic()
         self.started = time.perf_counter()
         self.new = 0
         (self.dir / "rules.json").write_text(json.dumps(rules.as_dict(), indent=2) + "\n")
@@ -255,6 +263,11 @@ class RunWriter:
             os.fsync(self.jsonl_file.fileno())
             self.csv.writerow(_csv_row(result))
             self.csv_file.flush()
+            self.summarised[result["id"]] = _summary_fields(result)
+            if self.summary_every_s is not None and time.monotonic() - self.last_summary >= self.summary_every_s:
+                write_summary(self.dir, list(self.summarised.values()), self.new + 1,
+                              time.perf_counter() - self.started)
+                self.last_summary = time.monotonic()
         except OSError as exc:  # a full disk, a share gone read-only: stop rather than inspect unrecorded
             raise EdgestackError(
                 f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
@@ -274,6 +287,11 @@ class RunWriter:
                 f"could not write the results table or summary of {self.dir}: {exc.strerror or exc}; results.jsonl "
                 "holds every recorded result, and a rerun with the same run folder writes them again"
             ) from None
+
+
+def _summary_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """What write_summary reads of a record (a long run keeps these for every item, not whole records)."""
+    return {key: record.get(key) for key in ("id", "status", "latency_ms", "max_score", "error")}
 
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +367,8 @@ def _score_histogram(path: Path, records: list[dict[str, Any]]) -> None:
             ax.hist(scores, bins=40, range=(0, 1), alpha=0.7, color=colour, label=f"{status} ({len(scores)})")
     ax.set_xlabel("max defect probability per item")
     ax.set_ylabel("items")
-    ax.legend()
+    if any(r["status"] != "ERROR" for r in records):  # ERROR items have no score to plot
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgestack.errors import EdgestackError
 from edgestack.runtime.images import decode_image
-from edgestack.runtime.inspect import Inspector, RunWriter, error_result
+from edgestack.runtime.inspect import SUMMARY_EVERY_S, Inspector, RunWriter, error_result
 
 log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 200
@@ -84,7 +84,7 @@ def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) ->
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
                max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng",
-               max_pending: int = 32):
+               max_pending: int = 32, summary_every_s: float = SUMMARY_EVERY_S):
     # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
     # (`request: Request`) at definition time, and Request is imported only here.
     try:
@@ -96,7 +96,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     if max_pending < 1:
         raise EdgestackError(f"max_pending must be at least 1, got {max_pending}")
-    writer = RunWriter(Path(run_dir), overlay, inspector.rules) if run_dir else None
+    writer = RunWriter(Path(run_dir), overlay, inspector.rules, summary_every_s) if run_dir else None
     write_lock = threading.Lock()
     # Requests without ?id= get one that stays unique across restarts into the same run folder.
     session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")

@@ -369,7 +369,7 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
     monkeypatch.setattr(inspector, "inspect", held)
     image = encoded(synthetic_images(1, 128, seed=2)[0].image)
     run = tmp_path / "run"
-    with TestClient(create_app(inspector, max_pending=1, run_dir=run)) as client:
+    with TestClient(create_app(inspector, max_pending=1, run_dir=run, summary_every_s=0)) as client:
         first = {}
         worker = threading.Thread(target=lambda: first.update(r=client.post("/v1/inspect?id=a", content=image)))
         worker.start()
@@ -380,6 +380,8 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         release.set()
         worker.join(60)
         assert first["r"].status_code == 200
+        live = json.loads((run / "summary.json").read_text())  # kept current while the service runs
+        assert live["items"] == 2 and live["counts"]["ERROR"] == 1  # a, and b refused as busy
         assert client.post("/v1/inspect?id=b", content=image).status_code == 200  # the retry goes through
         boom = client.post("/v1/inspect?id=boom", content=image)
         assert boom.status_code == 500 and boom.json()["error"].startswith("RuntimeError: CUDA error")
