@@ -9,6 +9,7 @@ serves onnxruntime int8 on CPU and `edgestack build --precision int8`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -165,7 +166,11 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix="edgestack-quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / bundle_format.INT8_ONNX
         progress("shape inference and graph pre-processing ...")
-        portable = str(bundle / bundle_format.PORTABLE_ONNX)
+        portable = str((bundle / bundle_format.PORTABLE_ONNX).resolve())
+        # When symbolic inference gives up, onnxruntime saves sym_shape_infer_temp.onnx and its data into the
+        # working folder: let that be the temporary one, not the user's.
+        cwd = os.getcwd()
+        os.chdir(tmp)
         try:
             # auto_merge: the symbolic sizes of a stride-32 encoder (repeated ceil(n/2) vs ceil(n/32)) are
             # equal but not provably so to onnxruntime, which otherwise gives up on defectseg; its warning
@@ -175,6 +180,8 @@ def quantize(
         except Exception as exc:  # onnxruntime raises a bare Exception when symbolic inference fails
             progress(f"symbolic shape inference failed ({exc}); using ONNX shape inference only")
             quant_pre_process(portable, str(prepared), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         progress(f"calibrating on {len(images)} images at {size[0]}x{size[1]} ...")
         quantize_static(
             str(prepared),
