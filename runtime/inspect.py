@@ -41,6 +41,15 @@ CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height",
 _END = object()
 
 
+def defect_engine(bundle: str | Path | Engine, backend: str, purpose: str) -> Engine:
+    """The engine of a defect-probability bundle (loaded on `backend` unless given); other models are refused."""
+    engine = bundle if isinstance(bundle, Engine) else load(bundle, backend=backend)
+    if engine.meta["postprocess"].get("kind") != "defect_probability":
+        raise EdgestackError(f"bundle {engine.bundle} is a {engine.meta['model']['task']} model; {purpose} needs a "
+                             "defect segmentation bundle such as artifacts/defectseg-s")
+    return engine
+
+
 class Inspector:
     """A defect-probability bundle + rules. `run(source)` yields one result dict per item."""
 
@@ -55,13 +64,8 @@ class Inspector:
         gray_to_rgb: bool = False,
         bit_depth: int | None = None,
     ):
-        self.engine = bundle if isinstance(bundle, Engine) else load(bundle, backend=backend)
+        self.engine = defect_engine(bundle, backend, "inspection")
         meta = self.engine.meta
-        if meta["postprocess"].get("kind") != "defect_probability":
-            raise EdgestackError(
-                f"bundle {self.engine.bundle} is a {meta['model']['task']} model; inspection needs a defect "
-                "segmentation bundle such as artifacts/defectseg-s"
-            )
         self.rules = rules or Rules()
         self.output = meta["postprocess"]["output"]
         self.tile = tuple(meta["default_size"])
@@ -126,7 +130,7 @@ class Inspector:
         writer = RunWriter(Path(run_dir), overlay, self.rules, SUMMARY_EVERY_S if watch else None) \
             if run_dir else None
         items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch,
-                            **({"note": writer.note} if writer else {}))
+                            writer.note if writer else None)
         done = writer.done if writer else set()
         try:
             with closing(self._prefetched(items, done)) as decoded:  # the reader stops before the writer closes
@@ -263,17 +267,16 @@ class RunWriter:
             os.fsync(self.jsonl_file.fileno())
             self.csv.writerow(_csv_row(result))
             self.csv_file.flush()
+            self.new += 1
             self.summarised[result["id"]] = _summary_fields(result)
             if self.summary_every_s is not None and time.monotonic() - self.last_summary >= self.summary_every_s:
-                write_summary(self.dir, list(self.summarised.values()), self.new + 1,
-                              time.perf_counter() - self.started)
+                write_summary(self.dir, list(self.summarised.values()), self.new, time.perf_counter() - self.started)
                 self.last_summary = time.monotonic()
         except OSError as exc:  # a full disk, a share gone read-only: stop rather than inspect unrecorded
             raise EdgestackError(
                 f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
                 "or fix the folder, then rerun with the same run folder (unrecorded items are inspected again)"
             ) from None
-        self.new += 1
 
     def finish(self) -> dict[str, Any]:
         try:

@@ -173,10 +173,12 @@ def open_source(
     max_frames: int | None = None,
     bit_depth: int | None = None,
     watch: Watch | None = None,
-    note: Callable[[str], None] = log.warning,
+    note: Callable[[str], None] | None = None,
 ) -> Iterator[Item | None]:
-    """Items of `source`; `note` gets each skipped file. Folders are walked recursively; non-image files are
-    reported, not dropped. With `watch`, a folder is watched for new images until its idle exit."""
+    """Items of `source`; `note` (default: a logged warning) gets each skipped file. Folders are walked
+    recursively; non-image files are reported, not dropped. With `watch`, a folder is watched for new images
+    until its idle exit."""
+    note = note or log.warning
     if watch is not None:
         if not Path(source).is_dir():
             raise EdgestackError(f"watch needs a folder; {source} is not one")

@@ -99,14 +99,11 @@ def checkpoint_forward(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndar
 def bundle_forward(bundle: str | Path, backend: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
     """(forward as checkpoint_forward's, engine) for a defect-probability bundle on `backend`, with the
     preprocessing its meta.json records, as the inspection runtime runs it."""
-    from edgestack.runtime import load
     from edgestack.runtime.images import to_tensor
+    from edgestack.runtime.inspect import defect_engine
 
-    engine = load(bundle, backend=backend)
+    engine = defect_engine(bundle, backend, "eval defectseg")
     meta = engine.meta
-    if meta["postprocess"].get("kind") != "defect_probability":
-        raise EdgestackError(f"bundle {bundle} is a {meta['model']['task']} model; eval defectseg needs a defect "
-                             "segmentation bundle such as artifacts/defectseg-s")
     output = meta["postprocess"]["output"]
 
     def forward(rgb: np.ndarray) -> np.ndarray:
