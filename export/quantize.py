@@ -76,19 +76,19 @@ def model_feeds(bundle: Path, meta: dict[str, Any], images: list[np.ndarray], se
     and MAT's latent, mixing masks and noise are drawn as `edgestack inpaint` draws them."""
     rng = np.random.default_rng(seed)
     first, *others = meta["inputs"]
-    weights = None
+    mat_weights = None  # MAT's noise_const maps, for its latent, mixing masks and noise
+    if meta["model"]["name"] == "mat":
+        from safetensors.numpy import load_file
+
+        from edgestack.models.mat import seeded_inputs
+
+        mat_weights = load_file(str(bundle / bundle_format.WEIGHTS))
     feeds = []
     for index, image in enumerate(images):
         feed = {first["name"]: to_tensor(image, meta["preprocess"])}
-        extras = {}
-        if meta["model"]["name"] == "mat":
-            from safetensors.numpy import load_file
-
-            from edgestack.models.mat import seeded_inputs
-
-            weights = weights or load_file(str(bundle / bundle_format.WEIGHTS))  # its noise_const maps
-            extras = {name: t.numpy() for name, t in seeded_inputs(meta["model"]["settings"], weights, 1,
-                                                                    seed + index).items()}
+        extras = {} if mat_weights is None else {
+            name: t.numpy()
+            for name, t in seeded_inputs(meta["model"]["settings"], mat_weights, 1, seed + index).items()}
         for spec in others:
             if spec["name"] in extras:
                 feed[spec["name"]] = extras[spec["name"]]

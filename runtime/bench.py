@@ -17,7 +17,7 @@ import numpy as np
 
 from edgestack.bundle import axis_problem, read_meta, refuse_several_graphs
 from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import BACKENDS, Engine, load
+from edgestack.runtime.engine import Engine, check_backends, load
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
@@ -63,9 +63,7 @@ def bench_bundle(
     What cannot work anywhere (an unknown backend, a size or batch outside the model's range) is refused first."""
     meta = read_meta(bundle, verify=False)
     refuse_several_graphs(bundle, meta, "benchmark each sub-bundle")
-    unknown = [b for b in backends if b not in ("auto", *BACKENDS)]
-    if unknown:
-        raise EdgestackError(f"unknown backend(s) {', '.join(unknown)}; choose from auto, {', '.join(BACKENDS)}")
+    check_backends(backends)
     if warmup < 0 or runs < 1:
         raise EdgestackError(f"need warm-up >= 0 and runs >= 1, got {warmup} and {runs}")
     cases = [("batch", b) for b in batches] + [(a, v) for size in sizes for a, v in zip(("height", "width"), size)]

@@ -114,6 +114,13 @@ class Engine:
         return np.ascontiguousarray(array, dtype=spec["dtype"])
 
 
+def check_backends(names: list[str]) -> None:
+    """Refuse names that are no backend, before anything is loaded."""
+    unknown = [name for name in names if name not in ("auto", *BACKENDS)]
+    if unknown:
+        raise EdgestackError(f"unknown backend(s) {', '.join(unknown)}; choose from auto, {', '.join(BACKENDS)}")
+
+
 def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_options: bool):
     if name == "onnxruntime":
         return OnnxRuntimeBackend(bundle)
@@ -125,11 +132,9 @@ def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_opti
         return OnnxRuntimeBackend(bundle, filename=bundle_format.INT8_ONNX, name=name)
     if name in ("torch", "torch-compiled"):
         return TorchBackend(bundle, meta, compiled=name == "torch-compiled")
-    if name == "tensorrt":
-        from edgestack.runtime.tensorrt import TensorRTBackend
+    from edgestack.runtime.tensorrt import TensorRTBackend  # name is "tensorrt": load() ran check_backends
 
-        return TensorRTBackend(bundle, meta, **tensorrt_options)
-    raise EdgestackError(f"unknown backend {name!r}; choose auto, {', '.join(BACKENDS)}")
+    return TensorRTBackend(bundle, meta, **tensorrt_options)
 
 
 def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cuda_graph: bool = False) -> Engine:
@@ -137,6 +142,7 @@ def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cu
 
     TensorRT only: `rebuild` rebuilds a plan made for another GPU or TensorRT version instead of refusing it;
     `cuda_graph` replays each input shape's work as a captured CUDA graph."""
+    check_backends([backend])
     options = {"rebuild": rebuild, "cuda_graph": cuda_graph}
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)

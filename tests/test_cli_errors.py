@@ -13,6 +13,8 @@ CASES = [
     (["export", "pspnet", "--config", "pspnet-r999"], "unknown config 'pspnet-r999'"),
     (["export", "pspnet-r18", "--checkpoint", "{tmp}/missing.pth"], "does not exist"),
     (["infer", "{psp}", "{image}", "--out", "{tmp}/out.xyz"], "cannot encode an image as '.xyz'"),
+    (["infer", "{psp}", "{image}", "--out", "{tmp}/o.png", "--backend", "nope"],
+     "unknown backend(s) nope; choose from auto, onnxruntime"),
     (["bench", "{psp}", "--backends", "nope"], "unknown backend(s) nope"),
     (["bench", "{psp}", "--sizes", "0x0"], "cannot benchmark height 0: height=0 is outside"),
     (["bench", "{psp}", "--batches", "0"], "cannot benchmark batch 0"),
