@@ -133,9 +133,9 @@ def build_engine(
     shapes = input_shapes(meta, values)
 
     from edgestack.runtime.tensorrt import (
-        AMPERE,
         current_environment,
         find_plugin_library,
+        hardware_compatible_problem,
         import_tensorrt,
         load_plugins,
         trt_logger,
@@ -143,11 +143,9 @@ def build_engine(
 
     trt = import_tensorrt()
     env = current_environment()
-    if hardware_compatible and tuple(int(v) for v in env["compute_capability"].split(".")) < AMPERE:
-        raise EdgestackError(
-            f"--hardware-compatible needs an Ampere or newer GPU (compute capability >= 8.0); {env['gpu']} is "
-            f"{env['compute_capability']}"
-        )
+    problem = hardware_compatible and hardware_compatible_problem(env)
+    if problem:
+        raise EdgestackError(f"--hardware-compatible: {problem}; build without it")
     if precision == "int8" and (calib is not None or not (bundle / bundle_format.INT8_ONNX).is_file()):
         from edgestack.export.quantize import quantize
 
@@ -189,8 +187,11 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.INT8)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        if library is not None:
-            config.plugins_to_serialize = [str(library)]  # the plan then carries its plugins
+        # The plan carries the code of its plugins: ours, and any version-compatible TensorRT plugin library the
+        # parser used (as trtexec does).
+        serialized = ([str(library)] if library is not None else []) + list(parser.get_used_vc_plugin_libraries())
+        if serialized:
+            config.plugins_to_serialize = serialized
     if hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     optimization_profile = builder.create_optimization_profile()
@@ -199,8 +200,7 @@ def build_engine(
     config.add_optimization_profile(optimization_profile)
 
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(env)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    use_timing_cache(config, cache_path, progress)
 
     progress(f"building a {precision} plan for {env['gpu']} (this takes minutes the first time) ...")
     plan = builder.build_serialized_network(network, config)
@@ -209,9 +209,8 @@ def build_engine(
             f"TensorRT could not build a plan from {source} (see its log above); try a larger --workspace or a "
             "smaller --profile"
         )
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
     _write_atomic(bundle / bundle_format.PLAN, memoryview(plan))
+    save_timing_cache(config, cache_path, progress)
 
     record = {
         "version": trt.__version__,
@@ -235,6 +234,29 @@ def build_engine(
     bundle_format.write_meta(bundle, meta)
     progress(f"wrote {bundle / bundle_format.PLAN} ({record['build_seconds']} s)")
     return record
+
+
+def use_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) -> None:
+    """Start the build from the timing cache at `path` when TensorRT accepts it; an unreadable or mismatched
+    cache (another TensorRT version or GPU, a damaged file) only costs tactic timing, so it is replaced."""
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    progress(f"timing cache {path} does not fit this TensorRT/GPU; timing every tactic afresh and replacing it")
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def save_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) -> None:
+    """Keep the build's timings for the next build; a cache that cannot be written is reported, never fatal."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, memoryview(cache.serialize()))
+    except OSError as exc:
+        progress(f"could not save the timing cache {path} ({exc}); the next build times its tactics again")
 
 
 def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ from edgestack.errors import EdgestackError
 log = logging.getLogger("edgestack.runtime")
 
 PLUGIN_LIBRARY = "libedgestack_trt_plugins.so"
+# Registers PLUGIN_LIBRARY's plugins when dlopened, for hosts that load nothing else (Triton).
+AUTOLOAD_LIBRARY = "libedgestack_trt_plugins_autoload.so"
 PLUGIN_ENV = "EDGESTACK_TRT_PLUGINS"
 MIN_TENSORRT = (10, 3)
+# TensorRT 11 dropped the FP16/INT8 builder flags (always strongly typed): our fp16 and int8 plans need 10.x.
+END_TENSORRT = (11, 0)
+# cuda-python's major version must not be newer than the driver's CUDA (13.x needs a CUDA 13 driver).
+INSTALL_CUDA_PYTHON = ('`pip install "cuda-python>=12.3,<13"` with a CUDA 12 driver (JetPack 6), '
+                       '`pip install "cuda-python>=13,<14"` with a CUDA 13 driver')
 INSTALL_TENSORRT = (
-    "install TensorRT >= 10.3: on Jetson it comes with JetPack 6.1+ (`sudo apt install nvidia-jetpack`, Python "
-    "package python3-libnvinfer); elsewhere `pip install tensorrt-cu12` (CUDA 12 driver) or "
-    "`pip install tensorrt-cu13` (CUDA 13), plus `pip install cuda-python`"
+    "install TensorRT 10.x (>= 10.3): on Jetson it comes with JetPack 6.1+ (`sudo apt install nvidia-jetpack`, "
+    'Python package python3-libnvinfer); elsewhere `pip install "tensorrt-cu12>=10.3,<11" "cuda-python>=12.3,<13"` '
+    '(CUDA 12 driver) or `pip install "tensorrt-cu13>=10.13,<11" "cuda-python>=13,<14"` (CUDA 13 driver)'
 )
 # Compute capability a hardware-compatible (AMPERE_PLUS) plan needs.
 AMPERE = (8, 0)
@@ -39,12 +47,20 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise EdgestackError(f"TensorRT is not installed ({exc}); {INSTALL_TENSORRT}") from None
-    if _version_tuple(trt.__version__)[:2] < MIN_TENSORRT:
-        raise EdgestackError(
-            f"TensorRT {trt.__version__} is too old: edgestack's plugins use IPluginV3 (TensorRT >= 10.3); "
-            f"{INSTALL_TENSORRT}"
-        )
+    problem = tensorrt_version_problem(trt.__version__)
+    if problem:
+        raise EdgestackError(f"{problem}; {INSTALL_TENSORRT}")
     return trt
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why this TensorRT version cannot build or run our plans, or None."""
+    if _version_tuple(version)[:2] < MIN_TENSORRT:
+        return f"TensorRT {version} is too old: edgestack's plugins use IPluginV3 (TensorRT >= 10.3)"
+    if _version_tuple(version)[:2] >= END_TENSORRT:
+        return (f"TensorRT {version} is not supported: TensorRT 11 builds only strongly typed networks, and "
+                "edgestack's fp16/int8 plans use TensorRT 10's precision flags")
+    return None
 
 
 @functools.cache
@@ -56,7 +72,7 @@ def import_cudart():
         try:
             from cuda import cudart
         except ImportError:
-            raise EdgestackError("the tensorrt backend needs cuda-python: pip install cuda-python") from None
+            raise EdgestackError(f"the tensorrt backend needs cuda-python: {INSTALL_CUDA_PYTHON}") from None
     return cudart
 
 
@@ -74,6 +90,7 @@ def cuda_check(result: Any, what: str) -> Any:
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
+    """Major, minor, patch: what TensorRT's own "expecting library version" check on a plan compares."""
     return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
 
 
@@ -132,11 +149,17 @@ def trt_logger():
     return logger
 
 
-def current_environment() -> dict[str, str]:
-    """TensorRT version, GPU name and compute capability of device 0 here (what a plan is checked against)."""
+def current_environment() -> dict[str, Any]:
+    """TensorRT version, GPU name and compute capability of the current device (what a plan is checked against),
+    and whether it is an integrated (Jetson) GPU."""
     trt = import_tensorrt()
     cudart = import_cudart()
     err, count = cudart.cudaGetDeviceCount()
+    if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
+        raise EdgestackError(
+            "this cuda-python is newer than the CUDA driver here (cudaErrorInsufficientDriver); install the "
+            f"cuda-python that matches the driver: {INSTALL_CUDA_PYTHON}"
+        )
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
         raise EdgestackError(
             f"no CUDA GPU is usable here (cudaGetDeviceCount: {err}); TensorRT needs an NVIDIA GPU and driver — "
@@ -149,10 +172,21 @@ def current_environment() -> dict[str, str]:
         "tensorrt": trt.__version__,
         "gpu": name.rstrip("\x00").strip(),
         "compute_capability": f"{props.major}.{props.minor}",
+        "integrated": bool(props.integrated),
     }
 
 
-def plan_problem(meta: dict[str, Any], env: dict[str, str]) -> str | None:
+def hardware_compatible_problem(env: dict[str, Any]) -> str | None:
+    """Why a hardware-compatible (AMPERE_PLUS) plan cannot be built or run on this GPU, or None."""
+    if env.get("integrated"):
+        return f"hardware-compatible plans are not supported on integrated GPUs (JetPack); {env['gpu']} is one"
+    if tuple(int(v) for v in env["compute_capability"].split(".")) < AMPERE:
+        return (f"hardware-compatible plans need an Ampere or newer GPU (compute capability >= 8.0); {env['gpu']} "
+                f"has {env['compute_capability']}")
+    return None
+
+
+def plan_problem(meta: dict[str, Any], env: dict[str, Any]) -> str | None:
     """Why the bundle's plan cannot run in `env` (see current_environment), or None when it can.
 
     A plan runs only on the TensorRT version that built it unless built version-compatible (then any later
@@ -173,9 +207,9 @@ def plan_problem(meta: dict[str, Any], env: dict[str, str]) -> str | None:
     cc_built, cc_here = (tuple(int(v) for v in c.split(".")) for c in (info["compute_capability"],
                                                                        env["compute_capability"]))
     if flags.get("hardware_compatible"):
-        if cc_here < AMPERE:
-            return (f"the plan is hardware-compatible (Ampere and newer), this GPU {env['gpu']} has compute "
-                    f"capability {env['compute_capability']}")
+        problem = hardware_compatible_problem(env)
+        if problem:
+            return f"the plan is hardware-compatible, but {problem}"
     elif cc_built != cc_here:
         return (f"the plan was built for {info['gpu']} (compute capability {info['compute_capability']}), this GPU "
                 f"is {env['gpu']} ({env['compute_capability']})")
@@ -254,16 +288,27 @@ class TensorRTBackend:
         engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:
             raise EdgestackError(f"TensorRT could not deserialize {plan_path} (see its log above); rebuild the plan")
-        self.trt, self.cudart, self.runtime, self.engine = trt, cudart, runtime, engine
-        self.context = engine.create_execution_context()
-        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.dtypes = {}
+        for n in names:
+            try:
+                self.dtypes[n] = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            except TypeError:  # bf16, fp8, int4: no numpy type
+                raise EdgestackError(f"{plan_path}: tensor {n!r} is {engine.get_tensor_dtype(n)}, which has no numpy "
+                                     "type; export the model with fp32/fp16 inputs and outputs") from None
+        context = engine.create_execution_context()
+        if context is None:
+            raise EdgestackError(f"TensorRT could not create an execution context for {plan_path} (out of GPU "
+                                 "memory? see its log above); free GPU memory or rebuild with a smaller --profile")
+        self.trt, self.cudart, self.runtime, self.engine, self.context = trt, cudart, runtime, engine, context
+        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [spec["name"] for spec in meta["outputs"]]
-        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self.buffers = {n: _Buffer() for n in names}
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple, Any] = {}
+        # One context, one set of buffers and graphs: concurrent calls take turns.
+        self._lock = threading.Lock()
         self.name = "tensorrt"
         self.device = f"{env['gpu']}, sm {env['compute_capability']}, {info['precision']}"
 
@@ -289,6 +334,10 @@ class TensorRTBackend:
         return shapes
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            return self._run(feed)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         cudart = self.cudart
         shapes = self._set_shapes(feed)
         moved = False
@@ -329,12 +378,29 @@ class TensorRTBackend:
         self._enqueue()
         if self.cuda_graph:
             # TensorRT needs one plain enqueue after a shape change before its work can be captured.
-            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-            cuda_check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-            self._enqueue()
-            captured = cuda_check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-            self.graphs[key] = cuda_check(cudart.cudaGraphInstantiate(captured, 0), "cudaGraphInstantiate")
-            cuda_check(cudart.cudaGraphDestroy(captured), "cudaGraphDestroy")
+            try:
+                self.graphs[key] = self._capture()
+            except EdgestackError as exc:  # the plain run above already produced this call's outputs
+                log.warning("CUDA graph capture failed (%s); running this plan without CUDA graphs", exc)
+                self.cuda_graph = False
+
+    def _capture(self) -> Any:
+        """One enqueue captured as an instantiated CUDA graph. The capture always ends, so a failure inside it
+        never leaves the stream capturing (which would break every later call)."""
+        cudart = self.cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
+        captured = None
+        try:
+            try:
+                self._enqueue()
+            finally:
+                err, captured = cudart.cudaStreamEndCapture(self.stream)
+            cuda_check((err,), "cudaStreamEndCapture")
+            return cuda_check(cudart.cudaGraphInstantiate(captured, 0), "cudaGraphInstantiate")
+        finally:
+            if captured is not None and int(captured):  # a null cudaGraph_t is truthy
+                cuda_check(cudart.cudaGraphDestroy(captured), "cudaGraphDestroy")
 
     def _drop_graphs(self) -> None:
         for graph in self.graphs.values():
@@ -342,7 +408,8 @@ class TensorRTBackend:
         self.graphs.clear()
 
     def close(self) -> None:
-        """Free device and pinned memory, graphs and the stream (also done when the backend is collected)."""
+        """Free device and pinned memory, graphs, the stream, and the context's and engine's GPU memory (also
+        done when the backend is collected)."""
         if getattr(self, "stream", None) is None:
             return
         cuda_check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
@@ -351,6 +418,7 @@ class TensorRTBackend:
             buffer.free()
         cuda_check(self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
         self.stream = None
+        self.context = self.engine = self.runtime = None  # in that order: each holds the next
 
     def __del__(self) -> None:
         try:

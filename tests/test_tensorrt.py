@@ -23,7 +23,15 @@ from edgestack.export.tensorrt import (
 )
 from edgestack.models import resolve
 from edgestack.runtime import load
-from edgestack.runtime.tensorrt import PLUGIN_ENV, PLUGIN_LIBRARY, find_plugin_library, plan_problem
+from edgestack.runtime.tensorrt import (
+    INSTALL_TENSORRT,
+    PLUGIN_ENV,
+    PLUGIN_LIBRARY,
+    find_plugin_library,
+    hardware_compatible_problem,
+    plan_problem,
+    tensorrt_version_problem,
+)
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -111,7 +119,7 @@ def test_build_without_tensorrt_says_how_to_install(meta_only_bundle, capsys):
         build_engine(meta_only_bundle, "fp16", profile="65x65,97x97,129x129")
     message = str(info.value)
     assert "TensorRT is not installed" in message
-    assert "JetPack" in message and "pip install tensorrt-cu12" in message and "tensorrt-cu13" in message
+    assert "JetPack" in message and '"tensorrt-cu12>=10.3,<11"' in message and '"tensorrt-cu13>=10.13,<11"' in message
     assert main(["build", str(meta_only_bundle), "--profile", "65x65,97x97,129x129"]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
     assert main(["build", str(meta_only_bundle), "--profile", "65x65,97x97"]) == 2
@@ -123,7 +131,26 @@ def test_tensorrt_backend_needs_a_plan(meta_only_bundle):
         load(meta_only_bundle, backend="tensorrt")
 
 
-ENV = {"tensorrt": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
+def test_supported_tensorrt_versions():
+    assert tensorrt_version_problem("10.3.0") is None
+    assert tensorrt_version_problem("10.16.1.11") is None
+    assert tensorrt_version_problem("10.14.1.48.post1") is None
+    assert "too old" in tensorrt_version_problem("10.2.0.post1")
+    assert "too old" in tensorrt_version_problem("8.6.1")
+    # pip's tensorrt-cu12 is 11.x today; 11 has no FP16/INT8 builder flags, so the hint pins < 11
+    assert "not supported" in tensorrt_version_problem("11.4.0.106")
+    assert INSTALL_TENSORRT.count(",<11") == 2 and '"cuda-python>=12.3,<13"' in INSTALL_TENSORRT
+
+
+def test_hardware_compatible_needs_a_discrete_ampere_or_newer_gpu():
+    assert hardware_compatible_problem({"gpu": "NVIDIA H100", "compute_capability": "9.0", "integrated": False}) is None
+    assert "integrated GPUs" in hardware_compatible_problem(
+        {"gpu": "Orin (nvgpu)", "compute_capability": "8.7", "integrated": True})
+    assert "Ampere or newer" in hardware_compatible_problem(
+        {"gpu": "Tesla T4", "compute_capability": "7.5", "integrated": False})
+
+
+ENV = {"tensorrt": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7", "integrated": True}
 
 
 def plan_meta(version="10.3.0", gpu="Orin (nvgpu)", cc="8.7", version_compatible=False, hardware_compatible=False):
@@ -140,16 +167,18 @@ def test_plan_compatibility_rules():
     assert plan_problem(plan_meta(version="10.1.0", version_compatible=True), ENV) is None
     assert "TensorRT 10.x >= 10.7.0" in plan_problem(plan_meta(version="10.7.0", version_compatible=True), ENV)
     assert plan_problem(plan_meta(version="9.3.0", version_compatible=True), ENV) is not None
-    h100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    h100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "integrated": False}
     problem = plan_problem(plan_meta(), h100)
     assert "built for Orin (nvgpu) (compute capability 8.7)" in problem and "NVIDIA H100 80GB HBM3 (9.0)" in problem
-    same_arch = {"tensorrt": "10.3.0", "gpu": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}
+    same_arch = {"tensorrt": "10.3.0", "gpu": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0",
+                 "integrated": False}
     assert "tuned on NVIDIA A100-PCIE-40GB" in plan_problem(plan_meta(gpu="NVIDIA A100-PCIE-40GB", cc="8.0"),
                                                             same_arch)
     # hardware-compatible: any Ampere or newer GPU, not Turing
     assert plan_problem(plan_meta(cc="8.6", gpu="NVIDIA RTX A6000", hardware_compatible=True), h100) is None
-    turing = {"tensorrt": "10.3.0", "gpu": "Tesla T4", "compute_capability": "7.5"}
-    assert "Ampere and newer" in plan_problem(plan_meta(cc="8.6", hardware_compatible=True), turing)
+    turing = {"tensorrt": "10.3.0", "gpu": "Tesla T4", "compute_capability": "7.5", "integrated": False}
+    assert "Ampere or newer" in plan_problem(plan_meta(cc="8.6", hardware_compatible=True), turing)
+    assert "integrated GPUs" in plan_problem(plan_meta(cc="8.6", hardware_compatible=True), ENV)
     assert "no TensorRT record" in plan_problem({}, ENV)
 
 
