@@ -223,11 +223,12 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 def cmd_triton(args: argparse.Namespace) -> None:
     from edgestack.export.triton import write_repository
+    from edgestack.runtime.tensorrt import AUTOLOAD_LIBRARY
 
     model_dir = write_repository(args.bundle, args.repo, args.name, args.max_batch, args.instances, args.format,
                                  args.cpu)
     print(f"wrote {model_dir}; serve with `tritonserver --model-repository {args.repo}`"
-          + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob("libedgestack_trt_plugins.so")))
+          + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob(AUTOLOAD_LIBRARY)))
 
 
 def _is_detector(name: str, config: str | None) -> bool:

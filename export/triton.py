@@ -95,7 +95,8 @@ def write_repository(
 ) -> Path:
     """Write REPO/NAME/{config.pbtxt, 1/model.*}; returns the model folder. `fmt` auto: the plan if the bundle has
     one, else the portable ONNX; `cpu` runs ONNX instances on the CPU. A plan with plugin nodes gets our plugin
-    library copied beside its config: start Triton with `--backend-config=tensorrt,plugins=<that file>`."""
+    library and its autoload library copied beside its config: Triton only dlopens the files it is given, so start
+    it with `--backend-config=tensorrt,plugins=<the autoload file>`, which registers the plugins when loaded."""
     bundle, repo = Path(bundle), Path(repo)
     meta = bundle_format.read_meta(bundle, verify=True)
     bundle_format.refuse_several_graphs(bundle, meta, "add each sub-bundle to the repository "
@@ -117,12 +118,13 @@ def write_repository(
     source = bundle_format.PLAN if fmt == "plan" else bundle_format.PORTABLE_ONNX
     shutil.copyfile(bundle / source, version_dir / ("model.plan" if fmt == "plan" else "model.onnx"))
     if fmt == "plan" and meta["tensorrt"].get("plugins"):
-        from edgestack.kernels.loader import LIBRARY_NAME
-        from edgestack.runtime.tensorrt import PLUGIN_LIBRARY, find_plugin_library
+        from edgestack.runtime.tensorrt import AUTOLOAD_LIBRARY, PLUGIN_LIBRARY, find_plugin_library
 
         plugins = find_plugin_library()
+        if not (plugins.parent / AUTOLOAD_LIBRARY).is_file():
+            raise EdgestackError(f"{plugins.parent} has {PLUGIN_LIBRARY} but not {AUTOLOAD_LIBRARY}, which Triton "
+                                 "needs to register the plugins; rebuild the plugins with this checkout's CMakeLists")
         shutil.copyfile(plugins, model_dir / PLUGIN_LIBRARY)
-        if (plugins.parent / LIBRARY_NAME).is_file():  # the plugins load the CUDA kernels from beside them
-            shutil.copyfile(plugins.parent / LIBRARY_NAME, model_dir / LIBRARY_NAME)
+        shutil.copyfile(plugins.parent / AUTOLOAD_LIBRARY, model_dir / AUTOLOAD_LIBRARY)  # finds the other beside it
     (model_dir / "config.pbtxt").write_text(text)
     return model_dir

@@ -17,6 +17,7 @@ namespace edgestack::trt {
 void log(nvinfer1::ILogger::Severity severity, const std::string& message) noexcept;
 
 inline void log_error(const std::string& message) noexcept { log(nvinfer1::ILogger::Severity::kERROR, message); }
+inline void log_warning(const std::string& message) noexcept { log(nvinfer1::ILogger::Severity::kWARNING, message); }
 
 // Logs "<plugin>: <message>" as an error; returns false so checks can `return fail(...)`.
 inline bool fail(const char* plugin, const std::string& message) noexcept {
@@ -40,16 +41,22 @@ inline int32_t report(const char* plugin, int status) noexcept {
 }
 
 inline bool is_field(const nvinfer1::PluginField& field, const char* name) {
-    return field.name && std::strcmp(field.name, name) == 0 && field.data && field.length > 0;
+    return field.name && std::strcmp(field.name, name) == 0;
 }
 
-// Integers arrive as INT32 from the ONNX parser; INT64/INT16/INT8 are accepted too.
+// Integers arrive as INT32 from the ONNX parser; INT64 (in int range)/INT16/INT8 are accepted too.
 inline bool read_ints(const nvinfer1::PluginField& field, std::vector<int>& out) {
+    if (field.length < 0 || (field.length > 0 && !field.data)) return false;
     out.resize(size_t(field.length));
     for (int32_t i = 0; i < field.length; ++i) {
         switch (field.type) {
             case nvinfer1::PluginFieldType::kINT32: out[i] = static_cast<const int32_t*>(field.data)[i]; break;
-            case nvinfer1::PluginFieldType::kINT64: out[i] = int(static_cast<const int64_t*>(field.data)[i]); break;
+            case nvinfer1::PluginFieldType::kINT64: {
+                const int64_t value = static_cast<const int64_t*>(field.data)[i];
+                if (value < INT32_MIN || value > INT32_MAX) return false;
+                out[i] = int(value);
+                break;
+            }
             case nvinfer1::PluginFieldType::kINT16: out[i] = static_cast<const int16_t*>(field.data)[i]; break;
             case nvinfer1::PluginFieldType::kINT8: out[i] = static_cast<const int8_t*>(field.data)[i]; break;
             default: return false;
@@ -66,12 +73,19 @@ inline bool read_int(const nvinfer1::PluginField& field, int& out) {
 }
 
 inline bool read_float(const nvinfer1::PluginField& field, float& out) {
-    if (field.length != 1) return false;
+    if (field.length != 1 || !field.data) return false;
     switch (field.type) {
         case nvinfer1::PluginFieldType::kFLOAT32: out = *static_cast<const float*>(field.data); return true;
         case nvinfer1::PluginFieldType::kFLOAT64: out = float(*static_cast<const double*>(field.data)); return true;
         default: return false;
     }
+}
+
+// A field no attribute of `plugin` has (a misspelt ONNX attribute would otherwise fall back to its default
+// unnoticed); plugin_version is the ONNX node's own and expected.
+inline void warn_unknown_field(const char* plugin, const nvinfer1::PluginField& field) noexcept {
+    if (field.name && std::strcmp(field.name, "plugin_version") != 0)
+        log_warning(std::string(plugin) + ": ignoring unknown field '" + field.name + "'");
 }
 
 inline int to_edgestack_dtype(nvinfer1::DataType type) {

@@ -28,6 +28,11 @@ std::vector<PluginField> PyramidPoolingPlugin::fields() {
 int32_t PyramidPoolingPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, const DataType* inputTypes,
                                                  int32_t nbInputs) const noexcept {
     if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
+    const auto is_float = [](DataType t) { return t == DataType::kFLOAT || t == DataType::kHALF; };
+    if (!is_float(inputTypes[0]) || !is_float(inputTypes[1]) || inputTypes[2] != inputTypes[1]) {
+        fail("x must be fp32 or fp16, and weight and bias one fp32 or fp16 type");
+        return -1;
+    }
     outputTypes[0] = inputTypes[0];
     return 0;
 }
@@ -76,12 +81,13 @@ int32_t PyramidPoolingPlugin::getOutputShapes(const DimsExprs* inputs, int32_t n
 bool PyramidPoolingPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* inOut,
                                                      int32_t nbInputs, int32_t nbOutputs) noexcept {
     if (nbInputs != kInputs || nbOutputs != kOutputs || pos < 0 || pos >= kInputs + kOutputs) return false;
+    // TensorRT fills inOut[0..pos] only: the shapes are checked at the last position, when all are there.
     const PluginTensorDesc& desc = inOut[pos].desc;
     switch (pos) {
-        case 0: return is_float_linear(desc) && inputs_fit(inOut);
+        case 0: return is_float_linear(desc);
         case 1: return is_float_linear(desc);
         case 2: return is_float_linear(desc) && desc.type == inOut[1].desc.type;
-        default: return is_float_linear(desc) && desc.type == inOut[0].desc.type;
+        default: return is_float_linear(desc) && desc.type == inOut[0].desc.type && inputs_fit(inOut);
     }
 }
 
@@ -100,7 +106,8 @@ int32_t PyramidPoolingPlugin::enqueue(const PluginTensorDesc* inputDesc, const P
     const Dims& x = inputDesc[0].dims;
     const int reduced = int(inputDesc[1].dims.d[1]);
     const int nbins = int(attributes_.bins.size());
-    // The kernel checks the workspace against this size and fails cleanly if TensorRT gave less.
+    // What these dims need; TensorRT gave getWorkspaceSize's bytes for the profile's largest B and C, which
+    // covers it (the size is not serialized, so the kernel cannot be told more).
     const size_t workspace_bytes =
         edgestack_pyramid_pooling_workspace_size(int(x.d[0]), int(x.d[1]), reduced, attributes_.bins.data(), nbins);
     const int status = edgestack_pyramid_pooling(
@@ -124,6 +131,7 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
             const PluginField& f = fc->fields[i];
             if (is_field(f, "bins")) ok &= read_ints(f, a.bins);
             else if (is_field(f, "align_corners")) ok &= read_int(f, a.align_corners);
+            else warn_unknown_field(PyramidPoolingPlugin::kName, f);
         }
         if (!ok) {
             fail("a field has an unexpected type or length");
@@ -132,6 +140,14 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
         const bool positive = std::all_of(a.bins.begin(), a.bins.end(), [](int b) { return b >= 1; });
         if (a.bins.empty() || !positive) {
             fail("bins must be a non-empty list of positive integers");
+            return nullptr;
+        }
+        // The kernel's limits on bins alone (count, sum), refused at parse time rather than at the first shape.
+        const int status =
+            edgestack_pyramid_pooling_check(1, 1, 1, 1, 1, a.bins.data(), int(a.bins.size()));
+        if (status != EDGESTACK_OK) {
+            fail(std::string(edgestack_status_string(status)) + " (bins: " + std::to_string(a.bins.size()) +
+                 " entries; the kernel takes at most 8 bins summing to at most 32)");
             return nullptr;
         }
         return new PyramidPoolingPlugin(a);

@@ -13,7 +13,7 @@
 namespace edgestack::trt {
 
 struct PyramidPoolingAttributes {
-    std::vector<int> bins;
+    std::vector<int> bins{1, 2, 3, 6};  // the contract's default when the node has no bins
     int align_corners = 1;
 };
 

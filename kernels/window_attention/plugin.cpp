@@ -29,8 +29,14 @@ std::vector<PluginField> WindowAttentionPlugin::fields() {
 int32_t WindowAttentionPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                                                   const DataType* inputTypes, int32_t nbInputs) const noexcept {
     if (nbInputs != kInputs || nbOutputs != kOutputs) return -1;
+    // The kernel takes one dtype for q, k, v, mask and both outputs.
+    const bool is_float = inputTypes[0] == DataType::kFLOAT || inputTypes[0] == DataType::kHALF;
+    if (!is_float || inputTypes[1] != inputTypes[0] || inputTypes[2] != inputTypes[0] || inputTypes[3] != inputTypes[0]) {
+        fail("q, k, v and mask must share one type, fp32 or fp16");
+        return -1;
+    }
     outputTypes[0] = inputTypes[0];
-    outputTypes[1] = inputTypes[3];
+    outputTypes[1] = inputTypes[0];
     return 0;
 }
 
@@ -56,6 +62,11 @@ bool WindowAttentionPlugin::check_dims(const Dims* dims, int32_t count) const no
     if ((known(h) && h % a.window_size) || (known(w) && w % a.window_size))
         return fail("H=" + std::to_string(h) + " and W=" + std::to_string(w) + " must be multiples of window_size=" +
                     std::to_string(a.window_size));
+    if (known(q.d[0]) && known(h) && known(w) && known(c)) {  // every limit the kernel has, once all dims are known
+        const int status = edgestack_window_attention_check(int(q.d[0]), int(h), int(w), int(c), a.num_heads,
+                                                            a.window_size, a.shift_size);
+        if (status != EDGESTACK_OK) return fail(std::string(edgestack_status_string(status)) + " (q " + dims_text(q) + ")");
+    }
     return true;
 }
 
@@ -74,9 +85,11 @@ int32_t WindowAttentionPlugin::getOutputShapes(const DimsExprs* inputs, int32_t 
 bool WindowAttentionPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* inOut,
                                                       int32_t nbInputs, int32_t nbOutputs) noexcept {
     if (nbInputs != kInputs || nbOutputs != kOutputs || pos < 0 || pos >= kInputs + kOutputs) return false;
+    // TensorRT fills inOut[0..pos] only: the shapes are checked at the last position, when all are there.
     const PluginTensorDesc& desc = inOut[pos].desc;
-    if (pos == 0) return is_float_linear(desc) && inputs_fit(inOut);
-    return is_float_linear(desc) && desc.type == inOut[0].desc.type;
+    if (pos == 0) return is_float_linear(desc);
+    const bool fits = is_float_linear(desc) && desc.type == inOut[0].desc.type;
+    return pos == kInputs + kOutputs - 1 ? fits && inputs_fit(inOut) : fits;
 }
 
 int32_t WindowAttentionPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
@@ -112,15 +125,19 @@ IPluginV3* WindowAttentionCreator::createPlugin(const char*, const PluginFieldCo
             else if (is_field(f, "shift_size")) ok &= read_int(f, a.shift_size);
             else if (is_field(f, "scale")) ok &= read_float(f, a.scale);
             else if (is_field(f, "masked_bias")) ok &= read_float(f, a.masked_bias);
+            else warn_unknown_field(WindowAttentionPlugin::kName, f);
         }
         if (!ok) {
             fail("a field has an unexpected type or length");
             return nullptr;
         }
-        if (a.num_heads < 1 || a.window_size < 1 || a.shift_size < 0 || a.shift_size >= a.window_size) {
-            fail("needs num_heads >= 1, window_size >= 1 and 0 <= shift_size < window_size; got " +
-                        std::to_string(a.num_heads) + ", " + std::to_string(a.window_size) + ", " +
-                 std::to_string(a.shift_size));
+        // The attributes alone against the kernel's limits: one window of num_heads channels (head_dim 1).
+        const int status = edgestack_window_attention_check(1, a.window_size, a.window_size, a.num_heads, a.num_heads,
+                                                            a.window_size, a.shift_size);
+        if (status != EDGESTACK_OK) {
+            fail(std::string(edgestack_status_string(status)) + ": needs num_heads >= 1, window_size >= 1 and 0 <= "
+                 "shift_size < window_size; got " + std::to_string(a.num_heads) + ", " +
+                 std::to_string(a.window_size) + ", " + std::to_string(a.shift_size));
             return nullptr;
         }
         return new WindowAttentionPlugin(a);

@@ -1,0 +1,43 @@
+"""The TensorRT plugin library, driven on the host through its entry points as TensorRT and its ONNX parser
+drive them (kernels/common/plugin_check.cpp): fields typed as the parser types ONNX attributes, output types and
+shapes, format combinations, contract violations refused with a logged message, workspace, serialization round
+trip. No GPU and no libnvinfer are needed; no kernel runs (the GPU tests cover the kernels).
+
+CI builds one plugin library per TensorRT header set in build-trt-<version>/ (.ci/build_kernels.sh); each is
+checked here with the check program built against the same headers.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDS = sorted(p.parent for p in ROOT.glob("build*/edgestack_trt_plugin_check"))
+
+
+@pytest.mark.skipif(not BUILDS, reason="no plugin library built against TensorRT headers here "
+                                       "(bash .ci/build_kernels.sh, or cmake with -DTensorRT_INCLUDE_DIR)")
+@pytest.mark.parametrize("build", BUILDS, ids=[b.name for b in BUILDS])
+def test_plugin_library_on_the_host(build):
+    result = subprocess.run([str(build / "edgestack_trt_plugin_check"), str(build / "libedgestack_trt_plugins.so")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EdgeWindowMaskedAttention" in result.stdout and "EdgePyramidPooling" in result.stdout
+    assert "passed: 0 failed check(s)" in result.stdout
+
+
+@pytest.mark.skipif(not BUILDS, reason="no plugin library built against TensorRT headers here")
+@pytest.mark.parametrize("build", BUILDS, ids=[b.name for b in BUILDS])
+def test_plugin_library_stands_alone(build):
+    """A version-compatible plan embeds the plugin library alone, and Triton gets a copy: it must need no
+    libedgestack_kernels.so and no libnvinfer at load time; the autoload library needs only the plugins."""
+    needed = _needed(build / "libedgestack_trt_plugins.so")
+    assert not [n for n in needed if "edgestack" in n or "nvinfer" in n or "cudart.so" in n], needed
+    assert [n for n in _needed(build / "libedgestack_trt_plugins_autoload.so") if "edgestack" in n] == [
+        "libedgestack_trt_plugins.so"]
+
+
+def _needed(library: Path) -> list[str]:
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
