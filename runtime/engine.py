@@ -99,7 +99,7 @@ class Engine:
     def _check(self, spec: dict[str, Any], value: Any) -> np.ndarray:
         """Validate rank, static dims and dynamic-axis ranges; cast to the input's dtype."""
         name = spec["name"]
-        array = np.asarray(value)
+        array = _host_array(name, value)
         if array.ndim != len(spec["shape"]):
             raise EdgestackError(f"input {name!r} must have shape {spec['shape']}, got {list(array.shape)}")
         for size, want in zip(array.shape, spec["shape"]):
@@ -112,6 +112,23 @@ class Engine:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise EdgestackError(f"input {name!r} holds NaN or Inf values")
         return np.ascontiguousarray(array, dtype=spec["dtype"])
+
+
+def _host_array(name: str, value: Any) -> np.ndarray:
+    """A numpy view of an input: numpy arrays as they are; torch tensors (any device, with grad or not) and CuPy
+    arrays copied to the host, where every backend takes its inputs."""
+    try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+            value = value.detach().cpu().numpy()
+        elif hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):  # CuPy
+            value = value.get()
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise EdgestackError(f"input {name!r} cannot be read as an array ({type(value).__name__}: {exc}); pass a "
+                             "numpy array or a torch tensor of numbers") from None
+    if array.dtype.kind not in "biuf":
+        raise EdgestackError(f"input {name!r} has dtype {array.dtype}; pass a numpy array or a torch tensor of numbers")
+    return array
 
 
 def check_backends(names: list[str]) -> None:

@@ -76,6 +76,17 @@ def test_engine_checks_inputs(bundle):
         engine(np.full((1, 3, 97, 97), np.nan, np.float32))
     with pytest.raises(EdgestackError, match="missing inputs"):
         engine()
+    with pytest.raises(EdgestackError, match="input 'image' cannot be read as an array"):
+        engine([[[[0.0]]], [[[0.0, 1.0]]]])  # ragged
+    with pytest.raises(EdgestackError, match="input 'image' has dtype <U1"):
+        engine(np.full((1, 3, 97, 97), "x"))
+
+
+def test_engine_takes_torch_tensors(bundle):
+    """A tensor straight from a torch pipeline (here one that requires grad) gives what its numpy copy gives."""
+    engine = load(bundle, backend="onnxruntime")
+    x = torch.randn(1, 3, 97, 97, requires_grad=True)
+    np.testing.assert_array_equal(engine(x)["logits"], engine(x.detach().numpy())["logits"])
 
 
 def test_infer_cli_writes_overlay(bundle, image_file, tmp_path, capsys):
