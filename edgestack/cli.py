@@ -35,6 +35,19 @@ def cmd_models(args: argparse.Namespace) -> None:
     _console().print(table)
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from edgestack.runtime.environment import findings, print_findings
+
+    found = findings(args.bundle)
+    if args.json:
+        print(json.dumps([f.as_dict() for f in found], indent=2))
+    else:
+        print_findings(found)
+    problems = [f.component for f in found if f.status == "problem"]
+    if problems:
+        raise EdgestackError(f"{len(problems)} problem(s): {', '.join(problems)} (fixes above)")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from edgestack import bundle as bundle_format
     from edgestack.export import export_bundle
@@ -360,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models and configs").set_defaults(func=cmd_models)
 
+    p = sub.add_parser("doctor", help="what this machine can run: torch, onnxruntime, GPU, TensorRT, kernels, "
+                                      "plugins (and a bundle's plan), each missing piece with its fix")
+    p.add_argument("--bundle", help="also check this bundle's files and whether its plan runs here")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("export", help="export a model to a bundle (both ONNX flavours, parity checked)")
     p.add_argument("model", help="model or config name (see `edgestack models`)")
     add_export_arguments(p)
@@ -450,10 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="int8: folder of real images to calibrate on (default: reuse model.int8.onnx, "
                                    "else synthetic images)")
     p.add_argument("--workspace", type=int, help="TensorRT workspace limit in MB (default: TensorRT's)")
-    p.add_argument("--profile", help="MIN,OPT,MAX sizes, each HxW or BxHxW (default: the model's whole range, "
-                                     "opt at its default size; narrow it to save GPU memory)")
+    p.add_argument("--profile", help="MIN,OPT,MAX sizes, each HxW or BxHxW (default: min at the model's smallest, "
+                                     "opt at its default size, max at twice that and batch 8)")
     p.add_argument("--version-compatible", action="store_true", help="plan runs on later TensorRT 10.x too")
-    p.add_argument("--hardware-compatible", action="store_true", help="plan runs on any Ampere or newer GPU")
+    p.add_argument("--hardware-compatible", action="store_true",
+                   help="plan runs on any Ampere or newer discrete GPU (not on Jetson)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("quantize", help="int8 Q/DQ ONNX (model.int8.onnx) by static calibration, with parity")

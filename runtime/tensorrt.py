@@ -149,10 +149,9 @@ def trt_logger():
     return logger
 
 
-def current_environment() -> dict[str, Any]:
-    """TensorRT version, GPU name and compute capability of the current device (what a plan is checked against),
-    and whether it is an integrated (Jetson) GPU."""
-    trt = import_tensorrt()
+def gpu_environment() -> dict[str, Any]:
+    """GPU name, compute capability and integrated (Jetson) flag of the current device, and the CUDA version its
+    driver supports, through cuda-python."""
     cudart = import_cudart()
     err, count = cudart.cudaGetDeviceCount()
     if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
@@ -167,13 +166,19 @@ def current_environment() -> dict[str, Any]:
         )
     device = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
     props = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # e.g. 12060 for CUDA 12.6
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return {
-        "tensorrt": trt.__version__,
         "gpu": name.rstrip("\x00").strip(),
         "compute_capability": f"{props.major}.{props.minor}",
         "integrated": bool(props.integrated),
+        "driver_cuda": f"{driver // 1000}.{driver % 1000 // 10}",
     }
+
+
+def current_environment() -> dict[str, Any]:
+    """TensorRT version and gpu_environment(): what a plan is checked against."""
+    return {"tensorrt": import_tensorrt().__version__, **gpu_environment()}
 
 
 def hardware_compatible_problem(env: dict[str, Any]) -> str | None:
