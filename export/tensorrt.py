@@ -281,13 +281,18 @@ def rebuild_plan(bundle: Path, meta: dict[str, Any]) -> None:
     source = bundle / info["source"]
     if not source.is_file():
         raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
+    from edgestack.runtime.tensorrt import current_environment, hardware_compatible_problem
+
+    # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a plain one.
+    hardware_compatible = (info["flags"]["hardware_compatible"]
+                           and not hardware_compatible_problem(current_environment()))
     build_engine(
         bundle,
         precision=info["precision"],
         workspace_mb=info.get("workspace_mb"),
         profile=info["profile"],
         version_compatible=info["flags"]["version_compatible"],
-        hardware_compatible=info["flags"]["hardware_compatible"],
+        hardware_compatible=hardware_compatible,
     )
 
 

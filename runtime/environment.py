@@ -39,17 +39,6 @@ def findings(bundle: str | Path | None = None) -> list[Finding]:
     return found
 
 
-def cuda_python_problem(bindings_version: str, driver_cuda: str) -> str | None:
-    """Why cuda-python `bindings_version` cannot talk to a driver supporting CUDA `driver_cuda`, or None."""
-    bindings, driver = int(bindings_version.split(".")[0]), int(driver_cuda.split(".")[0])
-    if bindings > driver:
-        from edgestack.runtime.tensorrt import INSTALL_CUDA_PYTHON
-
-        return (f"cuda-python {bindings_version} needs a CUDA {bindings} driver, this driver supports CUDA "
-                f"{driver_cuda}: {INSTALL_CUDA_PYTHON}")
-    return None
-
-
 def _machine() -> Finding:
     detail = f"Python {platform.python_version()} on {platform.system()} {platform.machine()}"
     if JETSON_RELEASE.is_file():
@@ -99,7 +88,7 @@ def _distribution_version(*names: str) -> str | None:
 
 
 def _gpu() -> Finding:
-    from edgestack.runtime.tensorrt import INSTALL_CUDA_PYTHON, gpu_environment
+    from edgestack.runtime.tensorrt import INSTALL_CUDA_PYTHON, DriverTooOldError, gpu_environment
 
     bindings = _distribution_version("cuda-bindings", "cuda-python")
     if bindings is None:
@@ -107,13 +96,13 @@ def _gpu() -> Finding:
                                                        f"needs it): {INSTALL_CUDA_PYTHON}")
     try:
         env = gpu_environment()
+    except DriverTooOldError as exc:
+        return Finding("GPU (cuda-python)", "problem", f"cuda-python {bindings}: {exc}")
     except EdgestackError as exc:
         return Finding("GPU (cuda-python)", "missing", f"cuda-python {bindings}: {exc}")
-    problem = cuda_python_problem(bindings, env["driver_cuda"])
-    detail = (f"{env['gpu']}, compute capability {env['compute_capability']}"
-              f"{', integrated' if env['integrated'] else ''}; driver CUDA {env['driver_cuda']}, "
-              f"cuda-python {bindings}")
-    return Finding("GPU (cuda-python)", "problem" if problem else "ok", f"{detail}: {problem}" if problem else detail)
+    return Finding("GPU (cuda-python)", "ok", f"{env['gpu']}, compute capability {env['compute_capability']}"
+                                              f"{', integrated' if env['integrated'] else ''}; driver CUDA "
+                                              f"{env['driver_cuda']}, cuda-python {bindings}")
 
 
 def _tensorrt() -> Finding:

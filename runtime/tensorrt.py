@@ -149,15 +149,21 @@ def trt_logger():
     return logger
 
 
+class DriverTooOldError(EdgestackError):
+    """cuda-python's bindings need a newer CUDA driver than the one installed."""
+
+
 def gpu_environment() -> dict[str, Any]:
     """GPU name, compute capability and integrated (Jetson) flag of the current device, and the CUDA version its
     driver supports, through cuda-python."""
     cudart = import_cudart()
+    driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # 12060 = CUDA 12.6, 0 = no driver
     err, count = cudart.cudaGetDeviceCount()
-    if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
-        raise EdgestackError(
-            "this cuda-python is newer than the CUDA driver here (cudaErrorInsufficientDriver); install the "
-            f"cuda-python that matches the driver: {INSTALL_CUDA_PYTHON}"
+    # cudaErrorInsufficientDriver also means "no driver at all"; only with a driver is cuda-python too new for it.
+    if driver and err == cudart.cudaError_t.cudaErrorInsufficientDriver:
+        raise DriverTooOldError(
+            f"this cuda-python needs a newer driver than this one (CUDA {driver // 1000}.{driver % 1000 // 10}); "
+            f"install the cuda-python that matches the driver: {INSTALL_CUDA_PYTHON}"
         )
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
         raise EdgestackError(
@@ -166,7 +172,6 @@ def gpu_environment() -> dict[str, Any]:
         )
     device = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
     props = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # e.g. 12060 for CUDA 12.6
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return {
         "gpu": name.rstrip("\x00").strip(),
@@ -307,13 +312,13 @@ class TensorRTBackend:
                                  "memory? see its log above); free GPU memory or rebuild with a smaller --profile")
         self.trt, self.cudart, self.runtime, self.engine, self.context = trt, cudart, runtime, engine, context
         self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # One context, one set of buffers and graphs: concurrent calls (and close) take turns.
+        self._lock = threading.Lock()
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [spec["name"] for spec in meta["outputs"]]
         self.buffers = {n: _Buffer() for n in names}
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple, Any] = {}
-        # One context, one set of buffers and graphs: concurrent calls take turns.
-        self._lock = threading.Lock()
         self.name = "tensorrt"
         self.device = f"{env['gpu']}, sm {env['compute_capability']}, {info['precision']}"
 
@@ -414,16 +419,20 @@ class TensorRTBackend:
 
     def close(self) -> None:
         """Free device and pinned memory, graphs, the stream, and the context's and engine's GPU memory (also
-        done when the backend is collected)."""
-        if getattr(self, "stream", None) is None:
+        done when the backend is collected); waits for a run in progress."""
+        lock = getattr(self, "_lock", None)  # absent when the constructor failed before the stream existed
+        if lock is None:
             return
-        cuda_check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        self._drop_graphs()
-        for buffer in self.buffers.values():
-            buffer.free()
-        cuda_check(self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
-        self.stream = None
-        self.context = self.engine = self.runtime = None  # in that order: each holds the next
+        with lock:
+            if self.stream is None:
+                return
+            cuda_check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            self._drop_graphs()
+            for buffer in self.buffers.values():
+                buffer.free()
+            cuda_check(self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+            self.stream = None
+            self.context = self.engine = self.runtime = None  # in that order: each holds the next
 
     def __del__(self) -> None:
         try:

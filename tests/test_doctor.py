@@ -1,5 +1,6 @@
 """`edgestack doctor`: each component's finding on this machine, a bundle's, and the exit code for problems."""
 
+import enum
 import importlib.machinery
 import importlib.util
 import json
@@ -10,7 +11,8 @@ import types
 import pytest
 
 from edgestack.cli import main
-from edgestack.runtime.environment import cuda_python_problem
+from edgestack.runtime import environment
+from edgestack.runtime import tensorrt as tensorrt_runtime
 from edgestack.runtime.tensorrt import PLUGIN_ENV
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -61,11 +63,35 @@ def test_unsupported_tensorrt_and_wrong_plugin_path_are_problems(capsys, monkeyp
     assert "missing.so does not exist" in found["TensorRT plugins"]["detail"]
 
 
-def test_cuda_python_must_not_be_newer_than_the_driver():
-    assert cuda_python_problem("12.9.10", "12.6") is None
-    assert cuda_python_problem("12.2.1", "13.0") is None
-    problem = cuda_python_problem("13.0.3", "12.6")
-    assert "needs a CUDA 13 driver, this driver supports CUDA 12.6" in problem and '"cuda-python>=12.3,<13"' in problem
+class CudaError(enum.Enum):
+    cudaSuccess = 0
+    cudaErrorInsufficientDriver = 35
+
+
+def driver_reporting(version: int) -> types.SimpleNamespace:
+    """cuda-python's runtime calls as the bindings answer them when the device query fails with
+    cudaErrorInsufficientDriver: with an older driver (version > 0), or with no NVIDIA driver at all (0)."""
+    return types.SimpleNamespace(
+        cudaError_t=CudaError,
+        cudaDriverGetVersion=lambda: (CudaError.cudaSuccess, version),
+        cudaGetDeviceCount=lambda: (CudaError.cudaErrorInsufficientDriver, None),
+        cudaGetErrorString=lambda err: (CudaError.cudaSuccess, b"CUDA driver version is insufficient"),
+    )
+
+
+def test_cuda_python_newer_than_the_driver_is_a_problem_no_driver_is_not(capsys, monkeypatch):
+    monkeypatch.setattr(environment, "_distribution_version", lambda *names: "13.0.3")
+    monkeypatch.setattr(tensorrt_runtime, "import_cudart", lambda: driver_reporting(12060))
+    code, found, err = doctor(capsys)
+    gpu = found["GPU (cuda-python)"]
+    assert code == 2 and "GPU (cuda-python)" in err and gpu["status"] == "problem"
+    assert "needs a newer driver than this one (CUDA 12.6)" in gpu["detail"]
+    assert '"cuda-python>=12.3,<13"' in gpu["detail"]
+
+    monkeypatch.setattr(tensorrt_runtime, "import_cudart", lambda: driver_reporting(0))  # a CPU machine
+    code, found, _ = doctor(capsys)
+    gpu = found["GPU (cuda-python)"]
+    assert gpu["status"] == "missing" and "no CUDA GPU is usable here" in gpu["detail"]
 
 
 def test_human_readable_table(capsys):

@@ -253,6 +253,7 @@ def test_build_and_run_plan_with_plugins(trt_bundle, precision):
             got = engine(x)["logits"]
             agreement = (got.argmax(1) == want.argmax(1)).mean()
             assert agreement >= (0.9999 if precision == "fp32" else 0.99), agreement
+        assert bool(engine.backend.graphs) == cuda_graph  # captured, not silently fallen back to plain enqueue
     with pytest.raises(EdgestackError, match="outside the plan's optimization profile"):
         engine(np.zeros((1, 3, 513, 513), np.float32))
     assert load(trt_bundle).backend.name == "tensorrt"

@@ -17,7 +17,6 @@ namespace edgestack::trt {
 void log(nvinfer1::ILogger::Severity severity, const std::string& message) noexcept;
 
 inline void log_error(const std::string& message) noexcept { log(nvinfer1::ILogger::Severity::kERROR, message); }
-inline void log_warning(const std::string& message) noexcept { log(nvinfer1::ILogger::Severity::kWARNING, message); }
 
 // Logs "<plugin>: <message>" as an error; returns false so checks can `return fail(...)`.
 inline bool fail(const char* plugin, const std::string& message) noexcept {
@@ -79,13 +78,6 @@ inline bool read_float(const nvinfer1::PluginField& field, float& out) {
         case nvinfer1::PluginFieldType::kFLOAT64: out = float(*static_cast<const double*>(field.data)); return true;
         default: return false;
     }
-}
-
-// A field no attribute of `plugin` has (a misspelt ONNX attribute would otherwise fall back to its default
-// unnoticed); plugin_version is the ONNX node's own and expected.
-inline void warn_unknown_field(const char* plugin, const nvinfer1::PluginField& field) noexcept {
-    if (field.name && std::strcmp(field.name, "plugin_version") != 0)
-        log_warning(std::string(plugin) + ": ignoring unknown field '" + field.name + "'");
 }
 
 inline int to_edgestack_dtype(nvinfer1::DataType type) {

@@ -131,7 +131,6 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
             const PluginField& f = fc->fields[i];
             if (is_field(f, "bins")) ok &= read_ints(f, a.bins);
             else if (is_field(f, "align_corners")) ok &= read_int(f, a.align_corners);
-            else warn_unknown_field(PyramidPoolingPlugin::kName, f);
         }
         if (!ok) {
             fail("a field has an unexpected type or length");

@@ -125,7 +125,6 @@ IPluginV3* WindowAttentionCreator::createPlugin(const char*, const PluginFieldCo
             else if (is_field(f, "shift_size")) ok &= read_int(f, a.shift_size);
             else if (is_field(f, "scale")) ok &= read_float(f, a.scale);
             else if (is_field(f, "masked_bias")) ok &= read_float(f, a.masked_bias);
-            else warn_unknown_field(WindowAttentionPlugin::kName, f);
         }
         if (!ok) {
             fail("a field has an unexpected type or length");
