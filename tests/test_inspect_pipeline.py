@@ -149,6 +149,19 @@ def test_resume_after_kill_gives_every_item_exactly_once(bundle, tmp_path):
     assert sorted(csv_ids) == sorted(ids)
 
 
+def test_a_record_cut_off_by_a_crash_is_dropped_and_its_item_redone(inspector, tmp_path):
+    write_folder(tmp_path / "in", 3)
+    run = tmp_path / "run"
+    list(inspector.run(tmp_path / "in", run))
+    jsonl = run / "results.jsonl"
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    cut = json.loads(lines[-1])["id"]
+    jsonl.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
+    again = list(inspector.run(tmp_path / "in", run))
+    assert [r["id"] for r in again] == [cut]
+    assert sorted(r["id"] for r in records(run)) == [f"part{i:03d}.png" for i in range(3)]
+
+
 def test_a_rerun_retries_error_items_and_keeps_verdicts(inspector, tmp_path):
     write_folder(tmp_path / "in", 3)
     half_written = tmp_path / "in" / "part003.png"
