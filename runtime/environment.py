@@ -14,6 +14,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
@@ -33,9 +34,13 @@ class Finding:
 
 def findings(bundle: str | Path | None = None) -> list[Finding]:
     """Every component in the order a deployment needs them; with `bundle`, what it can run on here."""
-    found = [_machine(), _torch(), _onnxruntime(), _kernels(), _gpu(), _tensorrt(), _plugins()]
+    gpu, tensorrt = _gpu(), _tensorrt()
+    found = [_machine(), _torch(), _onnxruntime(), _kernels(), gpu, tensorrt, _plugins()]
     if bundle is not None:
-        found += _bundle(Path(bundle), gpu=found[4], tensorrt=found[5])
+        from edgestack.runtime.tensorrt import current_environment
+
+        env = current_environment() if gpu.status == tensorrt.status == "ok" else None
+        found += _bundle(Path(bundle), env)
     return found
 
 
@@ -128,8 +133,9 @@ def _plugins() -> Finding:
                                                          f" (no {AUTOLOAD_LIBRARY} beside it: Triton cannot use it)"))
 
 
-def _bundle(bundle: Path, gpu: Finding, tensorrt: Finding) -> list[Finding]:
-    from edgestack.runtime.tensorrt import current_environment, plan_problem
+def _bundle(bundle: Path, env: dict[str, Any] | None) -> list[Finding]:
+    """The bundle's files, and whether its plan runs in `env` (current_environment; None: no TensorRT or GPU)."""
+    from edgestack.runtime.tensorrt import plan_problem
 
     try:
         meta = bundle_format.read_meta(bundle, verify=True)
@@ -137,21 +143,21 @@ def _bundle(bundle: Path, gpu: Finding, tensorrt: Finding) -> list[Finding]:
         return [Finding(f"bundle {bundle}", "problem", str(exc))]
     model = meta["model"]
     if "graphs" in meta:  # several graphs (vglaw: text + vision): each sub-bundle on its own
-        subs = [_bundle(bundle / graph["folder"], gpu, tensorrt) for graph in meta["graphs"].values()]
+        subs = [_bundle(bundle / graph["folder"], env) for graph in meta["graphs"].values()]
         return [Finding(f"bundle {bundle}", "ok", f"{model['config']}, {len(subs)} graphs")] + sum(subs, [])
     found = [Finding(f"bundle {bundle}", "ok", f"{model['config']} ({model['task']}), every file's sha256 matches")]
     plan = f"plan {bundle / bundle_format.PLAN}"
     if not (bundle / bundle_format.PLAN).is_file():
-        return found + [Finding(plan, "missing", "no TensorRT plan: the auto backend runs onnxruntime; "
-                                                          f"build one on the target with `edgestack build {bundle}`")]
+        return found + [Finding(plan, "missing", "no TensorRT plan: the auto backend runs onnxruntime; build one "
+                                                 f"on the target with `edgestack build {bundle}`")]
     info = meta.get("tensorrt", {})
     built = f"{info.get('precision')} plan built with TensorRT {info.get('version')} on {info.get('gpu')}"
-    if tensorrt.status != "ok" or gpu.status != "ok":
+    if env is None:
         return found + [Finding(plan, "missing", f"{built}; cannot run here without TensorRT and a GPU")]
-    problem = plan_problem(meta, current_environment())
+    problem = plan_problem(meta, env)
     if problem:
         return found + [Finding(plan, "problem", f"{problem}; rebuild it with `edgestack build {bundle} "
-                                                          f"--precision {info.get('precision')}`")]
+                                                 f"--precision {info.get('precision')}`")]
     return found + [Finding(plan, "ok", f"{built}: runs here (the auto backend picks it)")]
 
 

@@ -55,9 +55,10 @@ def import_tensorrt():
 
 def tensorrt_version_problem(version: str) -> str | None:
     """Why this TensorRT version cannot build or run our plans, or None."""
-    if _version_tuple(version)[:2] < MIN_TENSORRT:
+    major_minor = _version_tuple(version)[:2]
+    if major_minor < MIN_TENSORRT:
         return f"TensorRT {version} is too old: edgestack's plugins use IPluginV3 (TensorRT >= 10.3)"
-    if _version_tuple(version)[:2] >= END_TENSORRT:
+    if major_minor >= END_TENSORRT:
         return (f"TensorRT {version} is not supported: TensorRT 11 builds only strongly typed networks, and "
                 "edgestack's fp16/int8 plans use TensorRT 10's precision flags")
     return None
@@ -158,11 +159,12 @@ def gpu_environment() -> dict[str, Any]:
     driver supports, through cuda-python."""
     cudart = import_cudart()
     driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # 12060 = CUDA 12.6, 0 = no driver
+    driver_cuda = f"{driver // 1000}.{driver % 1000 // 10}"
     err, count = cudart.cudaGetDeviceCount()
     # cudaErrorInsufficientDriver also means "no driver at all"; only with a driver is cuda-python too new for it.
     if driver and err == cudart.cudaError_t.cudaErrorInsufficientDriver:
         raise DriverTooOldError(
-            f"this cuda-python needs a newer driver than this one (CUDA {driver // 1000}.{driver % 1000 // 10}); "
+            f"this cuda-python needs a newer driver than this one (CUDA {driver_cuda}); "
             f"install the cuda-python that matches the driver: {INSTALL_CUDA_PYTHON}"
         )
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
@@ -177,7 +179,7 @@ def gpu_environment() -> dict[str, Any]:
         "gpu": name.rstrip("\x00").strip(),
         "compute_capability": f"{props.major}.{props.minor}",
         "integrated": bool(props.integrated),
-        "driver_cuda": f"{driver // 1000}.{driver % 1000 // 10}",
+        "driver_cuda": driver_cuda,
     }
 
 
