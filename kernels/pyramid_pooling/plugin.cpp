@@ -1,7 +1,5 @@
 #include "plugin.h"
 
-#include <algorithm>
-
 #include "../common/plugin_utils.h"
 #include "kernel.h"
 
@@ -136,17 +134,11 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
             fail("a field has an unexpected type or length");
             return nullptr;
         }
-        const bool positive = std::all_of(a.bins.begin(), a.bins.end(), [](int b) { return b >= 1; });
-        if (a.bins.empty() || !positive) {
-            fail("bins must be a non-empty list of positive integers");
-            return nullptr;
-        }
-        // The kernel's limits on bins alone (count, sum), refused at parse time rather than at the first shape.
-        const int status =
-            edgestack_pyramid_pooling_check(1, 1, 1, 1, 1, a.bins.data(), int(a.bins.size()));
+        // The bins against the kernel's own check (count, sum, positive), at parse time, not at the first shape.
+        const int status = edgestack_pyramid_pooling_check(1, 1, 1, 1, 1, a.bins.data(), int(a.bins.size()));
         if (status != EDGESTACK_OK) {
-            fail(std::string(edgestack_status_string(status)) + " (bins: " + std::to_string(a.bins.size()) +
-                 " entries; the kernel takes at most 8 bins summing to at most 32)");
+            fail(std::string(edgestack_status_string(status)) + ": bins must be a non-empty list of positive "
+                 "integers, at most 8 bins summing to at most 32; got " + std::to_string(a.bins.size()) + " entries");
             return nullptr;
         }
         return new PyramidPoolingPlugin(a);
