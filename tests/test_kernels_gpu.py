@@ -164,6 +164,20 @@ def test_pyramid_pooling_custom_op_uses_kernel(lib):
     assert rel_err(y, ref) <= TOLERANCE[torch.float16]
 
 
+def test_pyramid_pooling_wider_than_shared_memory_falls_back(lib):
+    """Column sums of a 60000-wide map exceed any device's shared memory: the check says so before any launch
+    (the plugin refuses such a profile at build time), and the op runs the reference instead of raising."""
+    bins = [1, 2, 3, 6]
+    bins_c = (ctypes.c_int * 4)(*bins)
+    assert lib.edgestack_pyramid_pooling_check(1, 4, 7, 60000, 2, bins_c, 4) == 4  # EDGESTACK_ERR_UNSUPPORTED
+    assert lib.edgestack_pyramid_pooling_check(1, 4, 7, 600, 2, bins_c, 4) == 0
+    x = torch.randn(1, 4, 7, 60000, device="cuda")
+    weight, bias = torch.randn(4, 2, 4, device="cuda"), torch.randn(4, 2, device="cuda")
+    y = torch.ops.edgestack.pyramid_pooling(x, weight, bias, bins, True)
+    ref = pp_reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, True)
+    assert rel_err(y, ref) <= TOLERANCE[torch.float32]
+
+
 def test_bad_shapes_raise(lib):
     q = torch.randn(1, 16, 16, 180, device="cuda")
     mask = torch.ones(1, 16, 16, 1, device="cuda")

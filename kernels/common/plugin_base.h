@@ -51,7 +51,9 @@ public:
     int32_t configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nbInputs,
                             const nvinfer1::DynamicPluginTensorDesc*, int32_t nbOutputs) noexcept override {
         if (nbInputs != Plugin::kInputs || nbOutputs != Plugin::kOutputs) return -1;
-        return inputs_fit(in) ? 0 : -1;
+        // The profile's smallest and largest shapes too: a profile that admits a shape the kernel refuses fails
+        // the build here, instead of the first enqueue of that shape on the line.
+        return inputs_fit(in) && profile_fits(in) ? 0 : -1;
     }
 
     int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs, const nvinfer1::PluginTensorDesc*,
@@ -77,6 +79,16 @@ protected:
         nvinfer1::Dims dims[Plugin::kInputs];
         for (int32_t t = 0; t < Plugin::kInputs; ++t) dims[t] = in[t].desc.dims;
         return self().check_dims(dims, Plugin::kInputs);
+    }
+
+    // The profile's min and max dims of the inputs checked against the contract (configure time).
+    bool profile_fits(const nvinfer1::DynamicPluginTensorDesc* in) const noexcept {
+        nvinfer1::Dims min[Plugin::kInputs], max[Plugin::kInputs];
+        for (int32_t t = 0; t < Plugin::kInputs; ++t) {
+            min[t] = in[t].min;
+            max[t] = in[t].max;
+        }
+        return self().check_dims(min, Plugin::kInputs) && self().check_dims(max, Plugin::kInputs);
     }
 
     // Same from shape expressions (getOutputShapes): constant dims as numbers, the rest -1.

@@ -268,6 +268,18 @@ void check_window_attention(IPluginCreatorV3One* creator, Expressions& expressio
     CHECK(build(plugin)->configurePlugin(io.data(), 4, io.data() + 4, 2) == 0);
     std::vector<DynamicPluginTensorDesc> bad_io = {odd, odd, odd, odd_mask, odd, odd_mask};
     CHECK(build(plugin)->configurePlugin(bad_io.data(), 4, bad_io.data() + 4, 2) == -1 && logger.said("window_size"));
+    // A dynamic profile is checked at its corners: a largest H of 68 (not a multiple of 8) fails the build.
+    const auto profile = [](int64_t channels, int64_t max_height) {
+        DynamicPluginTensorDesc t = tensor({-1, -1, -1, channels}, DataType::kHALF, {1, 64, 64, channels});
+        t.max = dims_of({2, max_height, 64, channels});
+        return t;
+    };
+    std::vector<DynamicPluginTensorDesc> profile_io = {profile(180, 128), profile(180, 128), profile(180, 128),
+                                                       profile(1, 128),   profile(180, 128), profile(1, 128)};
+    CHECK(build(plugin)->configurePlugin(profile_io.data(), 4, profile_io.data() + 4, 2) == 0);
+    for (auto& t : profile_io) t.max.d[1] = 68;
+    CHECK(build(plugin)->configurePlugin(profile_io.data(), 4, profile_io.data() + 4, 2) == -1 &&
+          logger.said("multiples of window_size=8"));
     check_round_trip(creator, plugin);
 
     // head_dim 30 (MAT) and any other up to the kernel's 64; beyond is refused once C is known.
@@ -335,6 +347,16 @@ void check_pyramid_pooling(IPluginCreatorV3One* creator, Expressions& expression
     // Workspace for the profile's largest batch: 4 bytes x B x cells (1+4+9+36) x (C + R).
     CHECK(build(plugin)->getWorkspaceSize(io.data(), 3, io.data() + 3, 1) == size_t(4) * 4 * 50 * (2048 + 512));
     CHECK(build(plugin)->configurePlugin(io.data(), 3, io.data() + 3, 1) == 0);
+    // The profile's largest shape is held to the kernel's limits at build time: 20000 x 4 bins is over the
+    // grid's 65535, and a 100000-wide map over any device's shared memory (without a GPU the device query
+    // fails, so the plugin refuses all the same, with CUDA's reason).
+    std::vector<DynamicPluginTensorDesc> big_batch = io;
+    big_batch[0].max.d[0] = big_batch[3].max.d[0] = 20000;
+    CHECK(build(plugin)->configurePlugin(big_batch.data(), 3, big_batch.data() + 3, 1) == -1 &&
+          logger.said("shape outside what this kernel implements"));
+    std::vector<DynamicPluginTensorDesc> wide = io;
+    wide[0].max.d[3] = wide[3].max.d[3] = 100000;
+    CHECK(build(plugin)->configurePlugin(wide.data(), 3, wide.data() + 3, 1) == -1 && logger.said("100000"));
     check_round_trip(creator, plugin);
     delete plugin;
 

@@ -76,9 +76,9 @@ Axis make_axis(int n, const int* bins, int nbins) {
     return a;
 }
 
-size_t pool_copy_smem(const Params& p) {
-    return sizeof(float) * (size_t(p.rows.segments) * p.width + size_t(p.rows.segments) * p.cols.segments) +
-           sizeof(int) * size_t(p.height);
+size_t pool_copy_smem(int row_segments, int col_segments, int height, int width) {
+    return sizeof(float) * (size_t(row_segments) * width + size_t(row_segments) * col_segments) +
+           sizeof(int) * size_t(height);
 }
 
 // Threads cover (row group, column): consecutive threads read consecutive columns of one row, and the
@@ -242,8 +242,8 @@ __device__ __forceinline__ Taps taps_at(float* base, int n) {
     return {reinterpret_cast<int*>(base), reinterpret_cast<int*>(base) + n, base + 2 * n};
 }
 
-size_t upsample_smem(const Params& p, int max_bin) {
-    return sizeof(float) * (size_t(max_bin) * max_bin + 3 * size_t(p.height) + 3 * size_t(p.width));
+size_t upsample_smem(int height, int width, int max_bin) {
+    return sizeof(float) * (size_t(max_bin) * max_bin + 3 * size_t(height) + 3 * size_t(width));
 }
 
 // grid: B * nbins * R output planes.
@@ -292,22 +292,38 @@ int cells_of(const int* bins, int nbins) {
     return cells;
 }
 
-// Opt in to more than the default 48 KiB of dynamic shared memory where the plane needs it.
-template <typename Kernel>
-int prepare_smem(Kernel kernel, size_t bytes) {
-    if (bytes <= 48 * 1024) return EDGESTACK_OK;
+constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory a launch gets without opting in
+
+// The most dynamic shared memory the two passes need: it grows with H and W (column sums, bilinear taps).
+size_t smem_needed(int height, int width, const int* bins, int nbins) {
+    const int max_bin = *std::max_element(bins, bins + nbins);
+    const int row_segments = make_axis(height, bins, nbins).segments;
+    const int col_segments = make_axis(width, bins, nbins).segments;
+    return std::max(pool_copy_smem(row_segments, col_segments, height, width), upsample_smem(height, width, max_bin));
+}
+
+// Beyond the default, the current device's opt-in limit decides (99 KiB on sm_86/89, 163 KiB on sm_80/87,
+// 227 KiB on sm_90); the device is only queried then, so small shapes check on a machine without one.
+int smem_status(size_t bytes) {
+    if (bytes <= kDefaultSmem) return EDGESTACK_OK;
     int device = 0, limit = 0;
     EDGESTACK_RETURN_IF_ERROR(edgestack::cuda_status(cudaGetDevice(&device)));
     EDGESTACK_RETURN_IF_ERROR(
         edgestack::cuda_status(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)));
-    if (bytes > size_t(limit)) return EDGESTACK_ERR_UNSUPPORTED;
+    return bytes > size_t(limit) ? EDGESTACK_ERR_UNSUPPORTED : EDGESTACK_OK;
+}
+
+// Opt in where a pass needs more than the default (the check has already held `bytes` to the device's limit).
+template <typename Kernel>
+int prepare_smem(Kernel kernel, size_t bytes) {
+    if (bytes <= kDefaultSmem) return EDGESTACK_OK;
     return edgestack::cuda_status(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 template <typename T, typename TW>
 int run(const Params& p, int batch, cudaStream_t stream) {
-    const size_t smem = pool_copy_smem(p);
+    const size_t smem = pool_copy_smem(p.rows.segments, p.cols.segments, p.height, p.width);
     EDGESTACK_RETURN_IF_ERROR(prepare_smem(pool_copy_kernel<T>, smem));
     pool_copy_kernel<T><<<unsigned(int64_t(batch) * p.channels), kThreads, smem, stream>>>(p);
     EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
@@ -321,7 +337,7 @@ int run(const Params& p, int batch, cudaStream_t stream) {
 
     int max_bin = 0;
     for (int k = 0; k < p.nbins; ++k) max_bin = std::max(max_bin, p.bins[k]);
-    const size_t up_smem = upsample_smem(p, max_bin);
+    const size_t up_smem = upsample_smem(p.height, p.width, max_bin);
     EDGESTACK_RETURN_IF_ERROR(prepare_smem(upsample_kernel<T, TW>, up_smem));
     upsample_kernel<T, TW><<<unsigned(int64_t(batch) * p.nbins * p.reduced), kThreads, up_smem, stream>>>(p);
     return edgestack::launch_status();
@@ -352,7 +368,7 @@ extern "C" int edgestack_pyramid_pooling_check(int batch, int channels, int heig
     const int64_t planes = int64_t(batch) * std::max(channels, nbins * reduced);
     if (planes > INT32_MAX || int64_t(batch) * nbins > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
         return EDGESTACK_ERR_UNSUPPORTED;
-    return EDGESTACK_OK;
+    return smem_status(smem_needed(height, width, bins, nbins));
 }
 
 extern "C" size_t edgestack_pyramid_pooling_workspace_size(int batch, int channels, int reduced, const int* bins,

@@ -56,7 +56,8 @@ def _kernel_applies(x, weight, bins) -> bool:
         return False
     b, c, h, w = x.shape
     bins_c = (ctypes.c_int * len(bins))(*bins)
-    return loader.library().edgestack_pyramid_pooling_check(b, c, h, w, weight.shape[1], bins_c, len(bins)) == 0
+    with torch.cuda.device(x.device):  # the shared-memory limit is x's device's
+        return loader.library().edgestack_pyramid_pooling_check(b, c, h, w, weight.shape[1], bins_c, len(bins)) == 0
 
 
 def _kernel(x, weight, bias, bins, align_corners):
