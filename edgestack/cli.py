@@ -313,8 +313,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from edgestack.train.evaluate import evaluate_defects
 
-    if args.bundle and (_is_detector(args.model, args.config) or _is_grounding(args.model, args.config)):
-        raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with --checkpoint")
+    if _is_detector(args.model, args.config) or _is_grounding(args.model, args.config):
+        if args.bundle:
+            raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with "
+                                 "--checkpoint")
+        if args.tiled or args.target_recall is not None or args.rules_out:
+            raise EdgestackError(f"--tiled, --target-recall and --rules-out are for defectseg's OK/NG rule, not "
+                                 f"{args.model}")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import eval_command
 
@@ -340,7 +345,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     results, paths = evaluate_defects(args.model, args.config, args.data, args.checkpoint, args.out,
                                       args.size, args.count, args.min_area, args.threads,
-                                      threshold=args.threshold, bundle=args.bundle, backend=args.backend)
+                                      threshold=args.threshold, bundle=args.bundle, backend=args.backend,
+                                      tiled=args.tiled, target_recall=args.target_recall, rules_out=args.rules_out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -537,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="NG rule: pixels with prob >= this are defect "
                                                                "(results.md also lists 0.1-0.9)")
     p.add_argument("--min-area", type=int, default=16, help="NG rule: a connected defect area >= this many pixels")
+    p.add_argument("--tiled", action="store_true", help="with --bundle: run each image as `inspect` does (own "
+                                                        "scale, native-size tiles) instead of resizing to --size")
+    p.add_argument("--target-recall", type=float, help="defectseg: also find the threshold and min area that catch "
+                                                       "this share of defective images with the fewest false rejects")
+    p.add_argument("--rules-out", help="with --target-recall: write that rule as a rules file for inspect/serve")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.set_defaults(func=cmd_eval)
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -92,6 +93,51 @@ def test_shipped_weights_load_offline_and_match_their_card(shipped_slice):
 def test_shipped_weights_meet_the_goals_on_held_out_synthetic(shipped_slice):
     r = shipped_slice
     assert r["S"] >= 0.85 and r["MAE"] <= 0.02 and r["accuracy"] >= 0.95, r
+
+
+def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bundle, tmp_path):
+    # --tiled runs the bundle as inspect does; the rule calibrated there, written as a rules file, must give
+    # inspect exactly the calibrated recall and false rejects on the same images.
+    from edgestack.runtime.defects import load_rules
+    from edgestack.runtime.inspect import Inspector
+
+    rules_path = tmp_path / "line" / "rules.json"
+    resized, _ = evaluate_defects(count=10, out=tmp_path / "resized", bundle=defectseg_bundle, backend="onnxruntime")
+    _, paths = evaluate_defects(count=10, out=tmp_path / "tiled", bundle=defectseg_bundle, backend="onnxruntime",
+                                tiled=True, target_recall=0.5, rules_out=rules_path)
+    report = json.loads(paths["json"].read_text())
+    # 256-px images fit one 352-px tile: the same maps as resizing to 256, so the same verdicts.
+    assert report["results"]["accuracy"] == resized["accuracy"] and "inspect runs them" in report["title"]
+    chosen = report["calibration"]
+    assert chosen["reachable"] and chosen["recall"] >= 0.5 and paths["rules"] == rules_path
+    assert "Calibrated for recall >= 0.5" in paths["markdown"].read_text()
+    inspector = Inspector(defectseg_bundle, load_rules(rules_path), backend="onnxruntime")
+    verdicts = []
+    for i in range(10):
+        sample = make_sample(HELDOUT_SEED, i)
+        verdicts.append((inspector.inspect(sample.image)[0]["status"] == "NG", sample.positive))
+    assert sum(ng and positive for ng, positive in verdicts) == chosen["tp"]
+    assert sum(ng and not positive for ng, positive in verdicts) == chosen["fp"]
+    with pytest.raises(EdgestackError, match="pass --bundle"):
+        evaluate_defects(count=1, tiled=True, out=tmp_path / "x")
+    with pytest.raises(EdgestackError, match="pass --target-recall"):
+        evaluate_defects(count=1, rules_out=rules_path, out=tmp_path / "x")
+
+
+def test_an_unreachable_target_recall_writes_no_rules(tmp_path):
+    # A defect the model cannot see (a flat image): no threshold finds it, so no rules file claims it would.
+    folder = tmp_path / "line"
+    for sub in ("Image", "GroundTruth"):
+        (folder / "Positive" / sub).mkdir(parents=True)
+    cv2.imwrite(str(folder / "Positive" / "Image" / "part1.png"), np.full((128, 128, 3), 128, np.uint8))
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:60, 40:60] = 255
+    cv2.imwrite(str(folder / "Positive" / "GroundTruth" / "part1.png"), mask)
+    rules_path = tmp_path / "rules.json"
+    with pytest.raises(EdgestackError, match="no rule reaches recall 1"):
+        evaluate_defects(data=str(folder), out=tmp_path / "eval", target_recall=1.0, rules_out=rules_path)
+    assert not rules_path.exists()
+    assert "out of reach" in (tmp_path / "eval" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("config", ["defectseg-s", "defectseg-m"])

@@ -238,6 +238,57 @@ def test_operating_points_apply_the_rule_at_each_threshold():
         k: main_rule[k] for k in ("accuracy", "recall", "fp", "fn")}
 
 
+def blob(prob: float, side: int, at: int = 10) -> np.ndarray:
+    """A 64x64 map holding one square of side x side pixels at `prob`."""
+    m = np.zeros((64, 64))
+    m[at : at + side, at : at + side] = prob
+    return m
+
+
+def calibration_maps() -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Three finds of different size and strength, a small strong false find and a larger faint one."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[5:30, 5:30] = 255
+    return [(blob(0.9, 10), mask), (blob(0.6, 4), mask), (blob(0.3, 6), mask),  # largest areas 100, 16, 36
+            (blob(0.8, 3), None), (blob(0.25, 5), None)]  # a 9-px false find at 0.8, a 25-px one at 0.25
+
+
+def test_calibration_finds_the_rule_with_fewest_false_rejects_at_the_target_recall():
+    metrics = DefectMetrics(sweep_thresholds=True)
+    for prob, mask in calibration_maps():
+        metrics.update(prob, mask)
+    # Every positive: the faint 36-px find needs threshold <= 0.3 and the 16-px one min area <= 16; at 0.3 the
+    # 25-px false find (0.25) is gone and the 9-px one is under 16 px. Below 0.3 the 25-px one is a false reject.
+    all_found = metrics.calibrate(1.0)
+    assert (all_found["threshold"], all_found["min_area_px"]) == (0.3, 16)
+    assert (all_found["recall"], all_found["fp"], all_found["fn"], all_found["reachable"]) == (1.0, 0, 0, True)
+    # Two of three: no false reject anywhere from 0.3 to 0.6, so the larger min area wins (36 px, at 0.3).
+    two = metrics.calibrate(0.6)
+    assert (two["threshold"], two["min_area_px"], two["recall"], two["fp"]) == (0.3, 36, pytest.approx(2 / 3), 0)
+    # The rule as inspect applies it (runtime.defects with the written keys) gives the calibrated verdicts.
+    from edgestack.runtime.defects import Rules, assess
+
+    for chosen in (all_found, two):
+        rules = Rules(threshold=chosen["threshold"], min_area_px=chosen["min_area_px"], min_score=chosen["threshold"])
+        verdicts = [(assess(prob, rules).status == "NG", mask is not None) for prob, mask in calibration_maps()]
+        assert sum(ng and positive for ng, positive in verdicts) == chosen["tp"]
+        assert sum(ng and not positive for ng, positive in verdicts) == chosen["fp"]
+
+
+def test_calibration_says_when_the_target_is_out_of_reach():
+    metrics = DefectMetrics(sweep_thresholds=True)
+    for prob, mask in calibration_maps():
+        metrics.update(prob, mask)
+    metrics.update(np.zeros((64, 64)), calibration_maps()[0][1])  # a positive the model does not see at all
+    out_of_reach = metrics.calibrate(1.0)
+    assert out_of_reach == {"target_recall": 1.0, "reachable": False, "best_recall": 0.75}
+    assert metrics.calibrate(0.75)["reachable"]
+    negatives_only = DefectMetrics(sweep_thresholds=True)
+    negatives_only.update(blob(0.9, 5), None)
+    with pytest.raises(EdgestackError, match="positive"):
+        negatives_only.calibrate(0.9)
+
+
 def native_bf16_cpu(monkeypatch, native: bool) -> None:
     """Make this machine's CPU report (or not) native bfloat16, so the --bf16 paths run on any CI machine."""
     monkeypatch.setattr("platform.machine", lambda: "x86_64")

@@ -2,10 +2,12 @@
 onnxruntime fp32 or int8, TensorRT), on a CDS2K-style folder or the held-out synthetic set.
 
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
-size, as in COD benchmarking; metrics are edgestack.train.metrics'. Writes results.json, results.md (with recall
-and S by defect size, the OK/NG figures at other thresholds and, on the synthetic set, recall by defect kind and
-by texture with each texture's false rejects) and worst.png (the worst positives by S-measure and every wrong
-OK/NG verdict, worst first).
+size, as in COD benchmarking; or, with `tiled` (bundles), run as `edgestack inspect` runs it: at its own scale,
+in the model's native-size tiles, so the verdicts are the line's. Metrics are edgestack.train.metrics'. Writes
+results.json, results.md (with recall and S by defect size, the OK/NG figures at other thresholds, with a target
+recall the calibrated rule and, on the synthetic set, recall by defect kind and by texture with each texture's
+false rejects) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first); with
+`rules_out` the calibrated rule as a rules file for `inspect`/`serve`.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def predict(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size
 
 
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
-             operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]]) -> str:
+             operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]],
+             calibration: dict[str, Any] | None = None) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
@@ -139,6 +142,16 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
               "|---|---|---|---|---|---|"]
     lines += [f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | {p['accuracy']:.3f} | {p['fn']} | "
               f"{p['fp']} |" for p in operating_points]
+    if calibration and calibration["reachable"]:
+        c = calibration
+        lines += ["", f"Calibrated for recall >= {c['target_recall']:g} (fewest false rejects over thresholds "
+                  f"0.05-0.95 and every min area): threshold {c['threshold']}, min_area_px {c['min_area_px']}: recall "
+                  f"{c['recall']:.3f}, precision {c['precision']:.3f}, accuracy {c['accuracy']:.3f}, missed "
+                  f"{c['fn']}, false rejects {c['fp']}. Chosen on these images: check it on others before a line "
+                  "relies on it."]
+    elif calibration:
+        lines += ["", f"Recall >= {calibration['target_recall']:g} is out of reach here: at min area 1 px the best "
+                  f"threshold finds {calibration['best_recall']:.3f} of the positives."]
     if by_group:
         def cell(value: Any) -> str:
             return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -171,15 +184,23 @@ def evaluate_defects(
     model_name: str = "defectseg", config: str | None = None, data: str = "synthetic",
     checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
     min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
-    bundle: str | Path | None = None, backend: str = "auto",
+    bundle: str | Path | None = None, backend: str = "auto", tiled: bool = False,
+    target_recall: float | None = None, rules_out: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend`; returns (results, written paths)."""
+    """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend` (`tiled`: as inspect runs it);
+    with `target_recall`, also calibrate the NG rule (`rules_out`: write it). Returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
         raise EdgestackError(f"--threshold must be in (0, 1), got {threshold}")
     if data == "synthetic" and count < 1:
         raise EdgestackError(f"--count must be at least 1, got {count}")
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise EdgestackError(f"--target-recall must be in (0, 1], got {target_recall}")
+    if rules_out is not None and target_recall is None:
+        raise EdgestackError("--rules-out writes the rule calibrated for --target-recall; pass --target-recall too")
+    if tiled and bundle is None:
+        raise EdgestackError("--tiled runs an exported bundle as `edgestack inspect` does; pass --bundle")
     torch.set_num_threads(threads)
     if bundle is not None:
         if checkpoint is not None or config is not None:
@@ -193,11 +214,21 @@ def evaluate_defects(
     else:
         model, config_name, source = load_trained(model_name, config, checkpoint)
         forward = checkpoint_forward(model)
+    if tiled:
+        from edgestack.runtime.inspect import Inspector
+
+        inspector = Inspector(engine)
+        probability = inspector.probability
+        scale = "own scale, {}x{} tiles as inspect runs them".format(*inspector.tile)
+    else:
+        def probability(image: np.ndarray) -> np.ndarray:
+            return predict(forward, image, size)
+        scale = f"{size}x{size}"
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
-        prob = predict(forward, image, size)
+        prob = probability(image)
         record = metrics.update(prob, mask, name)
         record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
@@ -208,15 +239,32 @@ def evaluate_defects(
     results = metrics.results()
     out = Path(out) if out else Path("runs") / f"eval-{config_name}"
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{config_name} on {data} ({source}, {size}x{size})"
-    report = {"title": title, "config": config_name, "checkpoint": source, "data": data, "size": size,
-              "results": results, "by_area": metrics.by_area(),
-              "operating_points": metrics.operating_points(),
+    title = f"{config_name} on {data} ({source}, {scale})"
+    calibration = metrics.calibrate(target_recall) if target_recall is not None else None
+    report = {"title": title, "config": config_name, "checkpoint": source, "data": data,
+              "size": None if tiled else size, "tiled": tiled, "results": results, "by_area": metrics.by_area(),
+              "operating_points": metrics.operating_points(), "calibration": calibration,
               "by_kind_and_texture": by_kind_and_texture(metrics.per_image), "skipped": skipped,
               "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
-    paths["markdown"].write_text(
-        markdown(results, title, report["by_area"], report["operating_points"], report["by_kind_and_texture"]))
+    paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"],
+                                          report["by_kind_and_texture"], calibration))
     worst_grid([case for _, case in kept], paths["worst"])
+    if rules_out is not None:
+        if not calibration["reachable"]:
+            raise EdgestackError(
+                f"no rule reaches recall {target_recall:g} on {data}: the best threshold finds "
+                f"{calibration['best_recall']:.3f} of the positives even at min area 1 px; {rules_out} not written "
+                f"(figures in {paths['markdown']}). Lower --target-recall, or fine-tune on this line's images "
+                "(edgestack train defectseg --data DIR --init shipped)")
+        paths["rules"] = Path(rules_out)
+        rule = {"threshold": calibration["threshold"], "min_area_px": calibration["min_area_px"],
+                "min_score": calibration["threshold"]}  # min_score = threshold: the area alone decides, as calibrated
+        try:
+            paths["rules"].parent.mkdir(parents=True, exist_ok=True)
+            paths["rules"].write_text(json.dumps(rule, indent=2) + "\n")
+        except OSError as exc:
+            raise EdgestackError(f"cannot write the rules file {rules_out}: {exc.strerror}; pass a writable path "
+                                 "to --rules-out") from None
     return results, paths

@@ -9,6 +9,8 @@ is NG when the probability map has a connected area (8-connectivity) of pixels w
 least `min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is the positive class for
 precision and recall. Operating points: the same rule at each threshold of OPERATING_THRESHOLDS, so a line can
 read off the recall it buys with more false rejects before it sets `threshold` in its rules file.
+Calibration: the threshold (of SWEEP_THRESHOLDS) and min area that reach a target recall with the fewest false
+rejects, for a rules file.
 
 By defect size: recall and S-measure of positives grouped by the defect's share of the image (CDS2K's positives
 are mostly < 10%), so a line can read off the smallest defect the model still finds.
@@ -16,17 +18,21 @@ are mostly < 10%), so a line can read off the smallest defect the model still fi
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
+import cv2
 import numpy as np
 
+from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess
 
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
 AREA_EDGES = (0.0, 0.005, 0.02, 0.05)  # defect pixels / image pixels: lower bucket edges, the last open-ended
-OPERATING_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, for calibration
+OPERATING_THRESHOLDS = SWEEP_THRESHOLDS[1::2]  # 0.1 .. 0.9, the table in results.md
 
 
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
@@ -34,6 +40,13 @@ def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AR
     # min_score = threshold: every defect pixel already reaches it, so only the area decides, as stated above.
     rules = Rules(threshold=threshold, min_area_px=min_area, min_score=threshold, max_listed=0)
     return assess(prob, rules).status == "NG"
+
+
+def largest_area(prob: np.ndarray, threshold: float) -> int:
+    """Pixels in the largest connected area (8-connectivity) of prob >= threshold; 0 if there is none. The rule
+    above says NG exactly when this reaches min_area, whatever min_area is."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
 
 
 def verdict_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -54,8 +67,8 @@ class DefectMetrics:
     """Accumulate one image at a time; `results()` gives the benchmark figures and image-level figures."""
 
     def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA, sweep_thresholds: bool = False):
-        """`sweep_thresholds`: also judge each image at OPERATING_THRESHOLDS, for `operating_points()`; off in
-        training's per-epoch validation, where early noisy maps hold thousands of components per threshold."""
+        """`sweep_thresholds`: also measure each image at SWEEP_THRESHOLDS, for `operating_points()` and
+        `calibrate()`; off in training's per-epoch validation, where it would only cost time."""
         import py_sod_metrics as sod
 
         self.threshold, self.min_area, self.sweep_thresholds = threshold, min_area, sweep_thresholds
@@ -71,11 +84,8 @@ class DefectMetrics:
         positive = mask is not None and bool(mask.any())
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
                                   "max_prob": float(prob.max())}
-        if self.sweep_thresholds:
-            # The rule is monotone in the threshold (a component above t lies inside one above any lower t), so
-            # one number per image gives its verdict at every operating point: NG at t exactly when t <= ng_up_to.
-            record["ng_up_to"] = next(
-                (t for t in reversed(OPERATING_THRESHOLDS) if is_ng(prob, t, self.min_area)), 0.0)
+        if self.sweep_thresholds:  # one number per threshold gives the verdict there for every min area
+            record["largest_area"] = [largest_area(prob, t) for t in SWEEP_THRESHOLDS]
         if positive:
             pred = (np.clip(prob, 0, 1) * 255).round().astype(np.uint8)
             for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
@@ -99,13 +109,45 @@ class DefectMetrics:
             }
         return out | verdict_figures(truth, pred) | {"threshold": self.threshold, "min_area": self.min_area}
 
+    def _largest_areas(self) -> tuple[np.ndarray, np.ndarray]:
+        """(truth [images], largest areas [images, SWEEP_THRESHOLDS])."""
+        if not self.sweep_thresholds:
+            raise ValueError("operating points and calibration need DefectMetrics(sweep_thresholds=True)")
+        truth = np.array([r["positive"] for r in self.per_image], bool)
+        areas = np.array([r["largest_area"] for r in self.per_image], np.int64).reshape(len(truth), -1)
+        return truth, areas
+
     def operating_points(self) -> list[dict[str, Any]]:
         """Image-level figures with the NG rule at each of OPERATING_THRESHOLDS (min_area unchanged)."""
-        if not self.sweep_thresholds:
-            raise ValueError("operating_points() needs DefectMetrics(sweep_thresholds=True)")
-        truth = np.array([r["positive"] for r in self.per_image], bool)
-        return [{"threshold": t} | verdict_figures(truth, np.array([r["ng_up_to"] >= t for r in self.per_image], bool))
+        truth, areas = self._largest_areas()
+        return [{"threshold": t} | verdict_figures(truth, areas[:, SWEEP_THRESHOLDS.index(t)] >= self.min_area)
                 for t in OPERATING_THRESHOLDS]
+
+    def calibrate(self, target_recall: float) -> dict[str, Any]:
+        """The threshold and min area (px) whose NG rule finds at least `target_recall` of the positives with the
+        fewest false rejects; ties go to the higher recall, then the larger min area, then the higher threshold.
+
+        At each threshold the largest min area that still finds k = ceil(target * positives) of them is the k-th
+        largest positive's largest area: any larger loses one, any smaller only adds false rejects. Returns the
+        chosen rule with its figures, `reachable` False (and the best recall any threshold gives at min area 1)
+        when no threshold finds k positives."""
+        truth, areas = self._largest_areas()
+        if not truth.any():
+            raise EdgestackError("calibration needs defective (positive) images with masks; this data has none")
+        needed = math.ceil(target_recall * truth.sum() - 1e-9)  # a float target like 0.95 * 20 stays 19
+        best = None
+        for column, threshold in enumerate(SWEEP_THRESHOLDS):
+            min_area = int(np.sort(areas[truth, column])[::-1][needed - 1])
+            if min_area < 1:  # fewer than k positives show any area at this threshold
+                continue
+            figures = verdict_figures(truth, areas[:, column] >= min_area)
+            key = (-figures["fp"], figures["recall"], min_area, threshold)
+            if best is None or key > best[0]:
+                best = (key, {"threshold": threshold, "min_area_px": min_area} | figures)
+        if best is None:
+            found = max(float((areas[truth, column] >= 1).mean()) for column in range(len(SWEEP_THRESHOLDS)))
+            return {"target_recall": target_recall, "reachable": False, "best_recall": found}
+        return {"target_recall": target_recall, "reachable": True} | best[1]
 
     def by_area(self) -> list[dict[str, Any]]:
         """Positives per AREA_EDGES bucket: count, recall (image-level NG), mean S-measure; empty ones omitted."""
