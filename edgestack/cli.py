@@ -312,14 +312,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from edgestack.train.evaluate import evaluate_defects
+    from edgestack.train.metrics import MIN_AREA, THRESHOLD
 
     if _is_detector(args.model, args.config) or _is_grounding(args.model, args.config):
         if args.bundle:
             raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with "
                                  "--checkpoint")
-        if args.tiled or args.target_recall is not None or args.rules_out:
-            raise EdgestackError(f"--tiled, --target-recall and --rules-out are for defectseg's OK/NG rule, not "
-                                 f"{args.model}")
+        if args.tiled or args.target_recall is not None or args.rules_out or args.rules:
+            raise EdgestackError(f"--tiled, --rules, --target-recall and --rules-out are for defectseg's OK/NG rule, "
+                                 f"not {args.model}")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import eval_command
 
@@ -343,10 +344,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(paths["markdown"].read_text())
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return
+    if args.rules and (args.threshold is not None or args.min_area is not None):
+        raise EdgestackError("--rules sets the OK/NG rule; drop --threshold/--min-area (or edit the rules file)")
     results, paths = evaluate_defects(args.model, args.config, args.data, args.checkpoint, args.out,
-                                      args.size, args.count, args.min_area, args.threads,
-                                      threshold=args.threshold, bundle=args.bundle, backend=args.backend,
-                                      tiled=args.tiled, target_recall=args.target_recall, rules_out=args.rules_out)
+                                      args.size, args.count,
+                                      MIN_AREA if args.min_area is None else args.min_area, args.threads,
+                                      threshold=THRESHOLD if args.threshold is None else args.threshold,
+                                      bundle=args.bundle, backend=args.backend, tiled=args.tiled,
+                                      target_recall=args.target_recall, rules_out=args.rules_out, rules=args.rules)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -540,9 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(multiple of 32); probabilities go back to mask size")
     p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic (vglaw: test "
                                                           "expressions)")
-    p.add_argument("--threshold", type=float, default=0.5, help="NG rule: pixels with prob >= this are defect "
-                                                               "(results.md also lists 0.1-0.9)")
-    p.add_argument("--min-area", type=int, default=16, help="NG rule: a connected defect area >= this many pixels")
+    p.add_argument("--threshold", type=float, help="NG rule: pixels with prob >= this are defect (default 0.5; "
+                                                   "results.md also lists 0.1-0.9)")
+    p.add_argument("--min-area", type=int, help="NG rule: a connected defect area >= this many pixels (default 16)")
+    p.add_argument("--rules", help="defectseg: judge OK/NG by this rules file (regions, scores, mm², max count) "
+                                   "as inspect does, instead of --threshold/--min-area")
     p.add_argument("--tiled", action="store_true", help="with --bundle: run each image as `inspect` does (own "
                                                         "scale, native-size tiles) instead of resizing to --size")
     p.add_argument("--target-recall", type=float, help="defectseg: also find the threshold and min area that catch "

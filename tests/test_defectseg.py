@@ -118,6 +118,18 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
         verdicts.append((inspector.inspect(sample.image)[0]["status"] == "NG", sample.positive))
     assert sum(ng and positive for ng, positive in verdicts) == chosen["tp"]
     assert sum(ng and not positive for ng, positive in verdicts) == chosen["fp"]
+    # eval --rules judges by the whole file as inspect does: the written rules give the calibrated verdicts, and
+    # a max_count no image reaches turns every verdict OK.
+    judged, _ = evaluate_defects(count=10, out=tmp_path / "judged", bundle=defectseg_bundle, backend="onnxruntime",
+                                 tiled=True, rules=rules_path)
+    assert (judged["tp"], judged["fp"], judged["rules"]["min_area_px"]) == (chosen["tp"], chosen["fp"],
+                                                                          chosen["min_area_px"])
+    lenient = tmp_path / "lenient.json"
+    lenient.write_text(json.dumps(json.loads(rules_path.read_text()) | {"max_count": 100000}))
+    all_ok, paths = evaluate_defects(count=10, out=tmp_path / "lenient", bundle=defectseg_bundle,
+                                     backend="onnxruntime", tiled=True, rules=lenient)
+    assert (all_ok["tp"], all_ok["fp"], all_ok["recall"]) == (0, 0, 0.0)
+    assert '"max_count": 100000' in paths["markdown"].read_text()
     with pytest.raises(EdgestackError, match="pass --bundle"):
         evaluate_defects(count=1, tiled=True, out=tmp_path / "x")
     with pytest.raises(EdgestackError, match="pass --target-recall"):

@@ -24,6 +24,7 @@ import torch
 from edgestack.errors import EdgestackError
 from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
+from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, scan_folder, to_tensors
 from edgestack.train.metrics import THRESHOLD, DefectMetrics, positives_figures
@@ -128,16 +129,20 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
               f"class): TP {results['tp']}, FP {results['fp']}, FN {results['fn']}, TN {results['tn']}.",
-              f"OK/NG rule: NG when a connected area (8-connected) of prob >= {results['threshold']} covers "
-              f">= {results['min_area']} pixels at the image's own size. Pixel metrics (pysodmetrics) on positives."]
+              (f"OK/NG rule: the rules file, as inspect applies it: {json.dumps(results['rules'])}."
+               if "rules" in results else
+               f"OK/NG rule: NG when a connected area (8-connected) of prob >= {results['threshold']} covers "
+               f">= {results['min_area']} pixels at the image's own size.") +
+              " Pixel metrics (pysodmetrics) on positives."]
     if by_area:
         lines += ["", "| defect area (share of image) | positives | recall | S |", "|---|---|---|---|"]
         for row in by_area:
             low, high = row["area_from"], row["area_to"]
             span = f"{low:.1%} to {high:.1%}" if high is not None else f"{low:.1%} and more"
             lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
-    lines += ["", f"Operating points: the OK/NG rule at other thresholds (min area {results['min_area']} px), to "
-              "choose `threshold` in a line's rules file.", "",
+    lines += ["", f"Operating points: NG when a connected area of prob >= t covers >= {results['min_area']} px, at "
+              "thresholds t (regions, min score, mm² and max count of a rules file are not applied here, nor in "
+              "the calibration), to choose `threshold` in a line's rules file.", "",
               "| threshold | recall | precision | accuracy | missed (FN) | false rejects (FP) |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | {p['accuracy']:.3f} | {p['fn']} | "
@@ -185,10 +190,11 @@ def evaluate_defects(
     checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
     min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
     bundle: str | Path | None = None, backend: str = "auto", tiled: bool = False,
-    target_recall: float | None = None, rules_out: str | Path | None = None,
+    target_recall: float | None = None, rules_out: str | Path | None = None, rules: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend` (`tiled`: as inspect runs it);
-    with `target_recall`, also calibrate the NG rule (`rules_out`: write it). Returns (results, written paths)."""
+    `rules`: judge OK/NG by that rules file instead of `threshold`/`min_area`; with `target_recall`, also
+    calibrate the NG rule (`rules_out`: write it). Returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
@@ -201,6 +207,7 @@ def evaluate_defects(
         raise EdgestackError("--rules-out writes the rule calibrated for --target-recall; pass --target-recall too")
     if tiled and bundle is None:
         raise EdgestackError("--tiled runs an exported bundle as `edgestack inspect` does; pass --bundle")
+    line_rules = load_rules(rules) if rules is not None else None
     torch.set_num_threads(threads)
     if bundle is not None:
         if checkpoint is not None or config is not None:
@@ -224,7 +231,7 @@ def evaluate_defects(
         def probability(image: np.ndarray) -> np.ndarray:
             return predict(forward, image, size)
         scale = f"{size}x{size}"
-    metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True)
+    metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True, rules=line_rules)
     samples, skipped = _samples(data, count)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:

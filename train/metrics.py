@@ -66,12 +66,17 @@ def positives_figures(positives: list[dict[str, Any]]) -> dict[str, Any]:
 class DefectMetrics:
     """Accumulate one image at a time; `results()` gives the benchmark figures and image-level figures."""
 
-    def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA, sweep_thresholds: bool = False):
+    def __init__(self, threshold: float = THRESHOLD, min_area: int = MIN_AREA, sweep_thresholds: bool = False,
+                 rules: Rules | None = None):
         """`sweep_thresholds`: also measure each image at SWEEP_THRESHOLDS, for `operating_points()` and
-        `calibrate()`; off in training's per-epoch validation, where it would only cost time."""
+        `calibrate()`; off in training's per-epoch validation, where it would only cost time. `rules`: judge each
+        image by a line's whole rules file (regions, min score, mm², max count) as inspect does, instead of the
+        rule above; its threshold and min area stand in for `threshold` and `min_area`."""
         import py_sod_metrics as sod
 
-        self.threshold, self.min_area, self.sweep_thresholds = threshold, min_area, sweep_thresholds
+        if rules is not None:
+            threshold, min_area = rules.threshold, rules.min_area_px
+        self.threshold, self.min_area, self.sweep_thresholds, self.rules = threshold, min_area, sweep_thresholds, rules
         self.sm, self.wfm, self.mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.MAE()
         with warnings.catch_warnings():  # classic Fmeasure is the benchmark's; its deprecation note is noise here
             warnings.simplefilter("ignore", UserWarning)
@@ -80,7 +85,10 @@ class DefectMetrics:
 
     def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "") -> dict[str, Any]:
         """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
-        predicted_ng = is_ng(prob, self.threshold, self.min_area)
+        if self.rules is not None:
+            predicted_ng = assess(prob, self.rules).status == "NG"
+        else:
+            predicted_ng = is_ng(prob, self.threshold, self.min_area)
         positive = mask is not None and bool(mask.any())
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
                                   "max_prob": float(prob.max())}
@@ -107,7 +115,10 @@ class DefectMetrics:
                 "E_adp": float(em["adp"]), "E_mean": float(np.mean(em["curve"])), "E_max": float(np.max(em["curve"])),
                 "F_adp": float(fm["adp"]), "F_mean": float(np.mean(fm["curve"])), "F_max": float(np.max(fm["curve"])),
             }
-        return out | verdict_figures(truth, pred) | {"threshold": self.threshold, "min_area": self.min_area}
+        rule = {"threshold": self.threshold, "min_area": self.min_area}
+        if self.rules is not None:
+            rule["rules"] = self.rules.as_dict()
+        return out | verdict_figures(truth, pred) | rule
 
     def _largest_areas(self) -> tuple[np.ndarray, np.ndarray]:
         """(truth [images], largest areas [images, SWEEP_THRESHOLDS])."""
