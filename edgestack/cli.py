@@ -260,8 +260,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
 
     grounding = _is_grounding(args.model, args.config)
-    if args.bf16 and (grounding or _is_detector(args.model, args.config)):
-        raise EdgestackError("--bf16 applies to defectseg only; drop it for vglaw and the detector")
+    if (args.bf16 or args.bit_depth is not None) and (grounding or _is_detector(args.model, args.config)):
+        raise EdgestackError("--bf16 and --bit-depth apply to defectseg only; drop them for vglaw and the detector")
     defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
                 {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
     for name, value in defaults.items():
@@ -303,7 +303,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
                     resume=args.resume, init=args.init, threads=args.threads, device=args.device,
-                    workers=args.workers, bf16=args.bf16)
+                    workers=args.workers, bf16=args.bf16, bit_depth=args.bit_depth)
     best = summary["best_val"]
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
@@ -318,8 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.bundle:
             raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with "
                                  "--checkpoint")
-        if args.tiled or args.target_recall is not None or args.rules_out or args.rules:
-            raise EdgestackError(f"--tiled, --rules, --target-recall and --rules-out are for defectseg's OK/NG rule, "
+        if args.tiled or args.target_recall is not None or args.rules_out or args.rules or args.bit_depth is not None:
+            raise EdgestackError(f"--tiled, --rules, --target-recall, --rules-out and --bit-depth are for defectseg, "
                                  f"not {args.model}")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import eval_command
@@ -351,7 +351,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                       MIN_AREA if args.min_area is None else args.min_area, args.threads,
                                       threshold=THRESHOLD if args.threshold is None else args.threshold,
                                       bundle=args.bundle, backend=args.backend, tiled=args.tiled,
-                                      target_recall=args.target_recall, rules_out=args.rules_out, rules=args.rules)
+                                      target_recall=args.target_recall, rules_out=args.rules_out, rules=args.rules,
+                                      bit_depth=args.bit_depth)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -528,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="defectseg: bfloat16 autocast in training (~1.6x faster on "
                                                        "CPUs with AVX512-BF16/AMX and Ampere+ GPUs; refused "
                                                        "where bf16 would be emulated)")
+    p.add_argument("--bit-depth", type=int, help="defectseg: " + BIT_DEPTH_HELP)
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)
@@ -555,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float, help="defectseg: also find the threshold and min area that catch "
                                                        "this share of defective images with the fewest false rejects")
     p.add_argument("--rules-out", help="with --target-recall: write that rule as a rules file for inspect/serve")
+    p.add_argument("--bit-depth", type=int, help="defectseg: " + BIT_DEPTH_HELP)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.set_defaults(func=cmd_eval)
 

@@ -100,6 +100,34 @@ def test_bad_files_are_skipped_and_reported(cds2k, caplog):
     assert "skipping" in caplog.text and "orphan.png" in caplog.text
 
 
+def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):
+    # 12-bit camera data stored as 16-bit PNGs (what inspect takes with --bit-depth 12): the same images as the
+    # 8-bit set once scaled by their bit depth; without it every image is refused with that hint, never read dark.
+    import shutil
+
+    from edgestack.train.datasets import load_datasets
+    from edgestack.train.evaluate import evaluate_defects
+
+    root, _ = cds2k
+    deep = tmp_path / "deep"
+    shutil.copytree(root, deep)
+    for path in list(deep.glob("*/Image/*.png")):
+        cv2.imwrite(str(path), cv2.imread(str(path)).astype(np.uint16) << 4)
+    with pytest.raises(EdgestackError, match="--bit-depth 12"):
+        scan_folder(deep)
+    scan = scan_folder(deep, bit_depth=12)
+    assert len(scan.records) == 12 and not scan.skipped
+    for deep_record, record in zip(scan.records, scan_folder(root).records):
+        assert np.array_equal(load_pair(deep_record, 12)[0], load_pair(record)[0])
+    _, _, info = load_datasets(str(deep), 64, bit_depth=12)
+    assert info["count"] == 12 and info["bit_depth"] == 12
+    with pytest.raises(EdgestackError, match="synthetic set is 8-bit"):
+        load_datasets("synthetic", 64, synthetic_count=4, bit_depth=12)
+    eight, _ = evaluate_defects(data=str(root), size=64, out=tmp_path / "eight")
+    twelve, _ = evaluate_defects(data=str(deep), size=64, out=tmp_path / "twelve", bit_depth=12)
+    assert twelve == eight
+
+
 def test_empty_or_unknown_folders_are_errors(tmp_path):
     (tmp_path / "Positive" / "Image").mkdir(parents=True)
     with pytest.raises(EdgestackError, match="no usable image/mask pairs.*empty"):

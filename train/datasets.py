@@ -5,7 +5,8 @@ binarised at > 128):
     CDS2K:  ROOT/Positive/Image/, ROOT/Positive/GroundTruth/, ROOT/Negative/Image/ (negatives have no mask)
     plain:  ROOT/image(s)/ + ROOT/mask(s)/ (an all-zero mask makes a negative)
 Bad files are never dropped silently: every skipped file is logged and returned in `FolderScan.skipped`
-with its reason; a folder with nothing usable is an EdgestackError.
+with its reason; a folder with nothing usable is an EdgestackError. 16-bit images holding 10-14-bit camera
+data are scaled by the camera's `bit_depth`, as inspect scales them (edgestack.runtime.images).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.images import read_image
+from edgestack.runtime.images import check_bit_depth, read_image
 from edgestack.train import synthetic
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Record:
 class FolderScan:
     root: Path
     layout: str
+    bit_depth: int | None = None  # of 16-bit images whose camera uses fewer bits
     records: list[Record] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
@@ -70,9 +72,9 @@ def read_mask(path: Path) -> np.ndarray:
     return np.where(values > 128, 255, 0).astype(np.uint8)
 
 
-def load_pair(record: Record) -> tuple[np.ndarray, np.ndarray | None]:
+def load_pair(record: Record, bit_depth: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB image, 0/255 mask or None); EdgestackError on unreadable files or a size mismatch."""
-    image = read_image(record.image, gray_to_rgb=True)
+    image = read_image(record.image, gray_to_rgb=True, bit_depth=bit_depth)
     if record.mask is None:
         return image, None
     mask = read_mask(record.mask)
@@ -84,13 +86,14 @@ def load_pair(record: Record) -> tuple[np.ndarray, np.ndarray | None]:
     return image, mask
 
 
-def scan_folder(root: str | Path, check: bool = True) -> FolderScan:
+def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = None) -> FolderScan:
     """Pair images with masks under `root`; with `check`, read every pair and skip (and report) bad ones."""
     root = Path(root)
     if not root.is_dir():
         raise EdgestackError(f"data folder {root} does not exist; pass a folder or `synthetic`")
+    check_bit_depth(bit_depth)
     if (root / "Positive").is_dir() or (root / "Negative").is_dir():
-        scan = FolderScan(root, "cds2k")
+        scan = FolderScan(root, "cds2k", bit_depth)
         pairs = [(root / "Positive" / "Image", root / "Positive" / "GroundTruth", True),
                  (root / "Negative" / "Image", None, False)]
     else:
@@ -100,7 +103,7 @@ def scan_folder(root: str | Path, check: bool = True) -> FolderScan:
                 f"{root} has neither the CDS2K layout (Positive/Image, Positive/GroundTruth, Negative/Image) nor "
                 "image/ + mask/ folders; arrange the data in one of them"
             )
-        scan = FolderScan(root, "plain")
+        scan = FolderScan(root, "plain", bit_depth)
         pairs = [(images, masks, True)]
     for image_dir, mask_dir, needs_mask in pairs:
         images = _images(image_dir) if image_dir.is_dir() else {}
@@ -116,7 +119,7 @@ def scan_folder(root: str | Path, check: bool = True) -> FolderScan:
         good = []
         for record in scan.records:
             try:
-                load_pair(record)
+                load_pair(record, bit_depth)
             except EdgestackError as exc:
                 scan.skip(record.image, str(exc))
             else:
@@ -221,23 +224,26 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
 
 def load_datasets(
     data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None,
-    workers: int = 1,
+    workers: int = 1, bit_depth: int | None = None,
 ) -> tuple[DefectDataset, DefectDataset, dict]:
     """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed, generated in
     `workers` processes)."""
+    if data == "synthetic" and bit_depth is not None:
+        raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
     if data == "synthetic":
         make = partial(synthetic.make_sample, synthetic.TRAIN_SEED, size=size)
         samples = generate(make, synthetic_count, workers, progress)
         pairs = [(s.image, s.mask) for s in samples]
         info = {"data": "synthetic", "seed": synthetic.TRAIN_SEED, "count": synthetic_count, "skipped": []}
     else:
-        scan = scan_folder(data)
+        scan = scan_folder(data, bit_depth=bit_depth)
         pairs = []
         for i, record in enumerate(scan.records):
-            pairs.append(resize_pair(*load_pair(record), size))
+            pairs.append(resize_pair(*load_pair(record, bit_depth), size))
             if progress:
                 progress(i + 1, len(scan.records))
-        info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped}
+        info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped,
+                "bit_depth": bit_depth}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
     info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
     make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed)  # noqa: E731

@@ -56,7 +56,9 @@ def load_trained(
 Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, image, mask, what the sample holds
 
 
-def _samples(data: str, count: int) -> tuple[Iterator[Sample], list]:
+def _samples(data: str, count: int, bit_depth: int | None = None) -> tuple[Iterator[Sample], list]:
+    if data == "synthetic" and bit_depth is not None:
+        raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
     if data == "synthetic":
         def gen():
             for i in range(count):
@@ -64,11 +66,11 @@ def _samples(data: str, count: int) -> tuple[Iterator[Sample], list]:
                 yield (f"synthetic/{synthetic.HELDOUT_SEED}/{i}", s.image, (s.mask if s.positive else None),
                        {"kinds": s.info["defects"], "texture": s.info["texture"]})
         return gen(), []
-    scan = scan_folder(data)
+    scan = scan_folder(data, bit_depth=bit_depth)
 
     def read():
         for record in scan.records:
-            image, mask = load_pair(record)
+            image, mask = load_pair(record, bit_depth)
             yield str(record.image), image, mask, {}
     return read(), scan.skipped
 
@@ -191,10 +193,12 @@ def evaluate_defects(
     min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
     bundle: str | Path | None = None, backend: str = "auto", tiled: bool = False,
     target_recall: float | None = None, rules_out: str | Path | None = None, rules: str | Path | None = None,
+    bit_depth: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend` (`tiled`: as inspect runs it);
     `rules`: judge OK/NG by that rules file instead of `threshold`/`min_area`; with `target_recall`, also
-    calibrate the NG rule (`rules_out`: write it). Returns (results, written paths)."""
+    calibrate the NG rule (`rules_out`: write it); `bit_depth`: of 16-bit camera images in the folder, as inspect
+    takes it. Returns (results, written paths)."""
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
@@ -232,7 +236,7 @@ def evaluate_defects(
             return predict(forward, image, size)
         scale = f"{size}x{size}"
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True, rules=line_rules)
-    samples, skipped = _samples(data, count)
+    samples, skipped = _samples(data, count, bit_depth)
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
         prob = probability(image)

@@ -200,6 +200,7 @@ def train(
     device: str | None = None,
     workers: int = 1,
     bf16: bool = False,
+    bit_depth: int | None = None,
     log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
 ) -> dict[str, Any]:
     """Train; returns the final summary (also written to OUT/summary.json).
@@ -209,7 +210,7 @@ def train(
     CUDA when available; `workers` processes generate the synthetic samples and load batches. `bf16`: bfloat16
     autocast for the forward pass (weights, optimizer and loss stay fp32), ~1.6x faster on CPUs with AVX512-BF16 or
     AMX and on Ampere+ GPUs, refused elsewhere (emulated, it is slower than fp32); validation and the checkpoints
-    are fp32."""
+    are fp32. `bit_depth`: of the folder's 16-bit camera images (as inspect --bit-depth)."""
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
@@ -239,7 +240,7 @@ def train(
         task = bar.add_task("generating data" if data == "synthetic" else "reading data", total=None, status="")
         train_set, val_set, data_info = load_datasets(
             data, size, val_fraction, seed, synthetic_count,
-            progress=lambda i, n: bar.update(task, completed=i, total=n), workers=workers,
+            progress=lambda i, n: bar.update(task, completed=i, total=n), workers=workers, bit_depth=bit_depth,
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
