@@ -260,8 +260,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
 
     grounding = _is_grounding(args.model, args.config)
-    if (args.bf16 or args.bit_depth is not None) and (grounding or _is_detector(args.model, args.config)):
-        raise EdgestackError("--bf16 and --bit-depth apply to defectseg only; drop them for vglaw and the detector")
+    for flag, given in (("--bf16", args.bf16), ("--bit-depth", args.bit_depth is not None)):
+        if given and (grounding or _is_detector(args.model, args.config)):
+            raise EdgestackError(f"{flag} applies to defectseg only; drop it for vglaw and the detector")
     defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
                 {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
     for name, value in defaults.items():

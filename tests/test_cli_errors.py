@@ -34,7 +34,7 @@ CASES = [
     (["eval", "defectseg", "--data", "synthetic", "--rules", "{tmp}/none.json"], "rules file"),
     (["eval", "defectseg", "--data", "synthetic", "--bit-depth", "12"], "the synthetic set is 8-bit"),
     (["train", "detector-student", "--data", "synthetic", "--epochs", "1", "--bit-depth", "12"],
-     "apply to defectseg only"),
+     "--bit-depth applies to defectseg only"),
     (["eval", "detector", "--data", "synthetic", "--target-recall", "0.9"], "are for defectseg, not detector"),
     (["synth", "{tmp}/s", "--negative-fraction", "2"], "--negative-fraction must be between 0 and 1"),
     (["synth", "{tmp}/s", "--size", "10"], "--size must be at least 64"),
