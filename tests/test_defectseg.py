@@ -111,6 +111,13 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
     chosen = report["calibration"]
     assert chosen["reachable"] and chosen["recall"] >= 0.5 and paths["rules"] == rules_path
     assert "Calibrated for recall >= 0.5" in paths["markdown"].read_text()
+    # The trade-off table calibrates for each standard target; more recall never costs fewer false rejects.
+    trade = report["trade_off"]
+    assert [c["target_recall"] for c in trade] == [0.8, 0.9, 0.95, 0.99, 1.0]
+    reachable = [c for c in trade if c["reachable"]]
+    assert reachable and all(c["recall"] >= c["target_recall"] for c in reachable)
+    assert [c["fp"] for c in reachable] == sorted(c["fp"] for c in reachable)
+    assert "| recall target | threshold |" in paths["markdown"].read_text()
     inspector = Inspector(defectseg_bundle, load_rules(rules_path), backend="onnxruntime")
     verdicts = []
     for i in range(10):
@@ -149,7 +156,8 @@ def test_an_unreachable_target_recall_writes_no_rules(tmp_path):
     with pytest.raises(EdgestackError, match="no rule reaches recall 1"):
         evaluate_defects(data=str(folder), out=tmp_path / "eval", target_recall=1.0, rules_out=rules_path)
     assert not rules_path.exists()
-    assert "out of reach" in (tmp_path / "eval" / "results.md").read_text()
+    report = (tmp_path / "eval" / "results.md").read_text()
+    assert "is out of reach here" in report and "| 0.8 | out of reach (best recall 0.000) |" in report
 
 
 @pytest.mark.parametrize("config", ["defectseg-s", "defectseg-m"])

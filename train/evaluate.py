@@ -27,7 +27,7 @@ from edgestack.models.checkpoints import load_checkpoint
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, scan_folder, to_tensors
-from edgestack.train.metrics import THRESHOLD, DefectMetrics, positives_figures
+from edgestack.train.metrics import RECALL_TARGETS, THRESHOLD, DefectMetrics, positives_figures
 
 ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
 
@@ -126,7 +126,7 @@ def predict(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size
 
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
              operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]],
-             calibration: dict[str, Any] | None = None) -> str:
+             calibration: dict[str, Any] | None = None, trade_off: list[dict[str, Any]] | None = None) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
@@ -149,6 +149,15 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
               "|---|---|---|---|---|---|"]
     lines += [f"| {p['threshold']:.1f} | {p['recall']:.3f} | {p['precision']:.3f} | {p['accuracy']:.3f} | {p['fn']} | "
               f"{p['fp']} |" for p in operating_points]
+    if trade_off:
+        lines += ["", "Recall against false rejects: for each target, the rule with the fewest false rejects that "
+                  "reaches it (what `--target-recall` would choose).", "",
+                  "| recall target | threshold | min area px | recall | precision | missed (FN) | false rejects (FP) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['target_recall']:g} | {c['threshold']} | {c['min_area_px']} | {c['recall']:.3f} | "
+                  f"{c['precision']:.3f} | {c['fn']} | {c['fp']} |" if c["reachable"] else
+                  f"| {c['target_recall']:g} | out of reach (best recall {c['best_recall']:.3f}) | - | - | - | - | - |"
+                  for c in trade_off]
     if calibration and calibration["reachable"]:
         c = calibration
         lines += ["", f"Calibrated for recall >= {c['target_recall']:g} (fewest false rejects over thresholds "
@@ -252,15 +261,16 @@ def evaluate_defects(
     out.mkdir(parents=True, exist_ok=True)
     title = f"{config_name} on {data} ({source}, {scale})"
     calibration = metrics.calibrate(target_recall) if target_recall is not None else None
+    trade_off = [metrics.calibrate(t) for t in RECALL_TARGETS] if results["positives"] else []
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data,
               "size": None if tiled else size, "tiled": tiled, "results": results, "by_area": metrics.by_area(),
-              "operating_points": metrics.operating_points(), "calibration": calibration,
+              "operating_points": metrics.operating_points(), "calibration": calibration, "trade_off": trade_off,
               "by_kind_and_texture": by_kind_and_texture(metrics.per_image), "skipped": skipped,
               "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"],
-                                          report["by_kind_and_texture"], calibration))
+                                          report["by_kind_and_texture"], calibration, trade_off))
     worst_grid([case for _, case in kept], paths["worst"])
     if rules_out is not None:
         if not calibration["reachable"]:

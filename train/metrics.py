@@ -10,7 +10,7 @@ least `min_area` = 16 pixels at the image's own resolution; otherwise OK. NG is 
 precision and recall. Operating points: the same rule at each threshold of OPERATING_THRESHOLDS, so a line can
 read off the recall it buys with more false rejects before it sets `threshold` in its rules file.
 Calibration: the threshold (of SWEEP_THRESHOLDS) and min area that reach a target recall with the fewest false
-rejects, for a rules file.
+rejects, for a rules file; the trade-off table calibrates for each of RECALL_TARGETS.
 
 By defect size: recall and S-measure of positives grouped by the defect's share of the image (CDS2K's positives
 are mostly < 10%), so a line can read off the smallest defect the model still finds.
@@ -33,6 +33,7 @@ MIN_AREA = Rules.min_area_px
 AREA_EDGES = (0.0, 0.005, 0.02, 0.05)  # defect pixels / image pixels: lower bucket edges, the last open-ended
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, for calibration
 OPERATING_THRESHOLDS = SWEEP_THRESHOLDS[1::2]  # 0.1 .. 0.9, the table in results.md
+RECALL_TARGETS = (0.8, 0.9, 0.95, 0.99, 1.0)  # the trade-off table: false rejects each recall costs
 
 
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
