@@ -313,7 +313,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from edgestack.train.evaluate import evaluate_defects
-    from edgestack.train.metrics import MIN_AREA, THRESHOLD
 
     if _is_detector(args.model, args.config) or _is_grounding(args.model, args.config):
         if args.bundle:
@@ -345,15 +344,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(paths["markdown"].read_text())
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return
-    if args.rules and (args.threshold is not None or args.min_area is not None):
-        raise EdgestackError("--rules sets the OK/NG rule; drop --threshold/--min-area (or edit the rules file)")
     results, paths = evaluate_defects(args.model, args.config, args.data, args.checkpoint, args.out,
-                                      args.size, args.count,
-                                      MIN_AREA if args.min_area is None else args.min_area, args.threads,
-                                      threshold=THRESHOLD if args.threshold is None else args.threshold,
-                                      bundle=args.bundle, backend=args.backend, tiled=args.tiled,
-                                      target_recall=args.target_recall, rules_out=args.rules_out, rules=args.rules,
-                                      bit_depth=args.bit_depth)
+                                      args.size, args.count, args.min_area, args.threads,
+                                      threshold=args.threshold, bundle=args.bundle, backend=args.backend,
+                                      tiled=args.tiled, target_recall=args.target_recall, rules_out=args.rules_out,
+                                      rules=args.rules, bit_depth=args.bit_depth)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 

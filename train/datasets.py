@@ -222,14 +222,18 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
     return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def refuse_bit_depth_for_synthetic(data: str, bit_depth: int | None) -> None:
+    if data == "synthetic" and bit_depth is not None:
+        raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
+
+
 def load_datasets(
     data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None,
     workers: int = 1, bit_depth: int | None = None,
 ) -> tuple[DefectDataset, DefectDataset, dict]:
     """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed, generated in
     `workers` processes)."""
-    if data == "synthetic" and bit_depth is not None:
-        raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
+    refuse_bit_depth_for_synthetic(data, bit_depth)
     if data == "synthetic":
         make = partial(synthetic.make_sample, synthetic.TRAIN_SEED, size=size)
         samples = generate(make, synthetic_count, workers, progress)

@@ -26,8 +26,8 @@ from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
-from edgestack.train.datasets import load_pair, scan_folder, to_tensors
-from edgestack.train.metrics import RECALL_TARGETS, THRESHOLD, DefectMetrics, positives_figures
+from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
+from edgestack.train.metrics import MIN_AREA, RECALL_TARGETS, THRESHOLD, DefectMetrics, area_rule, positives_figures
 
 ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
 
@@ -57,8 +57,7 @@ Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, imag
 
 
 def _samples(data: str, count: int, bit_depth: int | None = None) -> tuple[Iterator[Sample], list]:
-    if data == "synthetic" and bit_depth is not None:
-        raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
+    refuse_bit_depth_for_synthetic(data, bit_depth)
     if data == "synthetic":
         def gen():
             for i in range(count):
@@ -199,15 +198,20 @@ def worst_grid(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]
 def evaluate_defects(
     model_name: str = "defectseg", config: str | None = None, data: str = "synthetic",
     checkpoint: str | Path | None = None, out: str | Path | None = None, size: int = 256, count: int = 400,
-    min_area: int = 16, threads: int = 2, worst: int = 8, threshold: float = THRESHOLD,
+    min_area: int | None = None, threads: int = 2, worst: int = 8, threshold: float | None = None,
     bundle: str | Path | None = None, backend: str = "auto", tiled: bool = False,
     target_recall: float | None = None, rules_out: str | Path | None = None, rules: str | Path | None = None,
     bit_depth: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate a checkpoint, or with `bundle` an exported bundle on `backend` (`tiled`: as inspect runs it);
-    `rules`: judge OK/NG by that rules file instead of `threshold`/`min_area`; with `target_recall`, also
+    `rules`: judge OK/NG by that rules file instead of `threshold`/`min_area` (default 0.5 and 16 px, the
+    module's rule in edgestack.train.metrics); with `target_recall`, also
     calibrate the NG rule (`rules_out`: write it); `bit_depth`: of 16-bit camera images in the folder, as inspect
     takes it. Returns (results, written paths)."""
+    if rules is not None and (threshold is not None or min_area is not None):
+        raise EdgestackError("--rules sets the OK/NG rule; drop --threshold/--min-area (or edit the rules file)")
+    threshold = THRESHOLD if threshold is None else threshold
+    min_area = MIN_AREA if min_area is None else min_area
     if size % 32 or size < 64:
         raise EdgestackError(f"--size must be a multiple of 32 and at least 64, got {size}")
     if not 0.0 < threshold < 1.0:
@@ -280,8 +284,8 @@ def evaluate_defects(
                 f"(figures in {paths['markdown']}). Lower --target-recall, or fine-tune on this line's images "
                 "(edgestack train defectseg --data DIR --init shipped)")
         paths["rules"] = Path(rules_out)
-        rule = {"threshold": calibration["threshold"], "min_area_px": calibration["min_area_px"],
-                "min_score": calibration["threshold"]}  # min_score = threshold: the area alone decides, as calibrated
+        chosen = area_rule(calibration["threshold"], calibration["min_area_px"])  # the rule it was calibrated as
+        rule = {"threshold": chosen.threshold, "min_area_px": chosen.min_area_px, "min_score": chosen.min_score}
         try:
             paths["rules"].parent.mkdir(parents=True, exist_ok=True)
             paths["rules"].write_text(json.dumps(rule, indent=2) + "\n")

@@ -36,11 +36,15 @@ OPERATING_THRESHOLDS = SWEEP_THRESHOLDS[1::2]  # 0.1 .. 0.9, the table in result
 RECALL_TARGETS = (0.8, 0.9, 0.95, 0.99, 1.0)  # the trade-off table: false rejects each recall costs
 
 
+def area_rule(threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> Rules:
+    """The image-level rule above as inspect's Rules."""
+    # min_score = threshold: every defect pixel already reaches it, so only the area decides, as stated above.
+    return Rules(threshold=threshold, min_area_px=min_area, min_score=threshold, max_listed=0)
+
+
 def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AREA) -> bool:
     """The image-level rule above, for one HxW probability map."""
-    # min_score = threshold: every defect pixel already reaches it, so only the area decides, as stated above.
-    rules = Rules(threshold=threshold, min_area_px=min_area, min_score=threshold, max_listed=0)
-    return assess(prob, rules).status == "NG"
+    return assess(prob, area_rule(threshold, min_area)).status == "NG"
 
 
 def largest_area(prob: np.ndarray, threshold: float) -> int:
@@ -75,9 +79,10 @@ class DefectMetrics:
         rule above; its threshold and min area stand in for `threshold` and `min_area`."""
         import py_sod_metrics as sod
 
-        if rules is not None:
-            threshold, min_area = rules.threshold, rules.min_area_px
-        self.threshold, self.min_area, self.sweep_thresholds, self.rules = threshold, min_area, sweep_thresholds, rules
+        self.from_file = rules is not None
+        self.rules = rules if self.from_file else area_rule(threshold, min_area)
+        self.threshold, self.min_area = self.rules.threshold, self.rules.min_area_px
+        self.sweep_thresholds = sweep_thresholds
         self.sm, self.wfm, self.mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.MAE()
         with warnings.catch_warnings():  # classic Fmeasure is the benchmark's; its deprecation note is noise here
             warnings.simplefilter("ignore", UserWarning)
@@ -86,10 +91,7 @@ class DefectMetrics:
 
     def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "") -> dict[str, Any]:
         """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
-        if self.rules is not None:
-            predicted_ng = assess(prob, self.rules).status == "NG"
-        else:
-            predicted_ng = is_ng(prob, self.threshold, self.min_area)
+        predicted_ng = assess(prob, self.rules).status == "NG"
         positive = mask is not None and bool(mask.any())
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
                                   "max_prob": float(prob.max())}
@@ -117,7 +119,7 @@ class DefectMetrics:
                 "F_adp": float(fm["adp"]), "F_mean": float(np.mean(fm["curve"])), "F_max": float(np.max(fm["curve"])),
             }
         rule = {"threshold": self.threshold, "min_area": self.min_area}
-        if self.rules is not None:
+        if self.from_file:
             rule["rules"] = self.rules.as_dict()
         return out | verdict_figures(truth, pred) | rule
 
