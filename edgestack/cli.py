@@ -236,7 +236,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 def cmd_triton(args: argparse.Namespace) -> None:
     from edgestack.export.triton import write_repository
-    from edgestack.runtime.tensorrt import AUTOLOAD_LIBRARY
+    from edgestack.tensorrt_env import AUTOLOAD_LIBRARY
 
     model_dir = write_repository(args.bundle, args.repo, args.name, args.max_batch, args.instances, args.format,
                                  args.cpu)

@@ -132,7 +132,7 @@ def build_engine(
     values = resolve_profile(meta, profile)
     shapes = input_shapes(meta, values)
 
-    from edgestack.runtime.tensorrt import (
+    from edgestack.tensorrt_env import (
         current_environment,
         find_plugin_library,
         hardware_compatible_problem,
@@ -281,7 +281,7 @@ def rebuild_plan(bundle: Path, meta: dict[str, Any]) -> None:
     source = bundle / info["source"]
     if not source.is_file():
         raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
-    from edgestack.runtime.tensorrt import current_environment, hardware_compatible_problem
+    from edgestack.tensorrt_env import current_environment, hardware_compatible_problem
 
     # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a plain one.
     hardware_compatible = (info["flags"]["hardware_compatible"]

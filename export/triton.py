@@ -118,7 +118,7 @@ def write_repository(
     source = bundle_format.PLAN if fmt == "plan" else bundle_format.PORTABLE_ONNX
     shutil.copyfile(bundle / source, version_dir / ("model.plan" if fmt == "plan" else "model.onnx"))
     if fmt == "plan" and meta["tensorrt"].get("plugins"):
-        from edgestack.runtime.tensorrt import AUTOLOAD_LIBRARY, PLUGIN_LIBRARY, find_plugin_library
+        from edgestack.tensorrt_env import AUTOLOAD_LIBRARY, PLUGIN_LIBRARY, find_plugin_library
 
         plugins = find_plugin_library()
         if not (plugins.parent / AUTOLOAD_LIBRARY).is_file():

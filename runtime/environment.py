@@ -37,7 +37,7 @@ def findings(bundle: str | Path | None = None) -> list[Finding]:
     gpu, tensorrt = _gpu(), _tensorrt()
     found = [_machine(), _torch(), _onnxruntime(), _kernels(), gpu, tensorrt, _plugins()]
     if bundle is not None:
-        from edgestack.runtime.tensorrt import current_environment
+        from edgestack.tensorrt_env import current_environment
 
         env = current_environment() if gpu.status == tensorrt.status == "ok" else None
         found += _bundle(Path(bundle), env)
@@ -93,7 +93,7 @@ def _distribution_version(*names: str) -> str | None:
 
 
 def _gpu() -> Finding:
-    from edgestack.runtime.tensorrt import INSTALL_CUDA_PYTHON, DriverTooOldError, gpu_environment
+    from edgestack.tensorrt_env import INSTALL_CUDA_PYTHON, DriverTooOldError, gpu_environment
 
     bindings = _distribution_version("cuda-bindings", "cuda-python")
     if bindings is None:
@@ -111,7 +111,7 @@ def _gpu() -> Finding:
 
 
 def _tensorrt() -> Finding:
-    from edgestack.runtime.tensorrt import INSTALL_TENSORRT, import_tensorrt
+    from edgestack.tensorrt_env import INSTALL_TENSORRT, import_tensorrt
 
     if importlib.util.find_spec("tensorrt") is None:
         return Finding("TensorRT", "missing", f"not installed; {INSTALL_TENSORRT}")
@@ -122,7 +122,7 @@ def _tensorrt() -> Finding:
 
 
 def _plugins() -> Finding:
-    from edgestack.runtime.tensorrt import AUTOLOAD_LIBRARY, PLUGIN_ENV, find_plugin_library
+    from edgestack.tensorrt_env import AUTOLOAD_LIBRARY, PLUGIN_ENV, find_plugin_library
 
     try:
         path = find_plugin_library()

@@ -10,10 +10,10 @@ import types
 
 import pytest
 
+from edgestack import tensorrt_env
 from edgestack.cli import main
 from edgestack.runtime import environment
-from edgestack.runtime import tensorrt as tensorrt_runtime
-from edgestack.runtime.tensorrt import PLUGIN_ENV
+from edgestack.tensorrt_env import PLUGIN_ENV
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -81,14 +81,14 @@ def driver_reporting(version: int) -> types.SimpleNamespace:
 
 def test_cuda_python_newer_than_the_driver_is_a_problem_no_driver_is_not(capsys, monkeypatch):
     monkeypatch.setattr(environment, "_distribution_version", lambda *names: "13.0.3")
-    monkeypatch.setattr(tensorrt_runtime, "import_cudart", lambda: driver_reporting(12060))
+    monkeypatch.setattr(tensorrt_env, "import_cudart", lambda: driver_reporting(12060))
     code, found, err = doctor(capsys)
     gpu = found["GPU (cuda-python)"]
     assert code == 2 and "GPU (cuda-python)" in err and gpu["status"] == "problem"
     assert "needs a newer driver than this one (CUDA 12.6)" in gpu["detail"]
     assert '"cuda-python>=12.3,<13"' in gpu["detail"]
 
-    monkeypatch.setattr(tensorrt_runtime, "import_cudart", lambda: driver_reporting(0))  # a CPU machine
+    monkeypatch.setattr(tensorrt_env, "import_cudart", lambda: driver_reporting(0))  # a CPU machine
     code, found, _ = doctor(capsys)
     gpu = found["GPU (cuda-python)"]
     assert gpu["status"] == "missing" and "no CUDA GPU is usable here" in gpu["detail"]

@@ -23,13 +23,13 @@ from edgestack.export.tensorrt import (
 )
 from edgestack.models import resolve
 from edgestack.runtime import load
-from edgestack.runtime.tensorrt import (
+from edgestack.runtime.tensorrt import plan_problem
+from edgestack.tensorrt_env import (
     INSTALL_TENSORRT,
     PLUGIN_ENV,
     PLUGIN_LIBRARY,
     find_plugin_library,
     hardware_compatible_problem,
-    plan_problem,
     tensorrt_version_problem,
 )
 
@@ -242,7 +242,7 @@ def test_build_and_run_plan_with_plugins(trt_bundle, precision):
     meta = json.loads((trt_bundle / "meta.json").read_text())
     assert meta["files"]["model.plan"] == bundle_format.sha256(trt_bundle / "model.plan")
     assert record["plugins"] == {"EdgePyramidPooling": 1} and record["precision"] == precision
-    from edgestack.runtime.tensorrt import current_environment
+    from edgestack.tensorrt_env import current_environment
 
     assert plan_problem(meta, current_environment()) is None
     x = np.random.default_rng(0).standard_normal((2, 3, 97, 131)).astype(np.float32)
