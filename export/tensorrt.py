@@ -100,6 +100,36 @@ def describe_parse_failure(
     )
 
 
+def foreign_plugins(onnx_path: Path) -> list[str]:
+    """Op types in the graph that are neither standard ONNX nor our plugins: TensorRT's own plugins
+    (EfficientNMS_TRT in the detector's plugins flavour)."""
+    import onnx
+
+    from edgestack.kernels import custom_ops
+
+    if not onnx_path.is_file():
+        raise EdgestackError(f"bundle {onnx_path.parent} has no {onnx_path.name}; re-export it")
+    ours = {op.plugin.name for op in custom_ops()}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return sorted({node.op_type for node in graph.node if node.domain not in ("", "ai.onnx")
+                   and node.op_type not in ours})
+
+
+def version_compatible_problem(onnx_path: Path) -> str | None:
+    """Why `onnx_path` cannot become a version-compatible plan, or None.
+
+    Such a plan must carry the code of every plugin in it (IBuilderConfig::setPluginsToSerialize). Our plugin
+    library can be carried; TensorRT's own plugins cannot: libnvinfer_plugin exports none of the entry points
+    (getCreators) an embedded library needs, libnvinfer_vc_plugin holds only ROIAlign_TRT, and the ONNX parser
+    imports other built-ins without reporting a library for them.
+    """
+    foreign = foreign_plugins(onnx_path)
+    if not foreign:
+        return None
+    return (f"{onnx_path.name} uses TensorRT's own plugin {', '.join(foreign)}, which a version-compatible plan "
+            "cannot carry")
+
+
 def default_timing_cache(env: dict[str, str]) -> Path:
     """One timing cache per TensorRT version and GPU, shared by every bundle built on this machine."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgestack" / "tensorrt"
@@ -129,6 +159,12 @@ def build_engine(
         raise EdgestackError("--calib only applies to --precision int8")
     if workspace_mb is not None and workspace_mb <= 0:
         raise EdgestackError(f"--workspace {workspace_mb} MB must be positive")
+    # The int8 graph is made from the portable flavour, so it holds that flavour's nodes plus Q/DQ.
+    flavour = bundle_format.PORTABLE_ONNX if precision == "int8" else bundle_format.PLUGINS_ONNX
+    problem = version_compatible and version_compatible_problem(bundle / flavour)
+    if problem:
+        raise EdgestackError(f"--version-compatible: {problem}; build without it and rebuild the plan after a "
+                             "TensorRT upgrade (`edgestack build` again, or load(bundle, rebuild=True))")
     values = resolve_profile(meta, profile)
     shapes = input_shapes(meta, values)
 

@@ -10,7 +10,9 @@ import torch
 from onnx.utils import Extractor
 
 from edgestack.cli import main
+from edgestack.errors import EdgestackError
 from edgestack.export import export_bundle
+from edgestack.export.tensorrt import build_engine, version_compatible_problem
 from edgestack.models import resolve
 from edgestack.runtime import load
 from edgestack.runtime.detection import detect
@@ -69,6 +71,22 @@ def test_plugins_flavour_has_efficient_nms_on_the_pre_nms_tensors(bundle):
         expected_boxes, expected_scores = model.predict(x)
     np.testing.assert_allclose(boxes, expected_boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(scores, expected_scores.numpy(), atol=1e-5)
+
+
+def test_version_compatible_plan_is_refused_for_efficient_nms(bundle, pspnet_bundle, capsys):
+    """A version-compatible plan cannot carry TensorRT's own EfficientNMS_TRT; refused before TensorRT is imported,
+    so on any machine. The portable flavour (int8's source) and our own plugins are fine."""
+    path, _, _ = bundle
+    assert "EfficientNMS_TRT" in version_compatible_problem(path / "model.plugins.onnx")
+    assert version_compatible_problem(path / "model.onnx") is None
+    ours = onnx.load(str(pspnet_bundle / "model.plugins.onnx")).graph.node
+    assert any(n.op_type == "EdgePyramidPooling" and n.domain not in ("", "ai.onnx") for n in ours)
+    assert version_compatible_problem(pspnet_bundle / "model.plugins.onnx") is None
+    with pytest.raises(EdgestackError, match="--version-compatible: model.plugins.onnx uses TensorRT's own plugin "
+                                             "EfficientNMS_TRT.*build without it"):
+        build_engine(path, "fp16", version_compatible=True)
+    assert main(["build", str(path), "--version-compatible"]) == 2
+    assert "EfficientNMS_TRT" in capsys.readouterr().err
 
 
 def test_infer_draws_boxes(bundle, tmp_path):

@@ -109,6 +109,8 @@ def test_build_checks_arguments_before_tensorrt(meta_only_bundle):
         build_engine(meta_only_bundle, "int4")
     with pytest.raises(EdgestackError, match="--workspace 0 MB must be positive"):
         build_engine(meta_only_bundle, "fp16", workspace_mb=0)
+    with pytest.raises(EdgestackError, match="has no model.plugins.onnx; re-export it"):
+        build_engine(meta_only_bundle, "fp16", version_compatible=True)
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown when TensorRT is NOT installed")
