@@ -15,10 +15,12 @@ from edgestack.train.datasets import (
     Record,
     augment,
     generate,
+    jitter,
     load_pair,
     scan_folder,
     seed_worker,
     split,
+    to_tensors,
 )
 from edgestack.train.evaluate import by_kind_and_texture
 from edgestack.train.losses import boundary_weight, structure_loss
@@ -169,6 +171,22 @@ def test_augment_moves_image_and_mask_together():
         assert np.array_equal(bright[~edge], moved[~edge] > 128)
         scales.append(moved.mean() / mask.mean())
     assert min(scales) < 0.75 and max(scales) > 1.4  # area follows scale squared: the wide range is exercised
+
+
+def test_lookup_tables_give_the_per_pixel_float32_formulas_exactly():
+    """jitter (cv2.LUT) and to_tensors (per-channel tables) look up what the per-pixel float32 formulas compute:
+    the same values, bit for bit, on random images, jitters and a non-contiguous view."""
+    rng = np.random.default_rng(1)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    for _ in range(20):
+        image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+        contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+        want = np.clip((image.astype(np.float32) - image.mean()) * contrast + image.mean() + brightness, 0, 255)
+        np.testing.assert_array_equal(jitter(image, contrast, brightness), want.astype(np.uint8))
+        view = image[::-1, ::2]
+        x, _ = to_tensors(view, np.zeros(view.shape[:2], np.uint8))
+        want = ((view.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+        np.testing.assert_array_equal(x.numpy(), want)
 
 
 def test_split_is_seeded_and_disjoint():
