@@ -186,3 +186,19 @@ def test_bundle_format_rejects_other_schema(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(EdgestackError, match="schema version"):
         bundle_format.read_meta(tmp_path)
+
+
+def test_export_optimizer_skips_exactly_the_listed_rewrites():
+    """The exporter's optimizer runs onnxscript's default rules minus SKIPPED_REWRITES, each of which exists in
+    the installed onnxscript (a renamed rule would silently run again), and the defaults come back afterwards."""
+    from onnxscript import rewriter
+
+    from edgestack.export.onnx_export import SKIPPED_REWRITES, skipping_rewrites
+
+    defaults = rewriter._DEFAULT_REWRITE_RULES
+    with skipping_rewrites():
+        kept = rewriter._DEFAULT_REWRITE_RULES
+    assert rewriter._DEFAULT_REWRITE_RULES is defaults
+    dropped = [rule for rule in defaults if rule not in kept]
+    assert sorted(rule.name for rule in dropped) == sorted(SKIPPED_REWRITES)
+    assert len(kept) == len(defaults) - len(SKIPPED_REWRITES)
