@@ -294,12 +294,57 @@ int cells_of(const int* bins, int nbins) {
 
 constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory a launch gets without opting in
 
-// The most dynamic shared memory the two passes need: it grows with H and W (column sums, bilinear taps).
-size_t smem_needed(int height, int width, const int* bins, int nbins) {
-    const int max_bin = *std::max_element(bins, bins + nbins);
-    const int row_segments = make_axis(height, bins, nbins).segments;
-    const int col_segments = make_axis(width, bins, nbins).segments;
-    return std::max(pool_copy_smem(row_segments, col_segments, height, width), upsample_smem(height, width, max_bin));
+// What depends on the shapes alone: every Params field but the pointers, and each pass's dynamic shared
+// memory (it grows with H and W: column sums, bilinear taps). The check and the launch build it once each.
+struct Plan {
+    Params p;
+    size_t pool_copy_smem;
+    size_t upsample_smem;
+};
+
+// The limits that need no device; bins is a host array.
+int shape_status(int batch, int channels, int height, int width, int reduced, const int* bins, int nbins) {
+    if (!bins) return EDGESTACK_ERR_NULL_POINTER;
+    if (batch < 1 || channels < 1 || height < 1 || width < 1 || reduced < 1 || nbins < 1)
+        return EDGESTACK_ERR_BAD_SHAPE;
+    int sum = 0;
+    for (int k = 0; k < nbins; ++k) {
+        if (bins[k] < 1) return EDGESTACK_ERR_BAD_SHAPE;
+        sum += std::min(bins[k], kMaxCells1D + 1);
+    }
+    if (nbins > kMaxBins || sum > kMaxCells1D) return EDGESTACK_ERR_UNSUPPORTED;
+    const int64_t planes = int64_t(batch) * std::max(channels, nbins * reduced);
+    if (planes > INT32_MAX || int64_t(batch) * nbins > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
+        return EDGESTACK_ERR_UNSUPPORTED;
+    return EDGESTACK_OK;
+}
+
+// Only for shapes that passed shape_status.
+Plan make_plan(int channels, int height, int width, int reduced, const int* bins, int nbins, int align_corners) {
+    Plan plan{};
+    Params& p = plan.p;
+    p.channels = channels;
+    p.height = height;
+    p.width = width;
+    p.reduced = reduced;
+    p.nbins = nbins;
+    p.cells = cells_of(bins, nbins);
+    p.out_channels = channels + nbins * reduced;
+    p.align_corners = align_corners != 0;
+    int max_bin = 0;
+    for (int k = 0, cells = 0, cells1d = 0; k < nbins; ++k) {
+        p.bins[k] = bins[k];
+        p.cell_offset[k] = cells;
+        p.cell1d_offset[k] = cells1d;
+        cells += bins[k] * bins[k];
+        cells1d += bins[k];
+        max_bin = std::max(max_bin, bins[k]);
+    }
+    p.rows = make_axis(height, bins, nbins);
+    p.cols = make_axis(width, bins, nbins);
+    plan.pool_copy_smem = pool_copy_smem(p.rows.segments, p.cols.segments, height, width);
+    plan.upsample_smem = upsample_smem(height, width, max_bin);
+    return plan;
 }
 
 // Beyond the default, the current device's opt-in limit decides (99 KiB on sm_86/89, 163 KiB on sm_80/87,
@@ -313,7 +358,7 @@ int smem_status(size_t bytes) {
     return bytes > size_t(limit) ? EDGESTACK_ERR_UNSUPPORTED : EDGESTACK_OK;
 }
 
-// Opt in where a pass needs more than the default (the check has already held `bytes` to the device's limit).
+// Opt in where a pass needs more than the default (smem_status has held `bytes` to the device's limit).
 template <typename Kernel>
 int prepare_smem(Kernel kernel, size_t bytes) {
     if (bytes <= kDefaultSmem) return EDGESTACK_OK;
@@ -322,10 +367,10 @@ int prepare_smem(Kernel kernel, size_t bytes) {
 }
 
 template <typename T, typename TW>
-int run(const Params& p, int batch, cudaStream_t stream) {
-    const size_t smem = pool_copy_smem(p.rows.segments, p.cols.segments, p.height, p.width);
-    EDGESTACK_RETURN_IF_ERROR(prepare_smem(pool_copy_kernel<T>, smem));
-    pool_copy_kernel<T><<<unsigned(int64_t(batch) * p.channels), kThreads, smem, stream>>>(p);
+int run(const Plan& plan, int batch, cudaStream_t stream) {
+    const Params& p = plan.p;
+    EDGESTACK_RETURN_IF_ERROR(prepare_smem(pool_copy_kernel<T>, plan.pool_copy_smem));
+    pool_copy_kernel<T><<<unsigned(int64_t(batch) * p.channels), kThreads, plan.pool_copy_smem, stream>>>(p);
     EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
 
     EDGESTACK_RETURN_IF_ERROR(edgestack::cuda_status(
@@ -335,19 +380,17 @@ int run(const Params& p, int batch, cudaStream_t stream) {
     conv_kernel<TW><<<conv_grid, kThreads, 0, stream>>>(p);
     EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
 
-    int max_bin = 0;
-    for (int k = 0; k < p.nbins; ++k) max_bin = std::max(max_bin, p.bins[k]);
-    const size_t up_smem = upsample_smem(p.height, p.width, max_bin);
-    EDGESTACK_RETURN_IF_ERROR(prepare_smem(upsample_kernel<T, TW>, up_smem));
-    upsample_kernel<T, TW><<<unsigned(int64_t(batch) * p.nbins * p.reduced), kThreads, up_smem, stream>>>(p);
+    EDGESTACK_RETURN_IF_ERROR(prepare_smem(upsample_kernel<T, TW>, plan.upsample_smem));
+    const unsigned up_planes = unsigned(int64_t(batch) * p.nbins * p.reduced);
+    upsample_kernel<T, TW><<<up_planes, kThreads, plan.upsample_smem, stream>>>(p);
     return edgestack::launch_status();
 }
 
 template <typename T>
-int dispatch_weight(const Params& p, int weight_dtype, int batch, cudaStream_t stream) {
+int dispatch_weight(const Plan& plan, int weight_dtype, int batch, cudaStream_t stream) {
     switch (weight_dtype) {
-        case EDGESTACK_FLOAT32: return run<T, float>(p, batch, stream);
-        case EDGESTACK_FLOAT16: return run<T, __half>(p, batch, stream);
+        case EDGESTACK_FLOAT32: return run<T, float>(plan, batch, stream);
+        case EDGESTACK_FLOAT16: return run<T, __half>(plan, batch, stream);
         default: return EDGESTACK_ERR_BAD_DTYPE;
     }
 }
@@ -356,19 +399,9 @@ int dispatch_weight(const Params& p, int weight_dtype, int batch, cudaStream_t s
 
 extern "C" int edgestack_pyramid_pooling_check(int batch, int channels, int height, int width, int reduced,
                                                const int* bins, int nbins) {
-    if (!bins) return EDGESTACK_ERR_NULL_POINTER;
-    if (batch < 1 || channels < 1 || height < 1 || width < 1 || reduced < 1 || nbins < 1)
-        return EDGESTACK_ERR_BAD_SHAPE;
-    int sum = 0;
-    for (int k = 0; k < nbins; ++k) {
-        if (bins[k] < 1) return EDGESTACK_ERR_BAD_SHAPE;
-        sum += std::min(bins[k], kMaxCells1D + 1);
-    }
-    if (nbins > kMaxBins || sum > kMaxCells1D) return EDGESTACK_ERR_UNSUPPORTED;
-    const int64_t planes = int64_t(batch) * std::max(channels, nbins * reduced);
-    if (planes > INT32_MAX || int64_t(batch) * nbins > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
-        return EDGESTACK_ERR_UNSUPPORTED;
-    return smem_status(smem_needed(height, width, bins, nbins));
+    EDGESTACK_RETURN_IF_ERROR(shape_status(batch, channels, height, width, reduced, bins, nbins));
+    const Plan plan = make_plan(channels, height, width, reduced, bins, nbins, 0);
+    return smem_status(std::max(plan.pool_copy_smem, plan.upsample_smem));
 }
 
 extern "C" size_t edgestack_pyramid_pooling_workspace_size(int batch, int channels, int reduced, const int* bins,
@@ -383,37 +416,22 @@ extern "C" int edgestack_pyramid_pooling(const void* x, const void* weight, cons
                                          int batch, int channels, int height, int width, int reduced,
                                          const int* bins, int nbins, int align_corners, cudaStream_t stream) {
     if (!x || !weight || !bias || !y) return EDGESTACK_ERR_NULL_POINTER;
-    EDGESTACK_RETURN_IF_ERROR(edgestack_pyramid_pooling_check(batch, channels, height, width, reduced, bins, nbins));
+    EDGESTACK_RETURN_IF_ERROR(shape_status(batch, channels, height, width, reduced, bins, nbins));
+    Plan plan = make_plan(channels, height, width, reduced, bins, nbins, align_corners);
+    EDGESTACK_RETURN_IF_ERROR(smem_status(std::max(plan.pool_copy_smem, plan.upsample_smem)));
     const size_t needed = edgestack_pyramid_pooling_workspace_size(batch, channels, reduced, bins, nbins);
     if (!workspace || workspace_bytes < needed) return EDGESTACK_ERR_WORKSPACE;
 
-    Params p{};
+    Params& p = plan.p;
     p.x = x;
     p.weight = weight;
     p.bias = bias;
     p.y = y;
-    p.channels = channels;
-    p.height = height;
-    p.width = width;
-    p.reduced = reduced;
-    p.nbins = nbins;
-    p.cells = cells_of(bins, nbins);
-    p.out_channels = channels + nbins * reduced;
-    p.align_corners = align_corners != 0;
-    for (int k = 0, cells = 0, cells1d = 0; k < nbins; ++k) {
-        p.bins[k] = bins[k];
-        p.cell_offset[k] = cells;
-        p.cell1d_offset[k] = cells1d;
-        cells += bins[k] * bins[k];
-        cells1d += bins[k];
-    }
-    p.rows = make_axis(height, bins, nbins);
-    p.cols = make_axis(width, bins, nbins);
     p.pooled = static_cast<float*>(workspace);
     p.feat = p.pooled + size_t(batch) * p.cells * channels;
     switch (dtype) {
-        case EDGESTACK_FLOAT32: return dispatch_weight<float>(p, weight_dtype, batch, stream);
-        case EDGESTACK_FLOAT16: return dispatch_weight<__half>(p, weight_dtype, batch, stream);
+        case EDGESTACK_FLOAT32: return dispatch_weight<float>(plan, weight_dtype, batch, stream);
+        case EDGESTACK_FLOAT16: return dispatch_weight<__half>(plan, weight_dtype, batch, stream);
         default: return EDGESTACK_ERR_BAD_DTYPE;
     }
 }
