@@ -160,9 +160,8 @@ def test_mat_512_exports():
     cfg = spec.configs[name]
     model = spec.build(cfg)
     ep = _export(model, spec.example_inputs(cfg, 2, 512, 512), spec, cfg)
-    ops = custom_ops()
-    # optimize=False: the plugin nodes are there either way; the graph optimizer only costs time here.
-    plugins = torch.onnx.export(ep, dynamo=True, optimize=False,
-                                custom_translation_table={op.torch_op: op.onnx_plugin_node for op in ops})
-    kinds = collections.Counter(n.op_type for n in plugins.model_proto.graph.node)
-    assert kinds["EdgeWindowMaskedAttention"] == 14
+    # One window attention op per block survives torch.export at full size; that each op becomes one plugin node
+    # in ONNX is test_bundle_holds_both_flavours_with_parity's (mat-edge), so no ONNX export here.
+    window_attention = {op.torch_op for op in custom_ops() if op.plugin.name == "EdgeWindowMaskedAttention"}
+    assert len(window_attention) == 1
+    assert sum(node.target in window_attention for node in ep.graph.nodes) == 14
