@@ -81,7 +81,6 @@ class DefectMetrics:
 
         self.from_file = rules is not None
         self.rules = rules if self.from_file else area_rule(threshold, min_area)
-        self.threshold, self.min_area = self.rules.threshold, self.rules.min_area_px
         self.sweep_thresholds = sweep_thresholds
         self.sm, self.wfm, self.mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.MAE()
         with warnings.catch_warnings():  # classic Fmeasure is the benchmark's; its deprecation note is noise here
@@ -118,7 +117,7 @@ class DefectMetrics:
                 "E_adp": float(em["adp"]), "E_mean": float(np.mean(em["curve"])), "E_max": float(np.max(em["curve"])),
                 "F_adp": float(fm["adp"]), "F_mean": float(np.mean(fm["curve"])), "F_max": float(np.max(fm["curve"])),
             }
-        rule = {"threshold": self.threshold, "min_area": self.min_area}
+        rule = {"threshold": self.rules.threshold, "min_area": self.rules.min_area_px}
         if self.from_file:
             rule["rules"] = self.rules.as_dict()
         return out | verdict_figures(truth, pred) | rule
@@ -134,7 +133,7 @@ class DefectMetrics:
     def operating_points(self) -> list[dict[str, Any]]:
         """Image-level figures with the NG rule at each of OPERATING_THRESHOLDS (min_area unchanged)."""
         truth, areas = self._largest_areas()
-        return [{"threshold": t} | verdict_figures(truth, areas[:, SWEEP_THRESHOLDS.index(t)] >= self.min_area)
+        return [{"threshold": t} | verdict_figures(truth, areas[:, SWEEP_THRESHOLDS.index(t)] >= self.rules.min_area_px)
                 for t in OPERATING_THRESHOLDS]
 
     def calibrate(self, target_recall: float) -> dict[str, Any]:
