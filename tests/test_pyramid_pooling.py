@@ -1,10 +1,19 @@
-"""The pyramid pooling op: reference vs PyTorch's own adaptive pooling/conv/interpolate, custom op, errors."""
+"""The pyramid pooling op: reference vs PyTorch's own adaptive pooling/conv/interpolate, custom op, errors,
+and the CUDA kernel's passes run on CPU threads (kernels/common/emulate.h) against the reference."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import edgestack.kernels
 from edgestack.errors import EdgestackError
+from edgestack.kernels import loader
 from edgestack.kernels.pyramid_pooling import reference
 from edgestack.kernels.pyramid_pooling.op import pyramid_pooling  # noqa: F401  (registers the op)
 
@@ -67,3 +76,65 @@ def test_bad_shapes_raise_clear_errors(x_shape, w_shape, b_shape, bins, message)
     x, weight, bias = torch.randn(x_shape), torch.randn(w_shape), torch.randn(b_shape)
     with pytest.raises(EdgestackError, match=message):
         torch.ops.edgestack.pyramid_pooling(x, weight, bias, bins, True)
+
+
+def cuda_include_dir() -> Path | None:
+    """Where cuda_fp16.h is: $CUDA_HOME, then beside nvcc, then /usr/local/cuda."""
+    nvcc = shutil.which("nvcc")
+    roots = [os.environ.get("CUDA_HOME"), Path(nvcc).resolve().parent.parent if nvcc else None, "/usr/local/cuda"]
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """The kernel's device code compiled for the host (kernels/pyramid_pooling/emulate.cpp), through ctypes."""
+    compiler, include = shutil.which(os.environ.get("CXX", "g++")), cuda_include_dir()
+    if not compiler or not include:
+        pytest.skip("needs a C++20 compiler (g++ or $CXX) and the CUDA headers (cuda_fp16.h) to emulate the kernel")
+    kernels = Path(edgestack.kernels.__file__).parent
+    library = tmp_path_factory.mktemp("emulated") / "pyramid_pooling_emulated.so"
+    subprocess.run(
+        [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{include}", f"-I{kernels}",
+         str(kernels / "pyramid_pooling" / "emulate.cpp"), "-o", str(library)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(library))
+
+
+def run_emulated(lib, x, weight, bias, bins, align_corners):
+    b, c, h, w = x.shape
+    nbins, reduced = weight.shape[:2]
+    y = torch.full((b, c + nbins * reduced, h, w), float("nan"), dtype=x.dtype)  # unwritten outputs stay NaN
+    status = lib.edgestack_pyramid_pooling_emulated(
+        ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(weight.data_ptr()), ctypes.c_void_p(bias.data_ptr()),
+        ctypes.c_void_p(y.data_ptr()), loader.dtype_code(x.dtype), loader.dtype_code(weight.dtype),
+        b, c, h, w, reduced, (ctypes.c_int * nbins)(*bins), nbins, int(align_corners),
+    )  # fmt: skip
+    assert status == 0
+    return y
+
+
+# (B, C, H, W, R, bins, align_corners, x dtype, weight dtype): batch > 1, mixed dtypes, C over one conv slice,
+# no bin dividing 13 x 11.
+EMULATED_CASES = [
+    (2, 264, 13, 11, 40, (1, 2, 3, 6), True, torch.float32, torch.float32),
+    (1, 130, 7, 9, 6, (1, 2, 3, 6), False, torch.float32, torch.float32),
+    (1, 40, 5, 17, 20, (2, 5), True, torch.float16, torch.float16),
+    (2, 24, 9, 8, 9, (4,), False, torch.float16, torch.float32),
+]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: f"C{case[1]}-R{case[4]}-{case[7]}-{case[8]}")
+def test_kernel_passes_match_reference_on_cpu_threads(emulated, case):
+    b, c, h, w, reduced, bins, align_corners, dtype, weight_dtype = case
+    x = torch.randn(b, c, h, w).to(dtype)
+    weight = (torch.randn(len(bins), reduced, c) * c**-0.5).to(weight_dtype)
+    bias = (torch.randn(len(bins), reduced) * 0.1).to(weight_dtype)
+    y = run_emulated(emulated, x, weight, bias, bins, align_corners)
+    ref = reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, align_corners)
+    assert torch.equal(y[:, :c], x), "the concat copy of x must be exact"
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-3  # the GPU tests' (tests/test_kernels_gpu.py)
+    assert ((y[:, c:].double() - ref[:, c:]).norm() / ref[:, c:].norm()).item() <= tolerance

@@ -1,0 +1,130 @@
+// Runs CUDA kernels on CPU threads so the tests can check their indexing and arithmetic on a machine
+// without a GPU. Compile the device code with a host C++20 compiler after this header: one OS thread per
+// CUDA thread, blocks one after another, __syncthreads and warp shuffles as barriers. Static __shared__
+// arrays become function statics (one per block, since blocks run in turn); dynamic shared memory comes
+// from dynamic_smem(). What it cannot show: timing, memory coalescing, races the barriers happen to hide,
+// and anything the device compiler alone decides (fast-math, register spills).
+#pragma once
+
+#define EDGESTACK_EMULATE 1
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#undef __shared__
+#define __shared__ static
+#define __launch_bounds__(...)
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
+
+using std::max;  // CUDA's integer min/max overloads
+using std::min;
+
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+namespace edgestack::emulate {
+
+constexpr int kWarp = 32;
+
+// Fills dynamic shared memory: on a GPU its contents start undefined, and NaN makes a read before the
+// block's own write show in the result.
+constexpr float4 kPoison = {NAN, NAN, NAN, NAN};
+
+// What the threads of the running block share.
+struct Block {
+    Block(int threads, size_t smem_bytes)
+        : sync(threads), shuffle(threads), smem((smem_bytes + sizeof(float4) - 1) / sizeof(float4), kPoison) {
+        for (int first = 0; first < threads; first += kWarp)
+            warp_sync.push_back(std::make_unique<std::barrier<>>(std::min(kWarp, threads - first)));
+    }
+    std::barrier<> sync;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_sync;
+    std::vector<uint64_t> shuffle;  // one slot per thread for the value it offers a shuffle
+    std::vector<float4> smem;
+};
+
+inline thread_local Block* current = nullptr;
+inline thread_local int linear_thread = 0;
+
+inline std::barrier<>& warp_barrier() { return *current->warp_sync[linear_thread / kWarp]; }
+
+// Runs kernel(args...) over the grid, blocks one after another on one set of block.x*y*z threads, with
+// smem_bytes of dynamic shared memory per block.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes, const Args&... args) {
+    const int threads = int(block.x * block.y * block.z);
+    const unsigned blocks = grid.x * grid.y * grid.z;
+    std::unique_ptr<Block> shared;
+    unsigned block_index = 0, next = 0;
+    // Between blocks, once every thread has finished the last one: a fresh Block for the next.
+    auto next_block = [&]() noexcept {
+        block_index = next++;
+        shared = std::make_unique<Block>(threads, smem_bytes);
+    };
+    std::barrier step(threads, next_block);
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            linear_thread = t;
+            threadIdx = {unsigned(t) % block.x, unsigned(t) / block.x % block.y, unsigned(t) / (block.x * block.y)};
+            blockDim = block;
+            gridDim = grid;
+            for (;;) {
+                step.arrive_and_wait();
+                if (block_index >= blocks) return;
+                current = shared.get();
+                blockIdx = {block_index % grid.x, block_index / grid.x % grid.y, block_index / (grid.x * grid.y)};
+                kernel(args...);
+                // A finished thread no longer holds up the barriers of those still running.
+                warp_barrier().arrive_and_drop();
+                current->sync.arrive_and_drop();
+            }
+        });
+    }
+    for (std::thread& thread : pool) thread.join();
+}
+
+}  // namespace edgestack::emulate
+
+namespace edgestack {
+template <typename T>
+inline T* dynamic_smem() {
+    return reinterpret_cast<T*>(emulate::current->smem.data());
+}
+}  // namespace edgestack
+
+inline void __syncthreads() { edgestack::emulate::current->sync.arrive_and_wait(); }
+
+// Every lane of the warp must take part (full mask), as in the kernels that use it.
+template <typename T>
+inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
+    static_assert(sizeof(T) <= sizeof(uint64_t));
+    using edgestack::emulate::current;
+    using edgestack::emulate::kWarp;
+    using edgestack::emulate::linear_thread;
+    const int lane = linear_thread % kWarp;
+    const int warp_base = linear_thread - lane;
+    std::memcpy(&current->shuffle[linear_thread], &value, sizeof(T));
+    edgestack::emulate::warp_barrier().arrive_and_wait();
+    T other;
+    std::memcpy(&other, &current->shuffle[warp_base + (lane ^ lane_mask)], sizeof(T));
+    edgestack::emulate::warp_barrier().arrive_and_wait();  // the slot is not overwritten before all have read
+    return other;
+}
+
+inline float atomicAdd(float* address, float value) { return std::atomic_ref<float>(*address).fetch_add(value); }

@@ -1,0 +1,356 @@
+// Pyramid pooling in three passes (device code) and the plan they run with; x is read from DRAM once.
+// kernel.cu launches them on the GPU; emulate.cpp runs the same code on CPU threads for the tests.
+//  1. pool_copy: one block per (b, c) plane copies x into y[:, :C] and sums the plane over the elementary
+//     row/column segments that all bins' cells are unions of (cells overlap when a bin does not divide H or W),
+//     then writes every cell's average: pooled [B, cells, C] fp32.
+//  2. conv: the 1x1 convs as a small GEMM per bin, split over C slices and summed with atomics: feat [B, cells, R].
+//  3. upsample: bias + ReLU on the tiny maps, bilinear to H x W, written into y[:, C:].
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../common/dtype.cuh"
+#include "../common/status.h"
+
+namespace edgestack::pyramid_pooling {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBins = 8;
+constexpr int kMaxCells1D = 32;              // sum(bins)
+constexpr int kMaxSegments = 2 * kMaxCells1D;  // every cell adds at most a start and an end boundary
+constexpr int kUnroll = 8;                   // loads in flight per thread in pass 1
+constexpr int kConvR = 16;                   // output channels per conv block
+constexpr int kConvCells = 32;               // cells per conv chunk
+constexpr int kConvSlice = 128;              // input channels per conv block
+
+// One spatial axis: elementary segments [bound[s], bound[s+1]) and, per 1-D cell (bin-major), its segments.
+struct Axis {
+    int segments;
+    int bound[kMaxSegments + 1];
+    int seg_begin[kMaxCells1D];
+    int seg_end[kMaxCells1D];
+    int length[kMaxCells1D];
+};
+
+struct Params {
+    const void* x;
+    const void* weight;
+    const void* bias;
+    void* y;
+    float* pooled;  // [B, cells, C]
+    float* feat;    // [B, cells, R], pre-bias
+    int channels, height, width, reduced, nbins, cells, out_channels, align_corners;
+    int bins[kMaxBins];
+    int cell_offset[kMaxBins];    // first 2-D cell of each bin
+    int cell1d_offset[kMaxBins];  // first 1-D cell of each bin
+    Axis rows, cols;
+};
+
+// PyTorch adaptive pooling: cell i of b covers [floor(i*n/b), ceil((i+1)*n/b)).
+inline Axis make_axis(int n, const int* bins, int nbins) {
+    Axis a{};
+    int bounds[2 * kMaxCells1D];
+    int count = 0;
+    for (int k = 0; k < nbins; ++k) {
+        for (int i = 0; i < bins[k]; ++i) {
+            bounds[count++] = int(int64_t(i) * n / bins[k]);
+            bounds[count++] = int((int64_t(i + 1) * n + bins[k] - 1) / bins[k]);
+        }
+    }
+    std::sort(bounds, bounds + count);
+    count = int(std::unique(bounds, bounds + count) - bounds);
+    a.segments = count - 1;
+    std::copy(bounds, bounds + count, a.bound);
+    int cell = 0;
+    for (int k = 0; k < nbins; ++k) {
+        for (int i = 0; i < bins[k]; ++i, ++cell) {
+            const int start = int(int64_t(i) * n / bins[k]);
+            const int end = int((int64_t(i + 1) * n + bins[k] - 1) / bins[k]);
+            a.seg_begin[cell] = int(std::lower_bound(bounds, bounds + count, start) - bounds);
+            a.seg_end[cell] = int(std::lower_bound(bounds, bounds + count, end) - bounds);
+            a.length[cell] = end - start;
+        }
+    }
+    return a;
+}
+
+inline size_t pool_copy_smem(int row_segments, int col_segments, int height, int width) {
+    return sizeof(float) * (size_t(row_segments) * width + size_t(row_segments) * col_segments) +
+           sizeof(int) * size_t(height);
+}
+
+// Threads cover (row group, column): consecutive threads read consecutive columns of one row, and the
+// row groups read the next rows, so each warp load is contiguous.
+__device__ __forceinline__ void plane_layout(int width, int& cols, int& row_groups) {
+    cols = min(width, kThreads);
+    row_groups = kThreads / cols;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) pool_copy_kernel(const __grid_constant__ Params p) {
+    float* smem = dynamic_smem<float>();
+    const int nrs = p.rows.segments;
+    const int ncs = p.cols.segments;
+    float* seg_sum = smem;                                   // [row segment, column]
+    float* block_sum = seg_sum + nrs * p.width;              // [row segment, column segment]
+    int* row_segment = reinterpret_cast<int*>(block_sum + nrs * ncs);  // [row] -> row segment
+
+    const int64_t plane = blockIdx.x;
+    const int image = int(plane / p.channels);
+    const int channel = int(plane % p.channels);
+    const int64_t hw = int64_t(p.height) * p.width;
+    const T* xp = static_cast<const T*>(p.x) + plane * hw;
+    T* yp = static_cast<T*>(p.y) + (int64_t(image) * p.out_channels + channel) * hw;
+
+    for (int i = threadIdx.x; i < nrs * p.width; i += kThreads) seg_sum[i] = 0.f;
+    for (int h = threadIdx.x; h < p.height; h += kThreads) {
+        int s = 0;
+        while (p.rows.bound[s + 1] <= h) ++s;
+        row_segment[h] = s;
+    }
+    __syncthreads();
+
+    int cols, row_groups;
+    plane_layout(p.width, cols, row_groups);
+    if (threadIdx.x < cols * row_groups) {
+        const int group = threadIdx.x / cols;
+        for (int w = threadIdx.x % cols; w < p.width; w += cols) {
+            float acc = 0.f;
+            int seg = row_segment[group < p.height ? group : 0];
+            for (int h0 = group; h0 < p.height; h0 += row_groups * kUnroll) {
+                T vals[kUnroll];
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    const int h = h0 + u * row_groups;
+                    if (h < p.height) vals[u] = xp[int64_t(h) * p.width + w];
+                }
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    const int h = h0 + u * row_groups;
+                    if (h < p.height) {
+                        yp[int64_t(h) * p.width + w] = vals[u];
+                        if (row_segment[h] != seg) {  // rows ascend, so segments change monotonically
+                            atomicAdd(&seg_sum[seg * p.width + w], acc);
+                            acc = 0.f;
+                            seg = row_segment[h];
+                        }
+                        acc += to_float(vals[u]);
+                    }
+                }
+            }
+            if (group < p.height) atomicAdd(&seg_sum[seg * p.width + w], acc);
+        }
+    }
+    __syncthreads();
+
+    for (int i = threadIdx.x; i < nrs * ncs; i += kThreads) {
+        const int rs = i / ncs;
+        const int cs = i % ncs;
+        float sum = 0.f;
+        for (int w = p.cols.bound[cs]; w < p.cols.bound[cs + 1]; ++w) sum += seg_sum[rs * p.width + w];
+        block_sum[i] = sum;
+    }
+    __syncthreads();
+
+    for (int cell = threadIdx.x; cell < p.cells; cell += kThreads) {
+        int k = 0;
+        while (k + 1 < p.nbins && p.cell_offset[k + 1] <= cell) ++k;
+        const int local = cell - p.cell_offset[k];
+        const int r1 = p.cell1d_offset[k] + local / p.bins[k];
+        const int c1 = p.cell1d_offset[k] + local % p.bins[k];
+        float sum = 0.f;
+        for (int rs = p.rows.seg_begin[r1]; rs < p.rows.seg_end[r1]; ++rs)
+            for (int cs = p.cols.seg_begin[c1]; cs < p.cols.seg_end[c1]; ++cs) sum += block_sum[rs * ncs + cs];
+        const float count = float(p.rows.length[r1]) * float(p.cols.length[c1]);
+        p.pooled[(int64_t(image) * p.cells + cell) * p.channels + channel] = sum / count;
+    }
+}
+
+// grid: (R tiles, C slices, B * nbins). Each block multiplies its C slice of the bin's pooled cells by the
+// matching slice of W and adds the partial sums into feat.
+template <typename TW>
+__global__ void __launch_bounds__(kThreads) conv_kernel(const __grid_constant__ Params p) {
+    __shared__ float ws[kConvR][kConvSlice + 1];
+    __shared__ float ps[kConvCells][kConvSlice + 1];
+    const TW* weight = static_cast<const TW*>(p.weight);
+    const int r0 = blockIdx.x * kConvR;
+    const int c0 = blockIdx.y * kConvSlice;
+    const int image = blockIdx.z / p.nbins;
+    const int bin = blockIdx.z % p.nbins;
+    const int cells = p.bins[bin] * p.bins[bin];
+    const int first_cell = p.cell_offset[bin];
+    const int slice = min(kConvSlice, p.channels - c0);
+
+    for (int e = threadIdx.x; e < kConvR * kConvSlice; e += kThreads) {
+        const int r = e / kConvSlice;
+        const int c = e % kConvSlice;
+        ws[r][c] = (r0 + r < p.reduced && c < slice)
+                       ? to_float(weight[(int64_t(bin) * p.reduced + r0 + r) * p.channels + c0 + c])
+                       : 0.f;
+    }
+    const int r = threadIdx.x % kConvR;
+    const int lane_cell = threadIdx.x / kConvR;  // 0..15; each thread also takes lane_cell + 16
+    for (int chunk = 0; chunk < cells; chunk += kConvCells) {
+        __syncthreads();  // ws written / previous chunk consumed
+        for (int e = threadIdx.x; e < kConvCells * kConvSlice; e += kThreads) {
+            const int cell = e / kConvSlice;
+            const int c = e % kConvSlice;
+            ps[cell][c] = (chunk + cell < cells && c < slice)
+                              ? p.pooled[(int64_t(image) * p.cells + first_cell + chunk + cell) * p.channels + c0 + c]
+                              : 0.f;
+        }
+        __syncthreads();
+        float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll 8
+        for (int c = 0; c < kConvSlice; ++c) {
+            const float wv = ws[r][c];
+            acc0 = fmaf(ps[lane_cell][c], wv, acc0);
+            acc1 = fmaf(ps[lane_cell + 16][c], wv, acc1);
+        }
+        if (r0 + r < p.reduced) {
+            float* feat = p.feat + (int64_t(image) * p.cells + first_cell + chunk) * p.reduced + r0 + r;
+            if (chunk + lane_cell < cells) atomicAdd(feat + int64_t(lane_cell) * p.reduced, acc0);
+            if (chunk + lane_cell + 16 < cells) atomicAdd(feat + int64_t(lane_cell + 16) * p.reduced, acc1);
+        }
+    }
+}
+
+// PyTorch's bilinear source index (upsample_bilinear2d, sizes given): index, next index, weight of the next.
+__device__ __forceinline__ void source_index(int dst, int in, int out, bool align_corners, int& i0, int& i1,
+                                             float& frac) {
+    float src;
+    if (align_corners) {
+        src = out > 1 ? float(in - 1) / float(out - 1) * dst : 0.f;
+    } else {
+        src = fmaxf(float(in) / float(out) * (dst + 0.5f) - 0.5f, 0.f);
+    }
+    i0 = min(int(src), in - 1);
+    i1 = i0 + (i0 < in - 1 ? 1 : 0);
+    frac = src - i0;
+}
+
+// Source rows/columns of one axis for bilinear upsampling: index, next index, weight of the next.
+struct Taps {
+    int* i0;
+    int* i1;
+    float* frac;
+};
+
+__device__ __forceinline__ Taps taps_at(float* base, int n) {
+    return {reinterpret_cast<int*>(base), reinterpret_cast<int*>(base) + n, base + 2 * n};
+}
+
+inline size_t upsample_smem(int height, int width, int max_bin) {
+    return sizeof(float) * (size_t(max_bin) * max_bin + 3 * size_t(height) + 3 * size_t(width));
+}
+
+// grid: B * nbins * R output planes.
+template <typename T, typename TW>
+__global__ void __launch_bounds__(kThreads) upsample_kernel(const __grid_constant__ Params p) {
+    float* smem = dynamic_smem<float>();
+    const int64_t plane = blockIdx.x;
+    const int r = int(plane % p.reduced);
+    const int bin = int(plane / p.reduced % p.nbins);
+    const int image = int(plane / (int64_t(p.reduced) * p.nbins));
+    const int b = p.bins[bin];
+    const Taps rows = taps_at(smem, p.height);
+    const Taps cols = taps_at(smem + 3 * p.height, p.width);
+    float* map = smem + 3 * (p.height + p.width);  // the plane's b x b map after bias + ReLU
+    const float bias = to_float(static_cast<const TW*>(p.bias)[bin * p.reduced + r]);
+    for (int i = threadIdx.x; i < b * b; i += kThreads)
+        map[i] = fmaxf(p.feat[(int64_t(image) * p.cells + p.cell_offset[bin] + i) * p.reduced + r] + bias, 0.f);
+    for (int h = threadIdx.x; h < p.height; h += kThreads)
+        source_index(h, b, p.height, p.align_corners, rows.i0[h], rows.i1[h], rows.frac[h]);
+    for (int w = threadIdx.x; w < p.width; w += kThreads)
+        source_index(w, b, p.width, p.align_corners, cols.i0[w], cols.i1[w], cols.frac[w]);
+    __syncthreads();
+
+    const int64_t hw = int64_t(p.height) * p.width;
+    const int channel = p.channels + bin * p.reduced + r;
+    T* yp = static_cast<T*>(p.y) + (int64_t(image) * p.out_channels + channel) * hw;
+    int ncols, row_groups;
+    plane_layout(p.width, ncols, row_groups);
+    if (threadIdx.x >= ncols * row_groups) return;
+    for (int w = threadIdx.x % ncols; w < p.width; w += ncols) {
+        const int w0 = cols.i0[w], w1 = cols.i1[w];
+        const float fw = cols.frac[w];
+        for (int h = threadIdx.x / ncols; h < p.height; h += row_groups) {
+            const int h0 = rows.i0[h] * b, h1 = rows.i1[h] * b;
+            const float fh = rows.frac[h];
+            const float top = (1.f - fw) * map[h0 + w0] + fw * map[h0 + w1];
+            const float bottom = (1.f - fw) * map[h1 + w0] + fw * map[h1 + w1];
+            yp[int64_t(h) * p.width + w] = from_float<T>((1.f - fh) * top + fh * bottom);
+        }
+    }
+}
+
+inline int cells_of(const int* bins, int nbins) {
+    int cells = 0;
+    for (int k = 0; k < nbins; ++k) cells += bins[k] * bins[k];
+    return cells;
+}
+
+// What depends on the shapes alone: every Params field but the pointers, and each pass's grid and dynamic
+// shared memory (that grows with H and W: column sums, bilinear taps). The check and the launch build it once
+// each; every pass runs kThreads threads per block.
+struct Plan {
+    Params p;
+    dim3 pool_copy_grid;
+    size_t pool_copy_smem;
+    dim3 conv_grid;
+    dim3 upsample_grid;
+    size_t upsample_smem;
+};
+
+// The limits that need no device; bins is a host array.
+inline int shape_status(int batch, int channels, int height, int width, int reduced, const int* bins, int nbins) {
+    if (!bins) return EDGESTACK_ERR_NULL_POINTER;
+    if (batch < 1 || channels < 1 || height < 1 || width < 1 || reduced < 1 || nbins < 1)
+        return EDGESTACK_ERR_BAD_SHAPE;
+    int sum = 0;
+    for (int k = 0; k < nbins; ++k) {
+        if (bins[k] < 1) return EDGESTACK_ERR_BAD_SHAPE;
+        sum += std::min(bins[k], kMaxCells1D + 1);
+    }
+    if (nbins > kMaxBins || sum > kMaxCells1D) return EDGESTACK_ERR_UNSUPPORTED;
+    const int64_t planes = int64_t(batch) * std::max(channels, nbins * reduced);
+    if (planes > INT32_MAX || int64_t(batch) * nbins > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
+        return EDGESTACK_ERR_UNSUPPORTED;
+    return EDGESTACK_OK;
+}
+
+// Only for shapes that passed shape_status.
+inline Plan make_plan(int batch, int channels, int height, int width, int reduced, const int* bins, int nbins,
+                      int align_corners) {
+    Plan plan{};
+    Params& p = plan.p;
+    p.channels = channels;
+    p.height = height;
+    p.width = width;
+    p.reduced = reduced;
+    p.nbins = nbins;
+    p.cells = cells_of(bins, nbins);
+    p.out_channels = channels + nbins * reduced;
+    p.align_corners = align_corners != 0;
+    int max_bin = 0;
+    for (int k = 0, cells = 0, cells1d = 0; k < nbins; ++k) {
+        p.bins[k] = bins[k];
+        p.cell_offset[k] = cells;
+        p.cell1d_offset[k] = cells1d;
+        cells += bins[k] * bins[k];
+        cells1d += bins[k];
+        max_bin = std::max(max_bin, bins[k]);
+    }
+    p.rows = make_axis(height, bins, nbins);
+    p.cols = make_axis(width, bins, nbins);
+    plan.pool_copy_grid = dim3(unsigned(int64_t(batch) * channels));
+    plan.pool_copy_smem = pool_copy_smem(p.rows.segments, p.cols.segments, height, width);
+    plan.conv_grid = dim3((reduced + kConvR - 1) / kConvR, (channels + kConvSlice - 1) / kConvSlice,
+                          unsigned(batch * nbins));
+    plan.upsample_grid = dim3(unsigned(int64_t(batch) * nbins * reduced));
+    plan.upsample_smem = upsample_smem(height, width, max_bin);
+    return plan;
+}
+
+}  // namespace edgestack::pyramid_pooling
