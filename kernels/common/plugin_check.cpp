@@ -347,11 +347,11 @@ void check_pyramid_pooling(IPluginCreatorV3One* creator, Expressions& expression
     // Workspace for the profile's largest batch: 4 bytes x B x cells (1+4+9+36) x (C + R).
     CHECK(build(plugin)->getWorkspaceSize(io.data(), 3, io.data() + 3, 1) == size_t(4) * 4 * 50 * (2048 + 512));
     CHECK(build(plugin)->configurePlugin(io.data(), 3, io.data() + 3, 1) == 0);
-    // The profile's largest shape is held to the kernel's limits at build time: 20000 x 4 bins is over the
-    // grid's 65535, and a 100000-wide map over any device's shared memory (without a GPU the device query
+    // The profile's largest shape is held to the kernel's limits at build time: a batch of 70000 is over the
+    // conv grid's 65535, and a 100000-wide map over any device's shared memory (without a GPU the device query
     // fails, so the plugin refuses all the same, with CUDA's reason).
     std::vector<DynamicPluginTensorDesc> big_batch = io;
-    big_batch[0].max.d[0] = big_batch[3].max.d[0] = 20000;
+    big_batch[0].max.d[0] = big_batch[3].max.d[0] = 70000;
     CHECK(build(plugin)->configurePlugin(big_batch.data(), 3, big_batch.data() + 3, 1) == -1 &&
           logger.said("shape outside what this kernel implements"));
     std::vector<DynamicPluginTensorDesc> wide = io;

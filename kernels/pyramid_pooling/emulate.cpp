@@ -13,7 +13,6 @@ template <typename T, typename TW>
 void run(const Plan& plan) {
     const Params& p = plan.p;
     launch(pool_copy_kernel<T>, plan.pool_copy_grid, dim3(kThreads), plan.pool_copy_smem, p);
-    std::fill(p.feat, p.feat + size_t(p.cells) * p.reduced * plan.conv_grid.z / p.nbins, 0.f);
     launch(conv_kernel<TW>, plan.conv_grid, dim3(kThreads), 0, p);
     launch(upsample_kernel<T, TW>, plan.upsample_grid, dim3(kThreads), plan.upsample_smem, p);
 }

@@ -37,9 +37,6 @@ int run(const Plan& plan, cudaStream_t stream) {
     pool_copy_kernel<T><<<plan.pool_copy_grid, kThreads, plan.pool_copy_smem, stream>>>(p);
     EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
 
-    EDGESTACK_RETURN_IF_ERROR(edgestack::cuda_status(
-        cudaMemsetAsync(p.feat, 0, sizeof(float) * size_t(p.cells) * p.reduced * plan.conv_grid.z / p.nbins,
-                        stream)));
     conv_kernel<TW><<<plan.conv_grid, kThreads, 0, stream>>>(p);
     EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
 

@@ -3,7 +3,7 @@
 //  1. pool_copy: one block per (b, c) plane copies x into y[:, :C] and sums the plane over the elementary
 //     row/column segments that all bins' cells are unions of (cells overlap when a bin does not divide H or W),
 //     then writes every cell's average: pooled [B, cells, C] fp32.
-//  2. conv: the 1x1 convs as a small GEMM per bin, split over C slices and summed with atomics: feat [B, cells, R].
+//  2. conv: the 1x1 convs as a small GEMM per bin, each output a warp's dot product over all C: feat [B, cells, R].
 //  3. upsample: bias + ReLU on the tiny maps, bilinear to H x W, written into y[:, C:].
 #pragma once
 
@@ -20,9 +20,10 @@ constexpr int kMaxBins = 8;
 constexpr int kMaxCells1D = 32;              // sum(bins)
 constexpr int kMaxSegments = 2 * kMaxCells1D;  // every cell adds at most a start and an end boundary
 constexpr int kUnroll = 8;                   // loads in flight per thread in pass 1
-constexpr int kConvR = 16;                   // output channels per conv block
-constexpr int kConvCells = 32;               // cells per conv chunk
-constexpr int kConvSlice = 128;              // input channels per conv block
+constexpr int kConvRowsPerWarp = 4;         // conv: output channels per warp ...
+constexpr int kConvCells = 8;                // ... times cells per work item = 32, one sum per lane
+constexpr int kConvRows = kConvRowsPerWarp * kThreads / 32;  // output channels per conv block
+static_assert(kConvRowsPerWarp * kConvCells == 32, "the conv pass sums one (row, cell) per lane");
 
 // One spatial axis: elementary segments [bound[s], bound[s+1]) and, per 1-D cell (bin-major), its segments.
 struct Axis {
@@ -167,53 +168,104 @@ __global__ void __launch_bounds__(kThreads) pool_copy_kernel(const __grid_consta
     }
 }
 
-// grid: (R tiles, C slices, B * nbins). Each block multiplies its C slice of the bin's pooled cells by the
-// matching slice of W and adds the partial sums into feat.
+// 8 consecutive values from src as float, zeros from `count` on; `vector`: src is 16-byte aligned and
+// count >= 8, so one 16-byte load (two for fp32) instead of eight.
+__device__ __forceinline__ void load8(const float* src, int count, bool vector, float (&out)[8]) {
+    if (vector) {
+        const float4 lo = reinterpret_cast<const float4*>(src)[0];
+        const float4 hi = reinterpret_cast<const float4*>(src)[1];
+        out[0] = lo.x, out[1] = lo.y, out[2] = lo.z, out[3] = lo.w;
+        out[4] = hi.x, out[5] = hi.y, out[6] = hi.z, out[7] = hi.w;
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = i < count ? src[i] : 0.f;
+}
+
+__device__ __forceinline__ void load8(const __half* src, int count, bool vector, float (&out)[8]) {
+    if (vector) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(src);
+        const __half2* pairs = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __half22float2(pairs[i]);
+            out[2 * i] = f.x;
+            out[2 * i + 1] = f.y;
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = i < count ? __half2float(src[i]) : 0.f;
+}
+
+__device__ __forceinline__ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// Sums each of the 32 values over the warp's lanes in 31 shuffles (each step trades half of what a lane
+// holds with its partner): lane l ends up with the sum of v[l], returned.
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int half = 16; half >= 1; half /= 2) {
+        const bool upper = lane & half;
+#pragma unroll
+        for (int i = 0; i < half; ++i) {
+            const float send = upper ? v[i] : v[i + half];
+            const float keep = upper ? v[i + half] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, half);
+        }
+    }
+    return v[0];
+}
+
+// Work items of the conv pass: each bin's cells in chunks of kConvCells, bin after bin.
+__host__ __device__ __forceinline__ int conv_items(int cells) { return (cells + kConvCells - 1) / kConvCells; }
+
+// grid: (R / kConvRows, conv items, B). Each warp takes kConvRowsPerWarp rows of W and the item's cells; its
+// lanes stride over C 8 channels at a time (16-byte loads), so every weight is read once per item and no
+// two blocks write the same output.
 template <typename TW>
 __global__ void __launch_bounds__(kThreads) conv_kernel(const __grid_constant__ Params p) {
-    __shared__ float ws[kConvR][kConvSlice + 1];
-    __shared__ float ps[kConvCells][kConvSlice + 1];
-    const TW* weight = static_cast<const TW*>(p.weight);
-    const int r0 = blockIdx.x * kConvR;
-    const int c0 = blockIdx.y * kConvSlice;
-    const int image = blockIdx.z / p.nbins;
-    const int bin = blockIdx.z % p.nbins;
+    int bin = 0, item = blockIdx.y;
+    for (; item >= conv_items(p.bins[bin] * p.bins[bin]); ++bin) item -= conv_items(p.bins[bin] * p.bins[bin]);
     const int cells = p.bins[bin] * p.bins[bin];
-    const int first_cell = p.cell_offset[bin];
-    const int slice = min(kConvSlice, p.channels - c0);
+    const int first = item * kConvCells;
+    const int image = blockIdx.z;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int row0 = blockIdx.x * kConvRows + warp * kConvRowsPerWarp;
+    const TW* weight = static_cast<const TW*>(p.weight) + (int64_t(bin) * p.reduced + row0) * p.channels;
+    const float* pooled = p.pooled + (int64_t(image) * p.cells + p.cell_offset[bin] + first) * p.channels;
+    const bool vector = p.channels % 8 == 0 && aligned16(p.weight) && aligned16(p.pooled);
 
-    for (int e = threadIdx.x; e < kConvR * kConvSlice; e += kThreads) {
-        const int r = e / kConvSlice;
-        const int c = e % kConvSlice;
-        ws[r][c] = (r0 + r < p.reduced && c < slice)
-                       ? to_float(weight[(int64_t(bin) * p.reduced + r0 + r) * p.channels + c0 + c])
-                       : 0.f;
-    }
-    const int r = threadIdx.x % kConvR;
-    const int lane_cell = threadIdx.x / kConvR;  // 0..15; each thread also takes lane_cell + 16
-    for (int chunk = 0; chunk < cells; chunk += kConvCells) {
-        __syncthreads();  // ws written / previous chunk consumed
-        for (int e = threadIdx.x; e < kConvCells * kConvSlice; e += kThreads) {
-            const int cell = e / kConvSlice;
-            const int c = e % kConvSlice;
-            ps[cell][c] = (chunk + cell < cells && c < slice)
-                              ? p.pooled[(int64_t(image) * p.cells + first_cell + chunk + cell) * p.channels + c0 + c]
-                              : 0.f;
+    float acc[kConvRowsPerWarp * kConvCells] = {};
+    for (int c = lane * 8; c < p.channels; c += 32 * 8) {
+        const int count = p.channels - c;
+        float w[kConvRowsPerWarp][8];
+#pragma unroll
+        for (int r = 0; r < kConvRowsPerWarp; ++r) {
+            if (row0 + r < p.reduced) {
+                load8(weight + int64_t(r) * p.channels + c, count, vector, w[r]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) w[r][i] = 0.f;
+            }
         }
-        __syncthreads();
-        float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll 8
-        for (int c = 0; c < kConvSlice; ++c) {
-            const float wv = ws[r][c];
-            acc0 = fmaf(ps[lane_cell][c], wv, acc0);
-            acc1 = fmaf(ps[lane_cell + 16][c], wv, acc1);
-        }
-        if (r0 + r < p.reduced) {
-            float* feat = p.feat + (int64_t(image) * p.cells + first_cell + chunk) * p.reduced + r0 + r;
-            if (chunk + lane_cell < cells) atomicAdd(feat + int64_t(lane_cell) * p.reduced, acc0);
-            if (chunk + lane_cell + 16 < cells) atomicAdd(feat + int64_t(lane_cell + 16) * p.reduced, acc1);
+#pragma unroll
+        for (int j = 0; j < kConvCells; ++j) {
+            if (first + j >= cells) break;
+            float x[8];
+            load8(pooled + int64_t(j) * p.channels + c, count, vector, x);
+#pragma unroll
+            for (int r = 0; r < kConvRowsPerWarp; ++r)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[r * kConvCells + j] = fmaf(w[r][i], x[i], acc[r * kConvCells + j]);
         }
     }
+    const float sum = warp_transpose_sum(acc);  // this lane's (row, cell) of the warp's tile
+    const int row = row0 + lane / kConvCells;
+    const int cell = first + lane % kConvCells;
+    if (row < p.reduced && cell < cells)
+        p.feat[(int64_t(image) * p.cells + p.cell_offset[bin] + cell) * p.reduced + row] = sum;
 }
 
 // PyTorch's bilinear source index (upsample_bilinear2d, sizes given): index, next index, weight of the next.
@@ -315,7 +367,8 @@ inline int shape_status(int batch, int channels, int height, int width, int redu
     }
     if (nbins > kMaxBins || sum > kMaxCells1D) return EDGESTACK_ERR_UNSUPPORTED;
     const int64_t planes = int64_t(batch) * std::max(channels, nbins * reduced);
-    if (planes > INT32_MAX || int64_t(batch) * nbins > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
+    // Grid limits: planes on x (2^31 - 1), the conv pass's batch on z (65535).
+    if (planes > INT32_MAX || batch > 65535 || channels + int64_t(nbins) * reduced > INT32_MAX)
         return EDGESTACK_ERR_UNSUPPORTED;
     return EDGESTACK_OK;
 }
@@ -346,8 +399,9 @@ inline Plan make_plan(int batch, int channels, int height, int width, int reduce
     p.cols = make_axis(width, bins, nbins);
     plan.pool_copy_grid = dim3(unsigned(int64_t(batch) * channels));
     plan.pool_copy_smem = pool_copy_smem(p.rows.segments, p.cols.segments, height, width);
-    plan.conv_grid = dim3((reduced + kConvR - 1) / kConvR, (channels + kConvSlice - 1) / kConvSlice,
-                          unsigned(batch * nbins));
+    int items = 0;
+    for (int k = 0; k < nbins; ++k) items += conv_items(bins[k] * bins[k]);
+    plan.conv_grid = dim3((reduced + kConvRows - 1) / kConvRows, items, batch);
     plan.upsample_grid = dim3(unsigned(int64_t(batch) * nbins * reduced));
     plan.upsample_smem = upsample_smem(height, width, max_bin);
     return plan;
