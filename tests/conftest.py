@@ -1,7 +1,14 @@
+import ctypes
 import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+
+import edgestack.kernels
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,3 +55,36 @@ def _export(tmp_path_factory, config: str, **kwargs):
 
     path, _ = export_bundle(config, out=tmp_path_factory.mktemp("bundle") / config, progress=lambda m: None, **kwargs)
     return path
+
+
+def cuda_include_dir() -> Path | None:
+    """Where cuda_fp16.h is: $CUDA_HOME, then beside nvcc, then /usr/local/cuda."""
+    nvcc = shutil.which("nvcc")
+    roots = [os.environ.get("CUDA_HOME"), Path(nvcc).resolve().parent.parent if nvcc else None, "/usr/local/cuda"]
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+@pytest.fixture(scope="session")
+def emulated_kernels(tmp_path_factory):
+    """load(op): kernels/<op>/emulate.cpp (the op's device code on CPU threads, kernels/common/emulate.h)
+    compiled for the host, through ctypes; skips where there is no C++20 compiler or no CUDA headers."""
+    compiler, include = shutil.which(os.environ.get("CXX", "g++")), cuda_include_dir()
+    if not compiler or not include:
+        pytest.skip("needs a C++20 compiler (g++ or $CXX) and the CUDA headers (cuda_fp16.h) to emulate the kernels")
+    kernels = Path(edgestack.kernels.__file__).parent
+    out = tmp_path_factory.mktemp("emulated")
+
+    def load(op: str) -> ctypes.CDLL:
+        library = out / f"{op}_emulated.so"
+        if not library.exists():
+            subprocess.run(
+                [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{include}", f"-I{kernels}",
+                 str(kernels / op / "emulate.cpp"), "-o", str(library)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        return ctypes.CDLL(str(library))
+
+    return load

@@ -2,16 +2,11 @@
 and the CUDA kernel's passes run on CPU threads (kernels/common/emulate.h) against the reference."""
 
 import ctypes
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import edgestack.kernels
 from edgestack.errors import EdgestackError
 from edgestack.kernels import loader
 from edgestack.kernels.pyramid_pooling import reference
@@ -78,30 +73,9 @@ def test_bad_shapes_raise_clear_errors(x_shape, w_shape, b_shape, bins, message)
         torch.ops.edgestack.pyramid_pooling(x, weight, bias, bins, True)
 
 
-def cuda_include_dir() -> Path | None:
-    """Where cuda_fp16.h is: $CUDA_HOME, then beside nvcc, then /usr/local/cuda."""
-    nvcc = shutil.which("nvcc")
-    roots = [os.environ.get("CUDA_HOME"), Path(nvcc).resolve().parent.parent if nvcc else None, "/usr/local/cuda"]
-    for root in filter(None, roots):
-        if (Path(root) / "include" / "cuda_fp16.h").is_file():
-            return Path(root) / "include"
-    return None
-
-
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    """The kernel's device code compiled for the host (kernels/pyramid_pooling/emulate.cpp), through ctypes."""
-    compiler, include = shutil.which(os.environ.get("CXX", "g++")), cuda_include_dir()
-    if not compiler or not include:
-        pytest.skip("needs a C++20 compiler (g++ or $CXX) and the CUDA headers (cuda_fp16.h) to emulate the kernel")
-    kernels = Path(edgestack.kernels.__file__).parent
-    library = tmp_path_factory.mktemp("emulated") / "pyramid_pooling_emulated.so"
-    subprocess.run(
-        [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{include}", f"-I{kernels}",
-         str(kernels / "pyramid_pooling" / "emulate.cpp"), "-o", str(library)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return ctypes.CDLL(str(library))
+def emulated(emulated_kernels):
+    return emulated_kernels("pyramid_pooling")
 
 
 def run_emulated(lib, x, weight, bias, bins, align_corners):

@@ -1,4 +1,7 @@
-"""Window masked attention: the op and MAT's block vs a direct re-implementation of the official math."""
+"""Window masked attention: the op and MAT's block vs a direct re-implementation of the official math, and the
+CUDA kernels run on CPU threads (kernels/common/emulate.h) against the reference."""
+
+import ctypes
 
 import pytest
 import torch
@@ -6,6 +9,8 @@ import torch.nn.functional as F
 
 import edgestack.kernels.window_attention.op  # noqa: F401
 from edgestack.errors import EdgestackError
+from edgestack.kernels import loader
+from edgestack.kernels.window_attention import reference
 from edgestack.models.mat.model import SwinTransformerBlock, region_bias
 
 
@@ -93,3 +98,54 @@ def test_op_rejects_bad_shapes(shapes, kwargs, message):
         torch.ops.edgestack.window_masked_attention(
             *tensors, args["num_heads"], args["window_size"], args["shift_size"], 0.0, -100.0
         )
+
+
+@pytest.fixture(scope="module")
+def emulated(emulated_kernels):
+    return emulated_kernels("window_attention")
+
+
+def run_emulated(lib, q, k, v, mask, heads, window, shift, tensor_cores):
+    out, mask_out = torch.full_like(q, float("nan")), torch.full_like(mask, float("nan"))  # unwritten stays NaN
+    b, h, w, c = q.shape
+    status = lib.edgestack_window_attention_emulated(
+        *(ctypes.c_void_p(t.data_ptr()) for t in (q, k, v, mask, out, mask_out)), loader.dtype_code(q.dtype),
+        b, h, w, c, heads, window, shift, ctypes.c_float(-1.0), ctypes.c_float(-100.0), int(tensor_cores),
+    )  # fmt: skip
+    assert status == 0
+    return out, mask_out
+
+
+# (B, H, W, C, heads, window, shift, mask): MAT's head dim 30 with win 8 / shift 4 and win 16 / shift 8 (256
+# tokens: four query blocks per window), odd channels with head dim 5 (scalar loads), head dim 32 with 144
+# tokens (the last key tile partly outside the window), head dim 64 (beyond the tensor-core kernel).
+EMULATED_CASES = [
+    (2, 16, 16, 60, 2, 8, 4, "random"),
+    (1, 16, 16, 60, 2, 8, 0, "invalid"),
+    (1, 16, 16, 30, 1, 16, 8, "random"),
+    (2, 8, 8, 15, 3, 8, 4, "random"),
+    (1, 12, 12, 32, 1, 12, 6, "valid"),
+    (1, 8, 8, 128, 2, 4, 2, "random"),
+]
+
+
+# fp32 runs the CUDA-core kernel; fp16 the tensor-core kernel (as on sm_80+, where the shape allows it) or the
+# CUDA-core kernel (as on Jetson Xavier's sm_72).
+@pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: "-".join(map(str, case)))
+def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
+    b, h, w, c, heads, window, shift, mask_kind = case
+    dtype = torch.float32 if kernel == "fp32" else torch.float16
+    q, k, v = (torch.randn(b, h, w, c).to(dtype) for _ in range(3))
+    mask = {"valid": torch.ones, "invalid": torch.zeros}.get(mask_kind, lambda *s: (torch.rand(*s) > 0.5).float())(
+        b, h, w, 1
+    )
+    mask[:, : h // 2, : w // 2] = 0 if mask_kind == "random" else mask[:, : h // 2, : w // 2]  # whole windows masked
+    mask = mask.to(dtype)
+    out, mask_out = run_emulated(emulated, q, k, v, mask, heads, window, shift, kernel == "fp16-tensor-cores")
+    ref, ref_mask = reference.window_masked_attention(
+        q.double(), k.double(), v.double(), mask.double(), heads, window, shift, (c // heads) ** -0.5, -100.0
+    )
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-3  # the GPU tests' (tests/test_kernels_gpu.py)
+    assert ((out.double() - ref).norm() / ref.norm()).item() <= tolerance
+    assert torch.equal(mask_out.double(), ref_mask)

@@ -1,9 +1,9 @@
 // Runs CUDA kernels on CPU threads so the tests can check their indexing and arithmetic on a machine
 // without a GPU. Compile the device code with a host C++20 compiler after this header: one OS thread per
-// CUDA thread, blocks one after another, __syncthreads and warp shuffles as barriers. Static __shared__
-// arrays become function statics (one per block, since blocks run in turn); dynamic shared memory comes
-// from dynamic_smem(). What it cannot show: timing, memory coalescing, races the barriers happen to hide,
-// and anything the device compiler alone decides (fast-math, register spills).
+// CUDA thread, blocks one after another, __syncthreads, warp shuffles and mma.m16n8k16 through barriers.
+// Static __shared__ arrays become function statics (one per block, since blocks run in turn); dynamic shared
+// memory comes from dynamic_smem(). What it cannot show: timing, memory coalescing, races the barriers
+// happen to hide, and anything the device compiler alone decides (fast-math, register spills).
 #pragma once
 
 #define EDGESTACK_EMULATE 1
@@ -47,13 +47,17 @@ constexpr float4 kPoison = {NAN, NAN, NAN, NAN};
 // What the threads of the running block share.
 struct Block {
     Block(int threads, size_t smem_bytes)
-        : sync(threads), shuffle(threads), smem((smem_bytes + sizeof(float4) - 1) / sizeof(float4), kPoison) {
+        : sync(threads),
+          shuffle(threads),
+          mma_operands(6 * size_t(threads)),
+          smem((smem_bytes + sizeof(float4) - 1) / sizeof(float4), kPoison) {
         for (int first = 0; first < threads; first += kWarp)
             warp_sync.push_back(std::make_unique<std::barrier<>>(std::min(kWarp, threads - first)));
     }
     std::barrier<> sync;
     std::vector<std::unique_ptr<std::barrier<>>> warp_sync;
-    std::vector<uint64_t> shuffle;  // one slot per thread for the value it offers a shuffle
+    std::vector<uint64_t> shuffle;       // one slot per thread for the value it offers a shuffle
+    std::vector<uint32_t> mma_operands;  // 6 registers per thread (A's 4, B's 2) for mma_16816
     std::vector<float4> smem;
 };
 
@@ -128,3 +132,41 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
 }
 
 inline float atomicAdd(float* address, float value) { return std::atomic_ref<float>(*address).fetch_add(value); }
+
+// PTX mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, d += a b, for the 32 lanes of a warp together. With
+// g = lane / 4 and t = lane % 4, per the PTX ISA fragment layouts: a[0] holds A[g][2t, 2t+1], a[1]
+// A[g+8][2t, 2t+1], a[2] A[g][2t+8, 2t+9], a[3] A[g+8][2t+8, 2t+9] (lower column in the low half); b0 holds
+// B[2t, 2t+1][g], b1 B[2t+8, 2t+9][g]; d[0..1] is D[g][2t, 2t+1], d[2..3] D[g+8][2t, 2t+1]. Sums in fp32.
+inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    using edgestack::emulate::current;
+    using edgestack::emulate::kWarp;
+    using edgestack::emulate::linear_thread;
+    const int lane = linear_thread % kWarp;
+    const int warp_base = linear_thread - lane;
+    uint32_t* mine = &current->mma_operands[6 * size_t(linear_thread)];
+    std::copy(a, a + 4, mine);
+    mine[4] = b0;
+    mine[5] = b1;
+    edgestack::emulate::warp_barrier().arrive_and_wait();
+    // Element `half` (0 low, 1 high) of register `reg` of `from_lane`, as float.
+    const auto element = [&](int from_lane, int reg, int half) {
+        const uint32_t bits = current->mma_operands[6 * size_t(warp_base + from_lane) + reg];
+        __half_raw raw;
+        raw.x = uint16_t(half ? bits >> 16 : bits & 0xffff);
+        return __half2float(__half(raw));
+    };
+    const auto a_at = [&](int row, int k) {  // A[row][k]
+        return element(4 * (row % 8) + (k % 8) / 2, (row >= 8) + 2 * (k >= 8), k % 2);
+    };
+    const auto b_at = [&](int k, int col) {  // B[k][col]
+        return element(4 * col + (k % 8) / 2, 4 + (k >= 8), k % 2);
+    };
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        float sum = d[i];
+        for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+        d[i] = sum;
+    }
+    edgestack::emulate::warp_barrier().arrive_and_wait();  // operands are not overwritten before all have read
+}

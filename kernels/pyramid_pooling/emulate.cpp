@@ -2,7 +2,7 @@
 // same arguments as edgestack_pyramid_pooling in kernel.h, but host pointers and no stream or workspace.
 // Built by tests/test_pyramid_pooling.py with the host compiler; not part of the CUDA library.
 #include "../common/emulate.h"
-#include "passes.cuh"
+#include "device.cuh"
 
 namespace {
 

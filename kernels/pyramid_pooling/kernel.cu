@@ -1,9 +1,9 @@
-// Pyramid pooling: launches of the passes in passes.cuh behind the C ABI of kernel.h.
+// Pyramid pooling: launches of the passes in device.cuh behind the C ABI of kernel.h.
 #include "kernel.h"
 
 #include <algorithm>
 
-#include "passes.cuh"
+#include "device.cuh"
 
 namespace {
 
