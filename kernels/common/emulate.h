@@ -11,6 +11,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include "status.h"
+
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -101,6 +103,14 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
         });
     }
     for (std::thread& thread : pool) thread.join();
+}
+
+// launch() in the form the ops' dispatch takes (common/launch.cuh's signature); always EDGESTACK_OK.
+inline auto launcher() {
+    return [](auto kernel, dim3 grid, dim3 block, size_t smem_bytes, const auto&... args) -> int {
+        launch(kernel, grid, block, smem_bytes, args...);
+        return EDGESTACK_OK;
+    };
 }
 
 }  // namespace edgestack::emulate

@@ -407,4 +407,34 @@ inline Plan make_plan(int batch, int channels, int height, int width, int reduce
     return plan;
 }
 
+// The plan with its pointers; workspace: edgestack_pyramid_pooling_workspace_size bytes (pooled, then feat).
+inline void bind(Plan& plan, int batch, const void* x, const void* weight, const void* bias, void* y, void* workspace) {
+    Params& p = plan.p;
+    p.x = x;
+    p.weight = weight;
+    p.bias = bias;
+    p.y = y;
+    p.pooled = static_cast<float*>(workspace);
+    p.feat = p.pooled + size_t(batch) * p.cells * p.channels;
+}
+
+// The three passes through `launch(kernel, grid, block, smem_bytes, args...)`: CUDA launches on a stream
+// (common/launch.cuh) or CPU threads (common/emulate.h).
+template <typename T, typename TW, typename Launch>
+int run(const Plan& plan, Launch& launch) {
+    const dim3 block(kThreads);
+    EDGESTACK_RETURN_IF_ERROR(launch(pool_copy_kernel<T>, plan.pool_copy_grid, block, plan.pool_copy_smem, plan.p));
+    EDGESTACK_RETURN_IF_ERROR(launch(conv_kernel<TW>, plan.conv_grid, block, size_t(0), plan.p));
+    return launch(upsample_kernel<T, TW>, plan.upsample_grid, block, plan.upsample_smem, plan.p);
+}
+
+template <typename Launch>
+int dispatch(const Plan& plan, int dtype, int weight_dtype, Launch&& launch) {
+    const bool x_half = dtype == EDGESTACK_FLOAT16, w_half = weight_dtype == EDGESTACK_FLOAT16;
+    if ((!x_half && dtype != EDGESTACK_FLOAT32) || (!w_half && weight_dtype != EDGESTACK_FLOAT32))
+        return EDGESTACK_ERR_BAD_DTYPE;
+    if (x_half) return w_half ? run<__half, __half>(plan, launch) : run<__half, float>(plan, launch);
+    return w_half ? run<float, __half>(plan, launch) : run<float, float>(plan, launch);
+}
+
 }  // namespace edgestack::pyramid_pooling

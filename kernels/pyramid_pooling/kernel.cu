@@ -3,13 +3,13 @@
 
 #include <algorithm>
 
+#include "../common/launch.cuh"
 #include "device.cuh"
 
 namespace {
 
 using namespace edgestack::pyramid_pooling;
-
-constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory a launch gets without opting in
+using edgestack::kDefaultSmem;
 
 // Beyond the default, the current device's opt-in limit decides (99 KiB on sm_86/89, 163 KiB on sm_80/87,
 // 227 KiB on sm_90); the device is only queried then, so small shapes check on a machine without one.
@@ -20,38 +20,6 @@ int smem_status(size_t bytes) {
     EDGESTACK_RETURN_IF_ERROR(
         edgestack::cuda_status(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)));
     return bytes > size_t(limit) ? EDGESTACK_ERR_UNSUPPORTED : EDGESTACK_OK;
-}
-
-// Opt in where a pass needs more than the default (smem_status has held `bytes` to the device's limit).
-template <typename Kernel>
-int prepare_smem(Kernel kernel, size_t bytes) {
-    if (bytes <= kDefaultSmem) return EDGESTACK_OK;
-    return edgestack::cuda_status(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
-template <typename T, typename TW>
-int run(const Plan& plan, cudaStream_t stream) {
-    const Params& p = plan.p;
-    EDGESTACK_RETURN_IF_ERROR(prepare_smem(pool_copy_kernel<T>, plan.pool_copy_smem));
-    pool_copy_kernel<T><<<plan.pool_copy_grid, kThreads, plan.pool_copy_smem, stream>>>(p);
-    EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
-
-    conv_kernel<TW><<<plan.conv_grid, kThreads, 0, stream>>>(p);
-    EDGESTACK_RETURN_IF_ERROR(edgestack::launch_status());
-
-    EDGESTACK_RETURN_IF_ERROR(prepare_smem(upsample_kernel<T, TW>, plan.upsample_smem));
-    upsample_kernel<T, TW><<<plan.upsample_grid, kThreads, plan.upsample_smem, stream>>>(p);
-    return edgestack::launch_status();
-}
-
-template <typename T>
-int dispatch_weight(const Plan& plan, int weight_dtype, cudaStream_t stream) {
-    switch (weight_dtype) {
-        case EDGESTACK_FLOAT32: return run<T, float>(plan, stream);
-        case EDGESTACK_FLOAT16: return run<T, __half>(plan, stream);
-        default: return EDGESTACK_ERR_BAD_DTYPE;
-    }
 }
 
 }  // namespace
@@ -81,16 +49,6 @@ extern "C" int edgestack_pyramid_pooling(const void* x, const void* weight, cons
     const size_t needed = edgestack_pyramid_pooling_workspace_size(batch, channels, reduced, bins, nbins);
     if (!workspace || workspace_bytes < needed) return EDGESTACK_ERR_WORKSPACE;
 
-    Params& p = plan.p;
-    p.x = x;
-    p.weight = weight;
-    p.bias = bias;
-    p.y = y;
-    p.pooled = static_cast<float*>(workspace);
-    p.feat = p.pooled + size_t(batch) * p.cells * channels;
-    switch (dtype) {
-        case EDGESTACK_FLOAT32: return dispatch_weight<float>(plan, weight_dtype, stream);
-        case EDGESTACK_FLOAT16: return dispatch_weight<__half>(plan, weight_dtype, stream);
-        default: return EDGESTACK_ERR_BAD_DTYPE;
-    }
+    bind(plan, batch, x, weight, bias, y, workspace);
+    return dispatch(plan, dtype, weight_dtype, edgestack::cuda_launcher(stream));
 }

@@ -480,14 +480,14 @@ inline Params make_params(const void* q, const void* k, const void* v, const voi
     return p;
 }
 
-// `launch(kernel, grid, block, args...)` runs a kernel and returns a status: a CUDA launch on the stream in
-// kernel.cu, CPU threads in emulate.cpp.
+// `launch(kernel, grid, block, smem_bytes, args...)` runs a kernel and returns a status: CUDA launches on a
+// stream (common/launch.cuh) or CPU threads (common/emulate.h).
 template <int D, int KT, typename Launch>
 int launch_tensor_cores(const Params& p, int batch, int num_heads, Launch& launch) {
     const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 4 == 0; };
     const bool pairs = p.channels % 2 == 0 && p.head_dim % 2 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
     const dim3 grid(unsigned(batch) * p.windows_per_image, num_heads, (p.tokens + kTcQueries - 1) / kTcQueries);
-    return launch(window_attention_tc_kernel<D, KT>, grid, dim3(kTcWarps * 32), p, pairs);
+    return launch(window_attention_tc_kernel<D, KT>, grid, dim3(kTcWarps * 32), size_t(0), p, pairs);
 }
 
 template <typename T, int D, typename Launch>
@@ -497,10 +497,10 @@ int launch_cuda_cores(const Params& p, int batch, int num_heads, Launch& launch)
     constexpr int kQueries4 = kThreads / 4, kQueries8 = kThreads / 8;  // queries per block at 4 / 8 lanes each
     if (p.tokens <= 64) {
         const dim3 grid(windows, num_heads, (p.tokens + kQueries4 - 1) / kQueries4);
-        return launch(window_attention_kernel<T, D, 4>, grid, dim3(kThreads), p);
+        return launch(window_attention_kernel<T, D, 4>, grid, dim3(kThreads), size_t(0), p);
     }
     const dim3 grid(windows, num_heads, (p.tokens + kQueries8 - 1) / kQueries8);
-    return launch(window_attention_kernel<T, D, 8>, grid, dim3(kThreads), p);
+    return launch(window_attention_kernel<T, D, 8>, grid, dim3(kThreads), size_t(0), p);
 }
 
 template <typename T, typename Launch>

@@ -13,9 +13,5 @@ extern "C" __attribute__((visibility("default"))) int edgestack_window_attention
     EDGESTACK_RETURN_IF_ERROR(wa::shape_status(batch, height, width, channels, num_heads, window_size, shift_size));
     const wa::Params p = wa::make_params(q, k, v, mask, out, mask_out, height, width, channels, num_heads,
                                          window_size, shift_size, scale, masked_bias);
-    return wa::dispatch(p, dtype, batch, num_heads, tensor_cores != 0,
-                        [](auto kernel, dim3 grid, dim3 block, const auto&... args) {
-                            edgestack::emulate::launch(kernel, grid, block, 0, args...);
-                            return int(EDGESTACK_OK);
-                        });
+    return wa::dispatch(p, dtype, batch, num_heads, tensor_cores != 0, edgestack::emulate::launcher());
 }

@@ -1,6 +1,7 @@
 // Windowed masked attention: launches of the kernels in device.cuh behind the C ABI of kernel.h.
 #include "kernel.h"
 
+#include "../common/launch.cuh"
 #include "device.cuh"
 
 namespace {
@@ -30,9 +31,5 @@ extern "C" int edgestack_window_attention(const void* q, const void* k, const vo
     const wa::Params p = wa::make_params(q, k, v, mask, out, mask_out, height, width, channels, num_heads,
                                          window_size, shift_size, scale, masked_bias);
     const bool tensor_cores = dtype == EDGESTACK_FLOAT16 && device_has_tensor_cores();
-    return wa::dispatch(p, dtype, batch, num_heads, tensor_cores,
-                        [stream](auto kernel, dim3 grid, dim3 block, const auto&... args) {
-                            kernel<<<grid, block, 0, stream>>>(args...);
-                            return edgestack::launch_status();
-                        });
+    return wa::dispatch(p, dtype, batch, num_heads, tensor_cores, edgestack::cuda_launcher(stream));
 }
