@@ -91,15 +91,18 @@ def run_emulated(lib, x, weight, bias, bins, align_corners):
     return y
 
 
-# (B, C, H, W, R, bins, align_corners, x dtype, weight dtype). C % 8 == 0 takes the conv pass's 16-byte loads,
-# other C its scalar loads; C > 256 gives each lane two channel strides; R over 32 needs two row tiles and
-# R not a multiple of 4 idles part of a warp; bin 6 (36 cells) ends in a partial chunk of 8; no bin divides
-# 13 x 11; batch > 1 and mixed dtypes.
+# (B, C, H, W, R, bins, align_corners, x dtype, weight dtype). Even W takes the copy's and the upsample's
+# column pairs, odd W single columns. C % 8 == 0 takes the conv pass's 16-byte loads, other C its scalar
+# loads; C > 256 gives each lane two channel strides; R over 32 needs two row tiles and R not a multiple of 4
+# idles part of a warp; bin 6 (36 cells) ends in a partial chunk of 8; no bin divides 13 x 11; bins larger
+# than a 5 x 4 map; batch > 1 and mixed dtypes.
 EMULATED_CASES = [
     (2, 264, 13, 11, 40, (1, 2, 3, 6), True, torch.float32, torch.float32),
     (1, 130, 7, 9, 6, (1, 2, 3, 6), False, torch.float32, torch.float32),
     (1, 40, 5, 17, 20, (2, 5), True, torch.float16, torch.float16),
     (2, 24, 9, 8, 9, (4,), False, torch.float16, torch.float32),
+    (1, 64, 10, 14, 40, (1, 2, 3, 6), True, torch.float16, torch.float16),
+    (1, 32, 5, 4, 8, (1, 2, 3, 6), False, torch.float32, torch.float16),
 ]
 
 

@@ -19,7 +19,7 @@ constexpr int kThreads = 256;
 constexpr int kMaxBins = 8;
 constexpr int kMaxCells1D = 32;              // sum(bins)
 constexpr int kMaxSegments = 2 * kMaxCells1D;  // every cell adds at most a start and an end boundary
-constexpr int kUnroll = 8;                   // loads in flight per thread in pass 1
+constexpr int kUnroll = 8;                   // elements in flight per thread in pass 1
 constexpr int kConvRowsPerWarp = 4;         // conv: output channels per warp ...
 constexpr int kConvCells = 8;                // ... times cells per work item = 32, one sum per lane
 constexpr int kConvRows = kConvRowsPerWarp * kThreads / 32;  // output channels per conv block
@@ -76,16 +76,73 @@ inline Axis make_axis(int n, const int* bins, int nbins) {
     return a;
 }
 
-inline size_t pool_copy_smem(int row_segments, int col_segments, int height, int width) {
-    return sizeof(float) * (size_t(row_segments) * width + size_t(row_segments) * col_segments) +
-           sizeof(int) * size_t(height);
+inline size_t pool_copy_smem(int row_segments, int col_segments, int width) {
+    return sizeof(float) * (size_t(row_segments) * width + size_t(row_segments) * col_segments);
 }
 
-// Threads cover (row group, column): consecutive threads read consecutive columns of one row, and the
-// row groups read the next rows, so each warp load is contiguous.
-__device__ __forceinline__ void plane_layout(int width, int& cols, int& row_groups) {
-    cols = min(width, kThreads);
-    row_groups = kThreads / cols;
+// N consecutive elements, moved as one load or store (N = 2: 4 bytes for fp16, 8 for fp32).
+template <typename T, int N>
+struct alignas(N * sizeof(T)) Vec {
+    T v[N];
+};
+
+__device__ __forceinline__ bool aligned_to(const void* ptr, size_t bytes) {
+    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+
+// Threads cover (row group, unit of N columns): consecutive threads take consecutive units of one row, and
+// the row groups the next rows, so each warp access is contiguous.
+__device__ __forceinline__ void plane_layout(int units, int& per_row, int& row_groups) {
+    per_row = min(units, kThreads);
+    row_groups = kThreads / per_row;
+}
+
+// Pass 1's sweep of one plane: copies x into y and adds each column's values over every row segment into
+// seg_sum [row segment, column], N columns per thread. A thread's rows ascend, so it sums in registers and
+// adds to shared memory only where its rows cross into the next segment.
+template <typename T, int N>
+__device__ __forceinline__ void copy_and_sum_columns(const Params& p, const T* xp, T* yp, float* seg_sum) {
+    constexpr int kLoads = kUnroll / N;  // rows in flight: the same bytes per thread as single columns
+    const int units = p.width / N;
+    int per_row, row_groups;
+    plane_layout(units, per_row, row_groups);
+    const int group = threadIdx.x / per_row;
+    if (threadIdx.x >= per_row * row_groups || group >= p.height) return;
+    for (int u = threadIdx.x % per_row; u < units; u += per_row) {
+        const int w = u * N;
+        float acc[N] = {};
+        int seg = 0;
+        while (p.rows.bound[seg + 1] <= group) ++seg;
+        int seg_end = p.rows.bound[seg + 1];  // first row of the next segment
+        for (int h0 = group; h0 < p.height; h0 += row_groups * kLoads) {
+            Vec<T, N> vals[kLoads];
+#pragma unroll
+            for (int k = 0; k < kLoads; ++k) {
+                const int h = h0 + k * row_groups;
+                if (h < p.height) vals[k] = *reinterpret_cast<const Vec<T, N>*>(xp + int64_t(h) * p.width + w);
+            }
+#pragma unroll
+            for (int k = 0; k < kLoads; ++k) {
+                const int h = h0 + k * row_groups;
+                if (h < p.height) {
+                    *reinterpret_cast<Vec<T, N>*>(yp + int64_t(h) * p.width + w) = vals[k];
+                    if (h >= seg_end) {
+#pragma unroll
+                        for (int n = 0; n < N; ++n) {
+                            atomicAdd(&seg_sum[seg * p.width + w + n], acc[n]);
+                            acc[n] = 0.f;
+                        }
+                        while (p.rows.bound[seg + 1] <= h) ++seg;
+                        seg_end = p.rows.bound[seg + 1];
+                    }
+#pragma unroll
+                    for (int n = 0; n < N; ++n) acc[n] += to_float(vals[k].v[n]);
+                }
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < N; ++n) atomicAdd(&seg_sum[seg * p.width + w + n], acc[n]);
+    }
 }
 
 template <typename T>
@@ -93,9 +150,8 @@ __global__ void __launch_bounds__(kThreads) pool_copy_kernel(const __grid_consta
     float* smem = dynamic_smem<float>();
     const int nrs = p.rows.segments;
     const int ncs = p.cols.segments;
-    float* seg_sum = smem;                                   // [row segment, column]
-    float* block_sum = seg_sum + nrs * p.width;              // [row segment, column segment]
-    int* row_segment = reinterpret_cast<int*>(block_sum + nrs * ncs);  // [row] -> row segment
+    float* seg_sum = smem;                       // [row segment, column]
+    float* block_sum = seg_sum + nrs * p.width;  // [row segment, column segment]
 
     const int64_t plane = blockIdx.x;
     const int image = int(plane / p.channels);
@@ -105,44 +161,12 @@ __global__ void __launch_bounds__(kThreads) pool_copy_kernel(const __grid_consta
     T* yp = static_cast<T*>(p.y) + (int64_t(image) * p.out_channels + channel) * hw;
 
     for (int i = threadIdx.x; i < nrs * p.width; i += kThreads) seg_sum[i] = 0.f;
-    for (int h = threadIdx.x; h < p.height; h += kThreads) {
-        int s = 0;
-        while (p.rows.bound[s + 1] <= h) ++s;
-        row_segment[h] = s;
-    }
     __syncthreads();
-
-    int cols, row_groups;
-    plane_layout(p.width, cols, row_groups);
-    if (threadIdx.x < cols * row_groups) {
-        const int group = threadIdx.x / cols;
-        for (int w = threadIdx.x % cols; w < p.width; w += cols) {
-            float acc = 0.f;
-            int seg = row_segment[group < p.height ? group : 0];
-            for (int h0 = group; h0 < p.height; h0 += row_groups * kUnroll) {
-                T vals[kUnroll];
-#pragma unroll
-                for (int u = 0; u < kUnroll; ++u) {
-                    const int h = h0 + u * row_groups;
-                    if (h < p.height) vals[u] = xp[int64_t(h) * p.width + w];
-                }
-#pragma unroll
-                for (int u = 0; u < kUnroll; ++u) {
-                    const int h = h0 + u * row_groups;
-                    if (h < p.height) {
-                        yp[int64_t(h) * p.width + w] = vals[u];
-                        if (row_segment[h] != seg) {  // rows ascend, so segments change monotonically
-                            atomicAdd(&seg_sum[seg * p.width + w], acc);
-                            acc = 0.f;
-                            seg = row_segment[h];
-                        }
-                        acc += to_float(vals[u]);
-                    }
-                }
-            }
-            if (group < p.height) atomicAdd(&seg_sum[seg * p.width + w], acc);
-        }
-    }
+    // Column pairs where every row starts on a pair boundary of x and y.
+    if (p.width % 2 == 0 && aligned_to(xp, 2 * sizeof(T)) && aligned_to(yp, 2 * sizeof(T)))
+        copy_and_sum_columns<T, 2>(p, xp, yp, seg_sum);
+    else
+        copy_and_sum_columns<T, 1>(p, xp, yp, seg_sum);
     __syncthreads();
 
     for (int i = threadIdx.x; i < nrs * ncs; i += kThreads) {
@@ -198,8 +222,6 @@ __device__ __forceinline__ void load8(const __half* src, int count, bool vector,
     for (int i = 0; i < 8; ++i) out[i] = i < count ? __half2float(src[i]) : 0.f;
 }
 
-__device__ __forceinline__ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
 // Sums each of the 32 values over the warp's lanes in 31 shuffles (each step trades half of what a lane
 // holds with its partner): lane l ends up with the sum of v[l], returned.
 __device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
@@ -235,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) conv_kernel(const __grid_constant__ 
     const int row0 = blockIdx.x * kConvRows + warp * kConvRowsPerWarp;
     const TW* weight = static_cast<const TW*>(p.weight) + (int64_t(bin) * p.reduced + row0) * p.channels;
     const float* pooled = p.pooled + (int64_t(image) * p.cells + p.cell_offset[bin] + first) * p.channels;
-    const bool vector = p.channels % 8 == 0 && aligned16(p.weight) && aligned16(p.pooled);
+    const bool vector = p.channels % 8 == 0 && aligned_to(p.weight, 16) && aligned_to(p.pooled, 16);
 
     float acc[kConvRowsPerWarp * kConvCells] = {};
     for (int c = lane * 8; c < p.channels; c += 32 * 8) {
@@ -282,22 +304,46 @@ __device__ __forceinline__ void source_index(int dst, int in, int out, bool alig
     frac = src - i0;
 }
 
-// Source rows/columns of one axis for bilinear upsampling: index, next index, weight of the next.
-struct Taps {
-    int* i0;
-    int* i1;
-    float* frac;
-};
-
-__device__ __forceinline__ Taps taps_at(float* base, int n) {
-    return {reinterpret_cast<int*>(base), reinterpret_cast<int*>(base) + n, base + 2 * n};
+inline size_t upsample_smem(int width, int max_bin) {
+    const size_t map = (size_t(max_bin) * max_bin + 1) / 2 * 2;  // even, so the rows after it are 8-byte aligned
+    return sizeof(float) * (map + size_t(max_bin) * width);
 }
 
-inline size_t upsample_smem(int height, int width, int max_bin) {
-    return sizeof(float) * (size_t(max_bin) * max_bin + 3 * size_t(height) + 3 * size_t(width));
+__device__ __forceinline__ void store(__half* dst, const float (&values)[1]) { *dst = __float2half_rn(values[0]); }
+__device__ __forceinline__ void store(float* dst, const float (&values)[1]) { *dst = values[0]; }
+__device__ __forceinline__ void store(__half* dst, const float (&values)[2]) {
+    *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(values[0], values[1]);
+}
+__device__ __forceinline__ void store(float* dst, const float (&values)[2]) {
+    *reinterpret_cast<float2*>(dst) = make_float2(values[0], values[1]);
 }
 
-// grid: B * nbins * R output planes.
+// Pass 3's sweep of one plane: each output row mixes two rows of `along_w` (the b source rows already
+// interpolated to W columns), N columns per thread.
+template <typename T, int N>
+__device__ __forceinline__ void blend_rows(const Params& p, int b, const float* along_w, T* yp) {
+    const int units = p.width / N;
+    int per_row, row_groups;
+    plane_layout(units, per_row, row_groups);
+    if (threadIdx.x >= per_row * row_groups) return;
+    for (int h = threadIdx.x / per_row; h < p.height; h += row_groups) {
+        int h0, h1;
+        float fh;
+        source_index(h, b, p.height, p.align_corners, h0, h1, fh);
+        const float* top = along_w + h0 * p.width;
+        const float* bottom = along_w + h1 * p.width;
+        for (int u = threadIdx.x % per_row; u < units; u += per_row) {
+            const int w = u * N;
+            float out[N];
+#pragma unroll
+            for (int n = 0; n < N; ++n) out[n] = (1.f - fh) * top[w + n] + fh * bottom[w + n];
+            store(yp + int64_t(h) * p.width + w, out);
+        }
+    }
+}
+
+// grid: B * nbins * R output planes. Bilinear upsampling is separable: the b x b map (bias + ReLU applied)
+// is first interpolated along W for each of its b rows, then every output row blends two of those rows.
 template <typename T, typename TW>
 __global__ void __launch_bounds__(kThreads) upsample_kernel(const __grid_constant__ Params p) {
     float* smem = dynamic_smem<float>();
@@ -306,35 +352,27 @@ __global__ void __launch_bounds__(kThreads) upsample_kernel(const __grid_constan
     const int bin = int(plane / p.reduced % p.nbins);
     const int image = int(plane / (int64_t(p.reduced) * p.nbins));
     const int b = p.bins[bin];
-    const Taps rows = taps_at(smem, p.height);
-    const Taps cols = taps_at(smem + 3 * p.height, p.width);
-    float* map = smem + 3 * (p.height + p.width);  // the plane's b x b map after bias + ReLU
+    float* map = smem;                                 // [b, b]
+    float* along_w = smem + (b * b + 1) / 2 * 2;       // [b, W], 8-byte aligned (see upsample_smem)
     const float bias = to_float(static_cast<const TW*>(p.bias)[bin * p.reduced + r]);
     for (int i = threadIdx.x; i < b * b; i += kThreads)
         map[i] = fmaxf(p.feat[(int64_t(image) * p.cells + p.cell_offset[bin] + i) * p.reduced + r] + bias, 0.f);
-    for (int h = threadIdx.x; h < p.height; h += kThreads)
-        source_index(h, b, p.height, p.align_corners, rows.i0[h], rows.i1[h], rows.frac[h]);
-    for (int w = threadIdx.x; w < p.width; w += kThreads)
-        source_index(w, b, p.width, p.align_corners, cols.i0[w], cols.i1[w], cols.frac[w]);
+    __syncthreads();
+    for (int e = threadIdx.x; e < b * p.width; e += kThreads) {
+        const int i = e / p.width;
+        int w0, w1;
+        float fw;
+        source_index(e % p.width, b, p.width, p.align_corners, w0, w1, fw);
+        along_w[e] = (1.f - fw) * map[i * b + w0] + fw * map[i * b + w1];
+    }
     __syncthreads();
 
-    const int64_t hw = int64_t(p.height) * p.width;
     const int channel = p.channels + bin * p.reduced + r;
-    T* yp = static_cast<T*>(p.y) + (int64_t(image) * p.out_channels + channel) * hw;
-    int ncols, row_groups;
-    plane_layout(p.width, ncols, row_groups);
-    if (threadIdx.x >= ncols * row_groups) return;
-    for (int w = threadIdx.x % ncols; w < p.width; w += ncols) {
-        const int w0 = cols.i0[w], w1 = cols.i1[w];
-        const float fw = cols.frac[w];
-        for (int h = threadIdx.x / ncols; h < p.height; h += row_groups) {
-            const int h0 = rows.i0[h] * b, h1 = rows.i1[h] * b;
-            const float fh = rows.frac[h];
-            const float top = (1.f - fw) * map[h0 + w0] + fw * map[h0 + w1];
-            const float bottom = (1.f - fw) * map[h1 + w0] + fw * map[h1 + w1];
-            yp[int64_t(h) * p.width + w] = from_float<T>((1.f - fh) * top + fh * bottom);
-        }
-    }
+    T* yp = static_cast<T*>(p.y) + (int64_t(image) * p.out_channels + channel) * p.height * p.width;
+    if (p.width % 2 == 0 && aligned_to(yp, 2 * sizeof(T)))
+        blend_rows<T, 2>(p, b, along_w, yp);
+    else
+        blend_rows<T, 1>(p, b, along_w, yp);
 }
 
 inline int cells_of(const int* bins, int nbins) {
@@ -398,12 +436,12 @@ inline Plan make_plan(int batch, int channels, int height, int width, int reduce
     p.rows = make_axis(height, bins, nbins);
     p.cols = make_axis(width, bins, nbins);
     plan.pool_copy_grid = dim3(unsigned(int64_t(batch) * channels));
-    plan.pool_copy_smem = pool_copy_smem(p.rows.segments, p.cols.segments, height, width);
+    plan.pool_copy_smem = pool_copy_smem(p.rows.segments, p.cols.segments, width);
     int items = 0;
     for (int k = 0; k < nbins; ++k) items += conv_items(bins[k] * bins[k]);
     plan.conv_grid = dim3((reduced + kConvRows - 1) / kConvRows, items, batch);
     plan.upsample_grid = dim3(unsigned(int64_t(batch) * nbins * reduced));
-    plan.upsample_smem = upsample_smem(height, width, max_bin);
+    plan.upsample_smem = upsample_smem(width, max_bin);
     return plan;
 }
 

@@ -4,8 +4,8 @@
 // pointers. x and y share `dtype`, weight and bias share `weight_dtype` (EDGESTACK_FLOAT32 / EDGESTACK_FLOAT16).
 // bins: host array of nbins bin sizes. workspace: device memory of at least
 // edgestack_pyramid_pooling_workspace_size(...) bytes. Work is queued on `stream`; returns an EdgestackStatus.
-// Limits: nbins <= 8, sum(bins) <= 32, and H, W small enough that the per-plane column sums and bilinear taps
-// fit in the current device's shared memory (for bins 1,2,3,6 about W <= 1000 within the default 48 KiB, and
+// Limits: nbins <= 8, sum(bins) <= 32, and W small enough that the per-plane column sums and interpolated rows
+// fit in the current device's shared memory (for bins 1,2,3,6 about W <= 1100 within the default 48 KiB, and
 // several thousand where the device allows more); EDGESTACK_ERR_UNSUPPORTED beyond, from the check as well.
 #pragma once
 
