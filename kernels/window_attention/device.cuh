@@ -231,11 +231,12 @@ __device__ __forceinline__ uint32_t pack_half2(float low, float high) {
     return bits;
 }
 
-__device__ __forceinline__ uint32_t shared_pair(const __half* at) { return *reinterpret_cast<const uint32_t*>(at); }
+// Two adjacent halves (4-byte aligned) as one 32-bit register, as mma fragments hold them.
+__device__ __forceinline__ uint32_t half_pair(const __half* at) { return *reinterpret_cast<const uint32_t*>(at); }
 #endif
 
 // D: head_dim padded to 16 or 32; KT: window tokens padded to 64 or 256. `pairs`: channels and head_dim are
-// even and q/k/v 4-byte aligned, so K/V rows load as half2. The explicit 1 block/SM minimum keeps ptxas from
+// even and q/k/v/out 4-byte aligned, so Q, K, V and out rows move as half2. The explicit 1 block/SM minimum keeps ptxas from
 // capping the D = 16 variants at 72 registers, where they spilled.
 template <int D, int KT>
 __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(const Params p, bool pairs) {
@@ -262,6 +263,42 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
     const int win = blockIdx.x % p.windows_per_image;
     const int head_offset = blockIdx.y * p.head_dim;
     const bool shifted = p.shift > 0;
+
+    const int warp = threadIdx.x / 32;
+    const int group = (threadIdx.x % 32) / 4;  // fragment row (and B column)
+    const int quad = threadIdx.x % 4;          // fragment column pair
+    const int query_base = blockIdx.z * kTcQueries + warp * 16;
+
+    // This lane's two query rows (group and group + 8 of the warp's 16) and their Q fragments, loaded before
+    // the key staging so their latency overlaps it.
+    bool row_ok[2];
+    int64_t row_index[2];
+    int row_region[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int query = query_base + group + 8 * r;
+        row_ok[r] = query < p.tokens;
+        row_index[r] = row_ok[r] ? token_index(p, image, win, query) : 0;
+        row_region[r] = row_ok[r] && shifted ? token_region(p, win, query) : 0;
+    }
+    // Q's A fragments: register i holds row (i & 1) * 8 + group, columns 16 s + 2 quad + (i >> 1) * 8 (+1).
+    uint32_t qa[kSteps][4];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = i & 1;
+            const int c = 16 * s + 2 * quad + (i >> 1) * 8;
+            const __half* row = q + row_index[r] * p.channels + head_offset;
+            if (pairs) {  // c < head_dim implies c + 1 < head_dim: head_dim is even
+                qa[s][i] = row_ok[r] && c < p.head_dim ? half_pair(row + c) : 0u;
+            } else {
+                const float low = row_ok[r] && c < p.head_dim ? __half2float(row[c]) : 0.f;
+                const float high = row_ok[r] && c + 1 < p.head_dim ? __half2float(row[c + 1]) : 0.f;
+                qa[s][i] = pack_half2(low, high);
+            }
+        }
+    }
 
     for (int j = threadIdx.x; j < KT; j += kThreadsTc) {
         const bool inside = j < p.tokens;
@@ -317,38 +354,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
         for (int t = threadIdx.x; t < p.tokens; t += kThreadsTc) mask_out[key_index[t]] = __float2half_rn(window_valid);
     }
     __syncthreads();
-
-    const int warp = threadIdx.x / 32;
-    const int group = (threadIdx.x % 32) / 4;  // fragment row (and B column)
-    const int quad = threadIdx.x % 4;          // fragment column pair
-    const int query_base = blockIdx.z * kTcQueries + warp * 16;
     if (query_base >= p.tokens) return;  // no barrier follows
-
-    // This lane's two query rows: group and group + 8 of the warp's 16.
-    bool row_ok[2];
-    int64_t row_index[2];
-    int row_region[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int query = query_base + group + 8 * r;
-        row_ok[r] = query < p.tokens;
-        row_index[r] = row_ok[r] ? token_index(p, image, win, query) : 0;
-        row_region[r] = row_ok[r] && shifted ? token_region(p, win, query) : 0;
-    }
-    // Q's A fragments: register i holds row (i & 1) * 8 + group, columns 16 s + 2 quad + (i >> 1) * 8 (+1).
-    uint32_t qa[kSteps][4];
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = i & 1;
-            const int c = 16 * s + 2 * quad + (i >> 1) * 8;
-            const __half* row = q + row_index[r] * p.channels + head_offset;
-            const float low = row_ok[r] && c < p.head_dim ? __half2float(row[c]) : 0.f;
-            const float high = row_ok[r] && c + 1 < p.head_dim ? __half2float(row[c + 1]) : 0.f;
-            qa[s][i] = pack_half2(low, high);
-        }
-    }
 
     float acc[D / 8][4];
 #pragma unroll
@@ -365,8 +371,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
             const __half* key_row = ks[base + 8 * n + group];
 #pragma unroll
             for (int s = 0; s < kSteps; ++s)
-                mma_16816(score[n], qa[s], shared_pair(key_row + 16 * s + 2 * quad),
-                          shared_pair(key_row + 16 * s + 2 * quad + 8));
+                mma_16816(score[n], qa[s], half_pair(key_row + 16 * s + 2 * quad),
+                          half_pair(key_row + 16 * s + 2 * quad + 8));
         }
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -415,7 +421,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) {
                 const __half* value_row = vt[8 * n + group] + base + 16 * t + 2 * quad;
-                mma_16816(acc[n], pa, shared_pair(value_row), shared_pair(value_row + 8));
+                mma_16816(acc[n], pa, half_pair(value_row), half_pair(value_row + 8));
             }
         }
     }
@@ -426,14 +432,21 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
+    const float inverse[2] = {1.f / l[0], 1.f / l[1]};
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = i >> 1;
-            const int c = 8 * n + 2 * quad + (i & 1);
-            if (row_ok[r] && c < p.head_dim)
-                out[row_index[r] * p.channels + head_offset + c] = __float2half_rn(acc[n][i] / l[r]);
+        for (int r = 0; r < 2; ++r) {
+            const int c = 8 * n + 2 * quad;  // this lane's column pair
+            if (!row_ok[r] || c >= p.head_dim) continue;
+            __half* at = out + row_index[r] * p.channels + head_offset + c;
+            const float low = acc[n][2 * r] * inverse[r], high = acc[n][2 * r + 1] * inverse[r];
+            if (pairs) {
+                *reinterpret_cast<__half2*>(at) = __floats2half2_rn(low, high);
+            } else {
+                at[0] = __float2half_rn(low);
+                if (c + 1 < p.head_dim) at[1] = __float2half_rn(high);
+            }
         }
     }
 #endif
@@ -485,7 +498,8 @@ inline Params make_params(const void* q, const void* k, const void* v, const voi
 template <int D, int KT, typename Launch>
 int launch_tensor_cores(const Params& p, int batch, int num_heads, Launch& launch) {
     const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 4 == 0; };
-    const bool pairs = p.channels % 2 == 0 && p.head_dim % 2 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+    const bool pairs = p.channels % 2 == 0 && p.head_dim % 2 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v) &&
+                       aligned(p.out);
     const dim3 grid(unsigned(batch) * p.windows_per_image, num_heads, (p.tokens + kTcQueries - 1) / kTcQueries);
     return launch(window_attention_tc_kernel<D, KT>, grid, dim3(kTcWarps * 32), size_t(0), p, pairs);
 }
