@@ -4,7 +4,7 @@
 //     row/column segments that all bins' cells are unions of (cells overlap when a bin does not divide H or W),
 //     then writes every cell's average: pooled [B, cells, C] fp32.
 //  2. conv: the 1x1 convs as a small GEMM per bin, each output a warp's dot product over all C: feat [B, cells, R].
-//  3. upsample: bias + ReLU on the tiny maps, bilinear to H x W, written into y[:, C:].
+//  3. upsample: bias + ReLU on the tiny maps, bilinear (separably) to H x W, written into y[:, C:].
 #pragma once
 
 #include <algorithm>
@@ -17,11 +17,11 @@ namespace edgestack::pyramid_pooling {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBins = 8;
-constexpr int kMaxCells1D = 32;              // sum(bins)
+constexpr int kMaxCells1D = 32;                // sum(bins)
 constexpr int kMaxSegments = 2 * kMaxCells1D;  // every cell adds at most a start and an end boundary
-constexpr int kUnroll = 8;                   // elements in flight per thread in pass 1
-constexpr int kConvRowsPerWarp = 4;         // conv: output channels per warp ...
-constexpr int kConvCells = 8;                // ... times cells per work item = 32, one sum per lane
+constexpr int kUnroll = 8;                     // elements in flight per thread in pass 1
+constexpr int kConvRowsPerWarp = 4;            // conv: output channels per warp ...
+constexpr int kConvCells = 8;                  // ... times cells per work item = 32, one sum per lane
 constexpr int kConvRows = kConvRowsPerWarp * kThreads / 32;  // output channels per conv block
 static_assert(kConvRowsPerWarp * kConvCells == 32, "the conv pass sums one (row, cell) per lane");
 
