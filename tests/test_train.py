@@ -24,7 +24,7 @@ from edgestack.train.datasets import (
 )
 from edgestack.train.evaluate import by_kind_and_texture
 from edgestack.train.losses import boundary_weight, structure_loss
-from edgestack.train.metrics import DefectMetrics, is_ng
+from edgestack.train.metrics import DefectMetrics, defect_contrast, is_ng
 
 
 def test_synthetic_is_deterministic_and_cds2k_like():
@@ -247,6 +247,33 @@ def test_recall_by_defect_size():
     assert rows[1]["area_to"] is None and rows[0]["S"] < rows[1]["S"]
 
 
+def test_defect_contrast_in_surround_standard_deviations():
+    rng = np.random.default_rng(0)
+    texture = np.clip(100 + rng.normal(0, 10, (100, 100)), 0, 255).astype(np.uint8)  # std 10
+    mask = np.zeros((100, 100), np.uint8)
+    mask[40:60, 40:60] = 255  # 400 pixels: the patch's own noise moves its mean by ~0.05 std
+    clear, faint = texture.copy(), texture.copy()
+    clear[mask > 0] = np.clip(texture[mask > 0] + 50.0, 0, 255)  # 5 standard deviations brighter
+    faint[mask > 0] = texture[mask > 0] - 3  # 0.3 darker: the sign does not matter
+    assert 4.5 < defect_contrast(clear, mask) < 5.5
+    assert 0.2 < defect_contrast(faint, mask) < 0.4
+    assert defect_contrast(np.dstack([clear] * 3), mask) == pytest.approx(defect_contrast(clear, mask), rel=1e-3)
+    flat = np.full((100, 100), 100, np.uint8)
+    flat[mask > 0] = 110
+    assert defect_contrast(flat, mask) == 10.0  # the surround's std is floored at one gray level
+    assert defect_contrast(flat, np.full((100, 100), 255, np.uint8)) is None  # no surroundings
+
+    metrics = DefectMetrics()
+    metrics.update(mask / 255.0, mask, image=clear)  # found
+    metrics.update(np.zeros((100, 100)), mask, image=faint)  # missed
+    metrics.update(np.zeros((100, 100)), mask)  # no image: in no contrast bucket
+    metrics.update(np.zeros((100, 100)), None, image=texture)  # negatives are not in any bucket
+    rows = metrics.by_contrast()
+    assert [(r["contrast_from"], r["contrast_to"], r["positives"], r["recall"]) for r in rows] == [
+        (0.0, 0.5, 1, 0.0), (2.0, None, 1, 1.0)]
+    assert sum(r["positives"] for r in metrics.by_area()) == 3  # by_area still counts every positive
+
+
 def test_recall_by_synthetic_kind_and_texture():
     records = [
         {"positive": True, "predicted_ng": True, "S": 0.9, "kinds": ["spot", "scratch"], "texture": "brick"},
@@ -378,6 +405,8 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
             "recall"} <= set(report["results"])
     assert (results / "worst.png").read_bytes()[:4] == b"\x89PNG" and "| S |" in (results / "results.md").read_text()
     assert sum(row["positives"] for row in report["by_area"]) == report["results"]["positives"]
+    assert sum(row["positives"] for row in report["by_contrast"]) == report["results"]["positives"]
+    assert "| defect contrast |" in (results / "results.md").read_text()
     assert report["by_kind_and_texture"] == [] and "by defect kind" not in (results / "results.md").read_text()
 
     synthetic_eval = tmp_path / "eval-synthetic"  # shipped weights on a few held-out synthetic images

@@ -4,10 +4,10 @@ onnxruntime fp32 or int8, TensorRT), on a CDS2K-style folder or the held-out syn
 Each image is resized to SIZE x SIZE for the model and its probability map resized back to the mask's
 size, as in COD benchmarking; or, with `tiled` (bundles), run as `edgestack inspect` runs it: at its own scale,
 in the model's native-size tiles, so the verdicts are the line's. Metrics are edgestack.train.metrics'. Writes
-results.json, results.md (with recall and S by defect size, the OK/NG figures at other thresholds, with a target
-recall the calibrated rule and, on the synthetic set, recall by defect kind and by texture with each texture's
-false rejects) and worst.png (the worst positives by S-measure and every wrong OK/NG verdict, worst first); with
-`rules_out` the calibrated rule as a rules file for `inspect`/`serve`.
+results.json, results.md (with recall and S by defect size and by defect contrast, the OK/NG figures at other
+thresholds, with a target recall the calibrated rule and, on the synthetic set, recall by defect kind and by
+texture with each texture's false rejects) and worst.png (the worst positives by S-measure and every wrong OK/NG
+verdict, worst first); with `rules_out` the calibrated rule as a rules file for `inspect`/`serve`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from edgestack.models.checkpoints import load_checkpoint
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
-from edgestack.train.metrics import MIN_AREA, RECALL_TARGETS, THRESHOLD, DefectMetrics, area_rule, positives_figures
+from edgestack.train.metrics import (
+    MIN_AREA,
+    RECALL_TARGETS,
+    SURROUND_PX,
+    THRESHOLD,
+    DefectMetrics,
+    area_rule,
+    positives_figures,
+)
 
 ROWS = ("S", "wF", "MAE", "E_adp", "E_mean", "E_max", "F_adp", "F_mean", "F_max", "accuracy", "precision", "recall")
 
@@ -125,7 +133,8 @@ def predict(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size
 
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
              operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]],
-             calibration: dict[str, Any] | None = None, trade_off: list[dict[str, Any]] | None = None) -> str:
+             calibration: dict[str, Any] | None = None, trade_off: list[dict[str, Any]] | None = None,
+             by_contrast: list[dict[str, Any]] | None = None) -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
@@ -140,6 +149,14 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
         for row in by_area:
             low, high = row["area_from"], row["area_to"]
             span = f"{low:.1%} to {high:.1%}" if high is not None else f"{low:.1%} and more"
+            lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
+    if by_contrast:
+        lines += ["", "Defect contrast: |mean gray level in the defect - mean within "
+                  f"{SURROUND_PX} px around it| / std around it (concealed defects are low).", "",
+                  "| defect contrast | positives | recall | S |", "|---|---|---|---|"]
+        for row in by_contrast:
+            low, high = row["contrast_from"], row["contrast_to"]
+            span = f"{low:g} to {high:g}" if high is not None else f"{low:g} and more"
             lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
     lines += ["", f"Operating points: NG when a connected area of prob >= t covers >= {results['min_area']} px, at "
               "thresholds t (regions, min score, mm² and max count of a rules file are not applied here, nor in "
@@ -253,7 +270,7 @@ def evaluate_defects(
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
         prob = probability(image)
-        record = metrics.update(prob, mask, name)
+        record = metrics.update(prob, mask, name, image)
         record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
         badness = (1.0 if wrong else 0.0) + (1 - record.get("S", 1.0))
@@ -268,13 +285,15 @@ def evaluate_defects(
     trade_off = [metrics.calibrate(t) for t in RECALL_TARGETS] if results["positives"] else []
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data,
               "size": None if tiled else size, "tiled": tiled, "results": results, "by_area": metrics.by_area(),
+              "by_contrast": metrics.by_contrast(),
               "operating_points": metrics.operating_points(), "calibration": calibration, "trade_off": trade_off,
               "by_kind_and_texture": by_kind_and_texture(metrics.per_image), "skipped": skipped,
               "per_image": metrics.per_image}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "worst": out / "worst.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"],
-                                          report["by_kind_and_texture"], calibration, trade_off))
+                                          report["by_kind_and_texture"], calibration, trade_off,
+                                          report["by_contrast"]))
     worst_grid([case for _, case in kept], paths["worst"])
     if rules_out is not None:
         if not calibration["reachable"]:

@@ -13,7 +13,9 @@ Calibration: the threshold (of SWEEP_THRESHOLDS) and min area that reach a targe
 rejects, for a rules file; the trade-off table calibrates for each of RECALL_TARGETS.
 
 By defect size: recall and S-measure of positives grouped by the defect's share of the image (CDS2K's positives
-are mostly < 10%), so a line can read off the smallest defect the model still finds.
+are mostly < 10%), so a line can read off the smallest defect the model still finds. By defect contrast (when
+the images are given): the same grouped by how far the defect's mean gray level stands from its surroundings',
+in standard deviations of those surroundings (`defect_contrast`): concealed defects sit low on that scale.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from edgestack.runtime.defects import Rules, assess
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
 AREA_EDGES = (0.0, 0.005, 0.02, 0.05)  # defect pixels / image pixels: lower bucket edges, the last open-ended
+CONTRAST_EDGES = (0.0, 0.5, 1.0, 2.0)  # defect_contrast: lower bucket edges, the last open-ended
+SURROUND_PX = 7  # defect_contrast's surroundings: the pixels within this distance of the defect
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, for calibration
 OPERATING_THRESHOLDS = SWEEP_THRESHOLDS[1::2]  # 0.1 .. 0.9, the table in results.md
 RECALL_TARGETS = (0.8, 0.9, 0.95, 0.99, 1.0)  # the trade-off table: false rejects each recall costs
@@ -52,6 +56,20 @@ def largest_area(prob: np.ndarray, threshold: float) -> int:
     above says NG exactly when this reaches min_area, whatever min_area is."""
     count, _, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
     return int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
+
+
+def defect_contrast(image: np.ndarray, mask: np.ndarray) -> float | None:
+    """|mean gray level in the defect - mean in its surroundings| / std in the surroundings (at least 1 gray
+    level, so a flat background does not make every defect infinitely clear). Surroundings: the pixels within
+    SURROUND_PX of the mask, outside it. None when the mask leaves no surroundings (it covers the image).
+    image: HxWx3 RGB or HxW, uint8; mask: HxW, nonzero on the defect."""
+    gray = (cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image).astype(np.float32)
+    inside = mask > 0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * SURROUND_PX + 1, 2 * SURROUND_PX + 1))
+    around = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool) & ~inside
+    if not around.any() or not inside.any():
+        return None
+    return float(abs(gray[inside].mean() - gray[around].mean()) / max(float(gray[around].std()), 1.0))
 
 
 def verdict_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -88,8 +106,10 @@ class DefectMetrics:
             self.em, self.fm = sod.Emeasure(), sod.Fmeasure()
         self.per_image: list[dict[str, Any]] = []
 
-    def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "") -> dict[str, Any]:
-        """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative."""
+    def update(self, prob: np.ndarray, mask: np.ndarray | None, name: str = "",
+               image: np.ndarray | None = None) -> dict[str, Any]:
+        """prob: HxW float 0..1; mask: HxW uint8 0/255 at the same size, or None for a negative; image: the
+        image itself (uint8), for its defect's contrast in `by_contrast()`."""
         predicted_ng = assess(prob, self.rules).status == "NG"
         positive = mask is not None and bool(mask.any())
         record: dict[str, Any] = {"name": name, "positive": positive, "predicted_ng": predicted_ng,
@@ -101,6 +121,8 @@ class DefectMetrics:
             for metric in (self.sm, self.wfm, self.mae, self.em, self.fm):
                 metric.step(pred=pred, gt=mask)
             record |= {"S": float(self.sm.sms[-1]), "MAE": float(self.mae.maes[-1]), "area": float((mask > 0).mean())}
+            if image is not None:
+                record["contrast"] = defect_contrast(image, mask)
         self.per_image.append(record)
         return record
 
@@ -164,10 +186,17 @@ class DefectMetrics:
 
     def by_area(self) -> list[dict[str, Any]]:
         """Positives per AREA_EDGES bucket: count, recall (image-level NG), mean S-measure; empty ones omitted."""
+        return self._by_bucket("area", AREA_EDGES)
+
+    def by_contrast(self) -> list[dict[str, Any]]:
+        """Positives per CONTRAST_EDGES bucket of defect_contrast, as by_area; only images updated with `image`."""
+        return self._by_bucket("contrast", CONTRAST_EDGES)
+
+    def _by_bucket(self, key: str, edges: tuple[float, ...]) -> list[dict[str, Any]]:
         rows = []
-        for low, high in zip(AREA_EDGES, AREA_EDGES[1:] + (None,)):
-            group = [r for r in self.per_image
-                     if r["positive"] and low <= r["area"] and (high is None or r["area"] < high)]
+        for low, high in zip(edges, edges[1:] + (None,)):
+            group = [r for r in self.per_image if r["positive"] and r.get(key) is not None
+                     and low <= r[key] and (high is None or r[key] < high)]
             if group:
-                rows.append({"area_from": low, "area_to": high} | positives_figures(group))
+                rows.append({f"{key}_from": low, f"{key}_to": high} | positives_figures(group))
         return rows
