@@ -114,6 +114,13 @@ __device__ __forceinline__ void copy_and_sum_columns(const Params& p, const T* x
         int seg = 0;
         while (p.rows.bound[seg + 1] <= group) ++seg;
         int seg_end = p.rows.bound[seg + 1];  // first row of the next segment
+        const auto flush = [&] {  // the sums so far into the current segment's row of seg_sum
+#pragma unroll
+            for (int n = 0; n < N; ++n) {
+                atomicAdd(&seg_sum[seg * p.width + w + n], acc[n]);
+                acc[n] = 0.f;
+            }
+        };
         for (int h0 = group; h0 < p.height; h0 += row_groups * kLoads) {
             Vec<T, N> vals[kLoads];
 #pragma unroll
@@ -127,11 +134,7 @@ __device__ __forceinline__ void copy_and_sum_columns(const Params& p, const T* x
                 if (h < p.height) {
                     *reinterpret_cast<Vec<T, N>*>(yp + int64_t(h) * p.width + w) = vals[k];
                     if (h >= seg_end) {
-#pragma unroll
-                        for (int n = 0; n < N; ++n) {
-                            atomicAdd(&seg_sum[seg * p.width + w + n], acc[n]);
-                            acc[n] = 0.f;
-                        }
+                        flush();
                         while (p.rows.bound[seg + 1] <= h) ++seg;
                         seg_end = p.rows.bound[seg + 1];
                     }
@@ -140,8 +143,7 @@ __device__ __forceinline__ void copy_and_sum_columns(const Params& p, const T* x
                 }
             }
         }
-#pragma unroll
-        for (int n = 0; n < N; ++n) atomicAdd(&seg_sum[seg * p.width + w + n], acc[n]);
+        flush();
     }
 }
 
@@ -304,9 +306,12 @@ __device__ __forceinline__ void source_index(int dst, int in, int out, bool alig
     frac = src - i0;
 }
 
+// Upsample's shared memory: the b x b map, then its b rows interpolated along W from this float offset on
+// (even, so those rows are 8-byte aligned for the pair loads).
+__host__ __device__ __forceinline__ int along_w_offset(int b) { return (b * b + 1) / 2 * 2; }
+
 inline size_t upsample_smem(int width, int max_bin) {
-    const size_t map = (size_t(max_bin) * max_bin + 1) / 2 * 2;  // even, so the rows after it are 8-byte aligned
-    return sizeof(float) * (map + size_t(max_bin) * width);
+    return sizeof(float) * (size_t(along_w_offset(max_bin)) + size_t(max_bin) * width);
 }
 
 __device__ __forceinline__ void store(__half* dst, const float (&values)[1]) { *dst = __float2half_rn(values[0]); }
@@ -352,8 +357,8 @@ __global__ void __launch_bounds__(kThreads) upsample_kernel(const __grid_constan
     const int bin = int(plane / p.reduced % p.nbins);
     const int image = int(plane / (int64_t(p.reduced) * p.nbins));
     const int b = p.bins[bin];
-    float* map = smem;                                 // [b, b]
-    float* along_w = smem + (b * b + 1) / 2 * 2;       // [b, W], 8-byte aligned (see upsample_smem)
+    float* map = smem;                          // [b, b]
+    float* along_w = smem + along_w_offset(b);  // [b, W]
     const float bias = to_float(static_cast<const TW*>(p.bias)[bin * p.reduced + r]);
     for (int i = threadIdx.x; i < b * b; i += kThreads)
         map[i] = fmaxf(p.feat[(int64_t(image) * p.cells + p.cell_offset[bin] + i) * p.reduced + r] + bias, 0.f);

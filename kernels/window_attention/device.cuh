@@ -236,8 +236,8 @@ __device__ __forceinline__ uint32_t half_pair(const __half* at) { return *reinte
 #endif
 
 // D: head_dim padded to 16 or 32; KT: window tokens padded to 64 or 256. `pairs`: channels and head_dim are
-// even and q/k/v/out 4-byte aligned, so Q, K, V and out rows move as half2. The explicit 1 block/SM minimum keeps ptxas from
-// capping the D = 16 variants at 72 registers, where they spilled.
+// even and q/k/v/out 4-byte aligned, so Q, K, V and out rows move as half2. The explicit 1 block/SM minimum
+// keeps ptxas from capping the D = 16 variants at 72 registers, where they spilled.
 template <int D, int KT>
 __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(const Params p, bool pairs) {
 #ifndef EDGESTACK_TENSOR_CORES
@@ -504,17 +504,19 @@ int launch_tensor_cores(const Params& p, int batch, int num_heads, Launch& launc
     return launch(window_attention_tc_kernel<D, KT>, grid, dim3(kTcWarps * 32), size_t(0), p, pairs);
 }
 
+// KS lanes per query, so kThreads / KS queries per block.
+template <typename T, int D, int KS, typename Launch>
+int launch_cuda_cores(const Params& p, int batch, int num_heads, Launch& launch) {
+    constexpr int kQueries = kThreads / KS;
+    const dim3 grid(unsigned(batch) * p.windows_per_image, num_heads, (p.tokens + kQueries - 1) / kQueries);
+    return launch(window_attention_kernel<T, D, KS>, grid, dim3(kThreads), size_t(0), p);
+}
+
+// Few keys per window: 4 lanes per query keep the merge cheap; larger windows split keys 8 ways.
 template <typename T, int D, typename Launch>
 int launch_cuda_cores(const Params& p, int batch, int num_heads, Launch& launch) {
-    // Few keys per window: 4 lanes per query keep the merge cheap; larger windows split keys 8 ways.
-    const unsigned windows = unsigned(batch) * p.windows_per_image;
-    constexpr int kQueries4 = kThreads / 4, kQueries8 = kThreads / 8;  // queries per block at 4 / 8 lanes each
-    if (p.tokens <= 64) {
-        const dim3 grid(windows, num_heads, (p.tokens + kQueries4 - 1) / kQueries4);
-        return launch(window_attention_kernel<T, D, 4>, grid, dim3(kThreads), size_t(0), p);
-    }
-    const dim3 grid(windows, num_heads, (p.tokens + kQueries8 - 1) / kQueries8);
-    return launch(window_attention_kernel<T, D, 8>, grid, dim3(kThreads), size_t(0), p);
+    return p.tokens <= 64 ? launch_cuda_cores<T, D, 4>(p, batch, num_heads, launch)
+                          : launch_cuda_cores<T, D, 8>(p, batch, num_heads, launch);
 }
 
 template <typename T, typename Launch>
