@@ -131,6 +131,16 @@ def predict(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size
     return cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def bucket_table(rows: list[dict[str, Any]], key: str, heading: str, edge: str) -> list[str]:
+    """Markdown rows of DefectMetrics' by_area / by_contrast buckets; `edge` formats a bucket edge."""
+    lines = [f"| {heading} | positives | recall | S |", "|---|---|---|---|"]
+    for row in rows:
+        low, high = edge.format(row[f"{key}_from"]), row[f"{key}_to"]
+        span = f"{low} to {edge.format(high)}" if high is not None else f"{low} and more"
+        lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
+    return lines
+
+
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
              operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]],
              calibration: dict[str, Any] | None = None, trade_off: list[dict[str, Any]] | None = None,
@@ -145,19 +155,11 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
                f">= {results['min_area']} pixels at the image's own size.") +
               " Pixel metrics (pysodmetrics) on positives."]
     if by_area:
-        lines += ["", "| defect area (share of image) | positives | recall | S |", "|---|---|---|---|"]
-        for row in by_area:
-            low, high = row["area_from"], row["area_to"]
-            span = f"{low:.1%} to {high:.1%}" if high is not None else f"{low:.1%} and more"
-            lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
+        lines += ["", *bucket_table(by_area, "area", "defect area (share of image)", "{:.1%}")]
     if by_contrast:
         lines += ["", "Defect contrast: |mean gray level in the defect - mean within "
                   f"{SURROUND_PX} px around it| / std around it (concealed defects are low).", "",
-                  "| defect contrast | positives | recall | S |", "|---|---|---|---|"]
-        for row in by_contrast:
-            low, high = row["contrast_from"], row["contrast_to"]
-            span = f"{low:g} to {high:g}" if high is not None else f"{low:g} and more"
-            lines.append(f"| {span} | {row['positives']} | {row['recall']:.3f} | {row['S']:.3f} |")
+                  *bucket_table(by_contrast, "contrast", "defect contrast", "{:g}")]
     lines += ["", f"Operating points: NG when a connected area of prob >= t covers >= {results['min_area']} px, at "
               "thresholds t (regions, min score, mm² and max count of a rules file are not applied here, nor in "
               "the calibration), to choose `threshold` in a line's rules file.", "",
