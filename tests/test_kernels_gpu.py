@@ -10,6 +10,7 @@ import ctypes
 
 import pytest
 import torch
+from kernel_checks import TOLERANCE, make_mask, rel_err
 
 import edgestack.kernels.pyramid_pooling.op  # noqa: F401  (registers torch.ops.edgestack.pyramid_pooling)
 import edgestack.kernels.window_attention.op  # noqa: F401  (registers the window attention op)
@@ -20,7 +21,6 @@ from edgestack.kernels.window_attention import reference as wa_reference
 
 pytestmark = pytest.mark.gpu
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3}
 DTYPES = [torch.float32, torch.float16]
 
 
@@ -31,21 +31,6 @@ def lib():
     if not loader.available():
         pytest.skip(f"{loader.LIBRARY_NAME} not built (cmake -S . -B build && cmake --build build)")
     return loader.library()
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
-def make_mask(kind: str, b: int, h: int, w: int, dtype) -> torch.Tensor:
-    if kind == "valid":
-        return torch.ones(b, h, w, 1, device="cuda", dtype=dtype)
-    if kind == "invalid":
-        return torch.zeros(b, h, w, 1, device="cuda", dtype=dtype)
-    # Random holes plus a solid invalid block, so some windows are fully invalid.
-    mask = (torch.rand(b, h, w, 1, device="cuda") > 0.5).to(dtype)
-    mask[:, : h // 2, : w // 2] = 0
-    return mask
 
 
 # (B, H, W, C, heads, window, shift): MAT's shapes (head dim 30) and others (head dims 4..48, windows 4..16).
@@ -82,7 +67,7 @@ def run_window_attention(lib, q, k, v, mask, heads, window, shift, scale=-1.0, m
 def test_window_attention_matches_reference(lib, shape, mask_kind, dtype):
     b, h, w, c, heads, window, shift = shape
     q, k, v = (torch.randn(b, h, w, c, device="cuda", dtype=dtype) for _ in range(3))
-    mask = make_mask(mask_kind, b, h, w, dtype)
+    mask = make_mask(mask_kind, b, h, w, dtype, "cuda")
     out, mask_out = run_window_attention(lib, q, k, v, mask, heads, window, shift)
     assert torch.isfinite(out).all() and torch.isfinite(mask_out).all(), "unwritten or non-finite outputs"
     scale = (c // heads) ** -0.5
@@ -95,7 +80,7 @@ def test_window_attention_matches_reference(lib, shape, mask_kind, dtype):
 
 def test_window_attention_custom_op_uses_kernel(lib):
     q, k, v = (torch.randn(2, 32, 32, 180, device="cuda", dtype=torch.float16) for _ in range(3))
-    mask = make_mask("random", 2, 32, 32, torch.float32)  # mask dtype may differ from q
+    mask = make_mask("random", 2, 32, 32, torch.float32, "cuda")  # mask dtype may differ from q
     out, mask_out = torch.ops.edgestack.window_masked_attention(q, k, v, mask, 6, 8, 4, -1.0, -100.0)
     ref, ref_mask = wa_reference.window_masked_attention(
         q.double(), k.double(), v.double(), mask.double(), 6, 8, 4, 30**-0.5, -100.0
@@ -107,7 +92,7 @@ def test_window_attention_custom_op_uses_kernel(lib):
 
 def test_window_attention_head_dim_beyond_kernel_falls_back(lib):
     q, k, v = (torch.randn(1, 8, 8, 160, device="cuda") for _ in range(3))
-    mask = make_mask("random", 1, 8, 8, torch.float32)
+    mask = make_mask("random", 1, 8, 8, torch.float32, "cuda")
     out, _ = torch.ops.edgestack.window_masked_attention(q, k, v, mask, 2, 8, 0, -1.0, -100.0)
     ref, _ = wa_reference.window_masked_attention(q.double(), k.double(), v.double(), mask.double(), 2, 8, 0)
     assert rel_err(out, ref) <= 1e-5

@@ -6,6 +6,7 @@ import ctypes
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_checks import TOLERANCE, make_mask, rel_err
 
 import edgestack.kernels.window_attention.op  # noqa: F401
 from edgestack.errors import EdgestackError
@@ -137,15 +138,10 @@ def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
     b, h, w, c, heads, window, shift, mask_kind = case
     dtype = torch.float32 if kernel == "fp32" else torch.float16
     q, k, v = (torch.randn(b, h, w, c).to(dtype) for _ in range(3))
-    mask = {"valid": torch.ones, "invalid": torch.zeros}.get(mask_kind, lambda *s: (torch.rand(*s) > 0.5).float())(
-        b, h, w, 1
-    )
-    mask[:, : h // 2, : w // 2] = 0 if mask_kind == "random" else mask[:, : h // 2, : w // 2]  # whole windows masked
-    mask = mask.to(dtype)
+    mask = make_mask(mask_kind, b, h, w, dtype, "cpu")
     out, mask_out = run_emulated(emulated, q, k, v, mask, heads, window, shift, kernel == "fp16-tensor-cores")
     ref, ref_mask = reference.window_masked_attention(
         q.double(), k.double(), v.double(), mask.double(), heads, window, shift, (c // heads) ** -0.5, -100.0
     )
-    tolerance = 1e-5 if dtype == torch.float32 else 5e-3  # the GPU tests' (tests/test_kernels_gpu.py)
-    assert ((out.double() - ref).norm() / ref.norm()).item() <= tolerance
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
     assert torch.equal(mask_out.double(), ref_mask)
