@@ -67,6 +67,11 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
+# Set by test_kernels_sanitized.py for the run it starts, with the sanitizer's runtime preloaded: the emulated
+# kernels are then built with -fsanitize=<its value>.
+SANITIZER_ENV = "EDGESTACK_EMULATE_SANITIZER"
+
+
 @pytest.fixture(scope="session")
 def emulated_kernels(tmp_path_factory):
     """load(op): kernels/<op>/emulate.cpp (the op's device code on CPU threads, kernels/common/emulate.h)
@@ -76,13 +81,15 @@ def emulated_kernels(tmp_path_factory):
         pytest.skip("needs a C++20 compiler (g++ or $CXX) and the CUDA headers (cuda_fp16.h) to emulate the kernels")
     kernels = Path(edgestack.kernels.__file__).parent
     out = tmp_path_factory.mktemp("emulated")
+    sanitizer = os.environ.get(SANITIZER_ENV)
+    sanitize = [f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"] if sanitizer else []
 
     def load(op: str) -> ctypes.CDLL:
         library = out / f"{op}_emulated.so"
         if not library.exists():
             subprocess.run(
                 [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{include}", f"-I{kernels}",
-                 str(kernels / op / "emulate.cpp"), "-o", str(library)],
+                 *sanitize, str(kernels / op / "emulate.cpp"), "-o", str(library)],
                 check=True, capture_output=True,
             )  # fmt: skip
         return ctypes.CDLL(str(library))

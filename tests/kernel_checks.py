@@ -22,3 +22,12 @@ def make_mask(kind: str, b: int, h: int, w: int, dtype, device: str) -> torch.Te
     mask = (torch.rand(b, h, w, 1, device=device) > 0.5).to(dtype)
     mask[:, : h // 2, : w // 2] = 0
     return mask
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` that starts one element past an aligned address, as a contiguous view into a larger tensor
+    can: the kernels must see it and take their scalar paths (a vector access to it faults on a GPU)."""
+    storage = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = storage[1:].view(t.shape).copy_(t)
+    assert out.data_ptr() % (2 * t.element_size()) != 0
+    return out

@@ -10,7 +10,7 @@ import ctypes
 
 import pytest
 import torch
-from kernel_checks import TOLERANCE, make_mask, rel_err
+from kernel_checks import TOLERANCE, make_mask, misaligned, rel_err
 
 import edgestack.kernels.pyramid_pooling.op  # noqa: F401  (registers torch.ops.edgestack.pyramid_pooling)
 import edgestack.kernels.window_attention.op  # noqa: F401  (registers the window attention op)
@@ -147,6 +147,28 @@ def test_pyramid_pooling_custom_op_uses_kernel(lib):
     y = torch.ops.edgestack.pyramid_pooling(x, weight, bias, [1, 2, 3, 6], True)
     ref = pp_reference.pyramid_pooling(x.double(), weight.double(), bias.double(), (1, 2, 3, 6), True)
     assert rel_err(y, ref) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_custom_ops_take_scalar_paths_for_misaligned_tensors(lib, dtype):
+    """Contiguous views one element into larger tensors reach the kernels as they are: even channels, head dim
+    and width would take the vector loads, which would fault on these addresses."""
+    q, k, v = (misaligned(torch.randn(1, 16, 16, 60, device="cuda", dtype=dtype)) for _ in range(3))
+    mask = misaligned(make_mask("random", 1, 16, 16, dtype, "cuda"))
+    out, mask_out = torch.ops.edgestack.window_masked_attention(q, k, v, mask, 2, 8, 4, -1.0, -100.0)
+    ref, ref_mask = wa_reference.window_masked_attention(
+        q.double(), k.double(), v.double(), mask.double(), 2, 8, 4, 30**-0.5, -100.0
+    )
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+    assert torch.equal(mask_out.double(), ref_mask)
+
+    x = misaligned(torch.randn(2, 64, 10, 14, device="cuda", dtype=dtype))
+    weight = misaligned((torch.randn(4, 12, 64, device="cuda") / 8).to(dtype))
+    bias = misaligned((torch.randn(4, 12, device="cuda") * 0.1).to(dtype))
+    y = torch.ops.edgestack.pyramid_pooling(x, weight, bias, [1, 2, 3, 6], True)
+    ref = pp_reference.pyramid_pooling(x.double(), weight.double(), bias.double(), (1, 2, 3, 6), True)
+    assert torch.equal(y[:, :64], x)
+    assert rel_err(y, ref) <= TOLERANCE[dtype]
 
 
 def test_pyramid_pooling_wider_than_shared_memory_falls_back(lib):

@@ -6,7 +6,7 @@ import ctypes
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import TOLERANCE, rel_err
+from kernel_checks import TOLERANCE, misaligned, rel_err
 
 from edgestack.errors import EdgestackError
 from edgestack.kernels import loader
@@ -79,10 +79,12 @@ def emulated(emulated_kernels):
     return emulated_kernels("pyramid_pooling")
 
 
-def run_emulated(lib, x, weight, bias, bins, align_corners):
+def run_emulated(lib, x, weight, bias, bins, align_corners, misalign=False):
     b, c, h, w = x.shape
     nbins, reduced = weight.shape[:2]
     y = torch.full((b, c + nbins * reduced, h, w), float("nan"), dtype=x.dtype)  # unwritten outputs stay NaN
+    if misalign:
+        x, weight, bias, y = map(misaligned, (x, weight, bias, y))
     status = lib.edgestack_pyramid_pooling_emulated(
         ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(weight.data_ptr()), ctypes.c_void_p(bias.data_ptr()),
         ctypes.c_void_p(y.data_ptr()), loader.dtype_code(x.dtype), loader.dtype_code(weight.dtype),
@@ -116,4 +118,18 @@ def test_kernel_passes_match_reference_on_cpu_threads(emulated, case):
     y = run_emulated(emulated, x, weight, bias, bins, align_corners)
     ref = reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, align_corners)
     assert torch.equal(y[:, :c], x), "the concat copy of x must be exact"
+    assert rel_err(y[:, c:], ref[:, c:]) <= TOLERANCE[dtype]
+
+
+# Even W and C % 8 == 0 would take the copy's and the upsample's column pairs and the conv's 16-byte loads; with
+# every tensor one element off an aligned address, the passes must fall back to single elements.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_passes_take_scalar_paths_for_misaligned_tensors_on_cpu_threads(emulated, dtype):
+    bins, c = (1, 2, 3, 6), 64
+    x = torch.randn(2, c, 10, 14).to(dtype)
+    weight = (torch.randn(len(bins), 12, c) * c**-0.5).to(dtype)
+    bias = (torch.randn(len(bins), 12) * 0.1).to(dtype)
+    y = run_emulated(emulated, x, weight, bias, bins, True, misalign=True)
+    ref = reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, True)
+    assert torch.equal(y[:, :c], x)
     assert rel_err(y[:, c:], ref[:, c:]) <= TOLERANCE[dtype]

@@ -6,7 +6,7 @@ import ctypes
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import TOLERANCE, make_mask, rel_err
+from kernel_checks import TOLERANCE, make_mask, misaligned, rel_err
 
 import edgestack.kernels.window_attention.op  # noqa: F401
 from edgestack.errors import EdgestackError
@@ -106,8 +106,10 @@ def emulated(emulated_kernels):
     return emulated_kernels("window_attention")
 
 
-def run_emulated(lib, q, k, v, mask, heads, window, shift, tensor_cores):
+def run_emulated(lib, q, k, v, mask, heads, window, shift, tensor_cores, misalign=False):
     out, mask_out = torch.full_like(q, float("nan")), torch.full_like(mask, float("nan"))  # unwritten stays NaN
+    if misalign:
+        q, k, v, mask, out, mask_out = map(misaligned, (q, k, v, mask, out, mask_out))
     b, h, w, c = q.shape
     status = lib.edgestack_window_attention_emulated(
         *(ctypes.c_void_p(t.data_ptr()) for t in (q, k, v, mask, out, mask_out)), loader.dtype_code(q.dtype),
@@ -142,6 +144,21 @@ def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
     out, mask_out = run_emulated(emulated, q, k, v, mask, heads, window, shift, kernel == "fp16-tensor-cores")
     ref, ref_mask = reference.window_masked_attention(
         q.double(), k.double(), v.double(), mask.double(), heads, window, shift, (c // heads) ** -0.5, -100.0
+    )
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+    assert torch.equal(mask_out.double(), ref_mask)
+
+
+# Even channels and head dim would move Q, K, V and out as pairs; one element off an aligned address they must
+# move one by one.
+@pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
+def test_kernels_take_scalar_paths_for_misaligned_tensors_on_cpu_threads(emulated, kernel):
+    dtype = torch.float32 if kernel == "fp32" else torch.float16
+    q, k, v = (torch.randn(1, 16, 16, 60).to(dtype) for _ in range(3))
+    mask = make_mask("random", 1, 16, 16, dtype, "cpu")
+    out, mask_out = run_emulated(emulated, q, k, v, mask, 2, 8, 4, kernel == "fp16-tensor-cores", misalign=True)
+    ref, ref_mask = reference.window_masked_attention(
+        q.double(), k.double(), v.double(), mask.double(), 2, 8, 4, 30**-0.5, -100.0
     )
     assert rel_err(out, ref) <= TOLERANCE[dtype]
     assert torch.equal(mask_out.double(), ref_mask)

@@ -2,8 +2,10 @@
 // without a GPU. Compile the device code with a host C++20 compiler after this header: one OS thread per
 // CUDA thread, blocks one after another, __syncthreads, warp shuffles and mma.m16n8k16 through barriers.
 // Static __shared__ arrays become function statics (one per block, since blocks run in turn); dynamic shared
-// memory comes from dynamic_smem(). What it cannot show: timing, memory coalescing, races the barriers
-// happen to hide, and anything the device compiler alone decides (fast-math, register spills).
+// memory comes from dynamic_smem(). Built with -fsanitize (tests/test_kernels_sanitized.py), out-of-bounds and
+// misaligned accesses and races between a block's threads stop the run. What it cannot show: timing, memory
+// coalescing, races between blocks (they run one after another), shared-memory ordering that a GPU's shuffles
+// and mma do not give but these do, and anything the device compiler alone decides (fast-math, spills).
 #pragma once
 
 #define EDGESTACK_EMULATE 1
@@ -22,6 +24,10 @@
 #include <memory>
 #include <thread>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #undef __shared__
 #define __shared__ static
@@ -53,6 +59,11 @@ struct Block {
           shuffle(threads),
           mma_operands(6 * size_t(threads)),
           smem((smem_bytes + sizeof(float4) - 1) / sizeof(float4), kPoison) {
+#if defined(__SANITIZE_ADDRESS__)
+        // Under ASan, the bytes rounded up to a whole float4 are out of bounds too, as on the GPU.
+        ASAN_POISON_MEMORY_REGION(reinterpret_cast<char*>(smem.data()) + smem_bytes,
+                                  smem.size() * sizeof(float4) - smem_bytes);
+#endif
         for (int first = 0; first < threads; first += kWarp)
             warp_sync.push_back(std::make_unique<std::barrier<>>(std::min(kWarp, threads - first)));
     }
