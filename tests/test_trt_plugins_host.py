@@ -3,8 +3,9 @@ drive them (kernels/common/plugin_check.cpp): fields typed as the parser types O
 shapes, format combinations, contract violations refused with a logged message, workspace, serialization round
 trip. No GPU and no libnvinfer are needed; no kernel runs (the GPU tests cover the kernels).
 
-CI builds one plugin library per TensorRT header set in build-trt-<version>/ (.ci/build_kernels.sh); each is
-checked here with the check program built against the same headers.
+CI builds one plugin library per TensorRT header set in build-trt-<version>/ (.ci/build_kernels.sh), and one
+with the host code under ASan and UBSan (build-trt-v10.16-sanitized/); each is checked here with the check
+program built against the same headers and flags.
 """
 
 import subprocess
