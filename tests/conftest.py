@@ -67,6 +67,11 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
+def host_compiler() -> str | None:
+    """The C++ compiler the emulated kernels are built with: $CXX, else g++."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 # Set by test_kernels_sanitized.py for the run it starts, with the sanitizer's runtime preloaded: the emulated
 # kernels are then built with -fsanitize=<its value>.
 SANITIZER_ENV = "EDGESTACK_EMULATE_SANITIZER"
@@ -76,7 +81,7 @@ SANITIZER_ENV = "EDGESTACK_EMULATE_SANITIZER"
 def emulated_kernels(tmp_path_factory):
     """load(op): kernels/<op>/emulate.cpp (the op's device code on CPU threads, kernels/common/emulate.h)
     compiled for the host, through ctypes; skips where there is no C++20 compiler or no CUDA headers."""
-    compiler, include = shutil.which(os.environ.get("CXX", "g++")), cuda_include_dir()
+    compiler, include = host_compiler(), cuda_include_dir()
     if not compiler or not include:
         pytest.skip("needs a C++20 compiler (g++ or $CXX) and the CUDA headers (cuda_fp16.h) to emulate the kernels")
     kernels = Path(edgestack.kernels.__file__).parent

@@ -11,13 +11,12 @@ machines without a GPU.
 Each sanitizer's runtime must be loaded before Python for a library built with it to load, hence a child run."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SANITIZER_ENV
+from conftest import SANITIZER_ENV, host_compiler
 
 TESTS = Path(__file__).parent
 
@@ -29,7 +28,7 @@ SANITIZERS = {
 
 
 def runtime_library(name: str) -> str | None:
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    compiler = host_compiler()
     if not compiler:
         return None
     path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()

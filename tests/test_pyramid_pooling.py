@@ -109,27 +109,24 @@ EMULATED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: f"C{case[1]}-R{case[4]}-{case[7]}-{case[8]}")
-def test_kernel_passes_match_reference_on_cpu_threads(emulated, case):
+def check_against_reference(lib, case, misalign=False):
     b, c, h, w, reduced, bins, align_corners, dtype, weight_dtype = case
     x = torch.randn(b, c, h, w).to(dtype)
     weight = (torch.randn(len(bins), reduced, c) * c**-0.5).to(weight_dtype)
     bias = (torch.randn(len(bins), reduced) * 0.1).to(weight_dtype)
-    y = run_emulated(emulated, x, weight, bias, bins, align_corners)
+    y = run_emulated(lib, x, weight, bias, bins, align_corners, misalign)
     ref = reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, align_corners)
     assert torch.equal(y[:, :c], x), "the concat copy of x must be exact"
     assert rel_err(y[:, c:], ref[:, c:]) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: f"C{case[1]}-R{case[4]}-{case[7]}-{case[8]}")
+def test_kernel_passes_match_reference_on_cpu_threads(emulated, case):
+    check_against_reference(emulated, case)
 
 
 # Even W and C % 8 == 0 would take the copy's and the upsample's column pairs and the conv's 16-byte loads; with
 # every tensor one element off an aligned address, the passes must fall back to single elements.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_kernel_passes_take_scalar_paths_for_misaligned_tensors_on_cpu_threads(emulated, dtype):
-    bins, c = (1, 2, 3, 6), 64
-    x = torch.randn(2, c, 10, 14).to(dtype)
-    weight = (torch.randn(len(bins), 12, c) * c**-0.5).to(dtype)
-    bias = (torch.randn(len(bins), 12) * 0.1).to(dtype)
-    y = run_emulated(emulated, x, weight, bias, bins, True, misalign=True)
-    ref = reference.pyramid_pooling(x.double(), weight.double(), bias.double(), bins, True)
-    assert torch.equal(y[:, :c], x)
-    assert rel_err(y[:, c:], ref[:, c:]) <= TOLERANCE[dtype]
+    check_against_reference(emulated, (2, 64, 10, 14, 12, (1, 2, 3, 6), True, dtype, dtype), misalign=True)

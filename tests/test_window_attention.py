@@ -132,16 +132,12 @@ EMULATED_CASES = [
 ]
 
 
-# fp32 runs the CUDA-core kernel; fp16 the tensor-core kernel (as on sm_80+, where the shape allows it) or the
-# CUDA-core kernel (as on Jetson Xavier's sm_72).
-@pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
-@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: "-".join(map(str, case)))
-def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
+def check_against_reference(lib, case, kernel, misalign=False):
     b, h, w, c, heads, window, shift, mask_kind = case
     dtype = torch.float32 if kernel == "fp32" else torch.float16
     q, k, v = (torch.randn(b, h, w, c).to(dtype) for _ in range(3))
     mask = make_mask(mask_kind, b, h, w, dtype, "cpu")
-    out, mask_out = run_emulated(emulated, q, k, v, mask, heads, window, shift, kernel == "fp16-tensor-cores")
+    out, mask_out = run_emulated(lib, q, k, v, mask, heads, window, shift, kernel == "fp16-tensor-cores", misalign)
     ref, ref_mask = reference.window_masked_attention(
         q.double(), k.double(), v.double(), mask.double(), heads, window, shift, (c // heads) ** -0.5, -100.0
     )
@@ -149,16 +145,16 @@ def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
     assert torch.equal(mask_out.double(), ref_mask)
 
 
+# fp32 runs the CUDA-core kernel; fp16 the tensor-core kernel (as on sm_80+, where the shape allows it) or the
+# CUDA-core kernel (as on Jetson Xavier's sm_72).
+@pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda case: "-".join(map(str, case)))
+def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
+    check_against_reference(emulated, case, kernel)
+
+
 # Even channels and head dim would move Q, K, V and out as pairs; one element off an aligned address they must
 # move one by one.
 @pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
 def test_kernels_take_scalar_paths_for_misaligned_tensors_on_cpu_threads(emulated, kernel):
-    dtype = torch.float32 if kernel == "fp32" else torch.float16
-    q, k, v = (torch.randn(1, 16, 16, 60).to(dtype) for _ in range(3))
-    mask = make_mask("random", 1, 16, 16, dtype, "cpu")
-    out, mask_out = run_emulated(emulated, q, k, v, mask, 2, 8, 4, kernel == "fp16-tensor-cores", misalign=True)
-    ref, ref_mask = reference.window_masked_attention(
-        q.double(), k.double(), v.double(), mask.double(), 2, 8, 4, 30**-0.5, -100.0
-    )
-    assert rel_err(out, ref) <= TOLERANCE[dtype]
-    assert torch.equal(mask_out.double(), ref_mask)
+    check_against_reference(emulated, (1, 16, 16, 60, 2, 8, 4, "random"), kernel, misalign=True)
