@@ -220,13 +220,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--dtypes", default="fp16,fp32")
-    parser.add_argument("--variants", default="eager_reference,eager_kernels,graph_reference,graph_kernels")
+    parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "compile_reference"))
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--robustness", type=int, default=0, help="run only the fp16 robustness check on N masks")
     parser.add_argument("--robustness-model", default="mat-512")
     parser.add_argument("--skip-reason", default="", help="record the selected rows as skipped with this reason")
     args = parser.parse_args()
+    # A misspelt name would otherwise run as another variant (or fail per row) under the name given.
+    for flag, allowed in (("models", MODELS), ("dtypes", DTYPES), ("variants", VARIANTS)):
+        unknown = sorted(set(getattr(args, flag).split(",")) - set(allowed))
+        if unknown:
+            parser.error(f"--{flag}: unknown {', '.join(unknown)}; choose from {','.join(allowed)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available() or not loader.available():
         raise SystemExit("needs a CUDA GPU and the built kernels library")
