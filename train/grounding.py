@@ -23,7 +23,7 @@ from edgestack.errors import EdgestackError
 from edgestack.models import resolve
 from edgestack.models.vglaw import MASK_THRESHOLD
 from edgestack.models.vglaw.model import box_to_corners
-from edgestack.models.vglaw.tokenizer import encode, load_tokenizer, train_tokenizer
+from edgestack.models.vglaw.tokenizer import encode, load_tokenizer
 from edgestack.train import referring
 from edgestack.train.datasets import MEAN, STD, generate
 from edgestack.train.loop import (
@@ -36,15 +36,6 @@ from edgestack.train.loop import (
     shuffled_loader,
     training_device,
 )
-
-TOKENIZER_CORPUS = 5000  # training-split expressions the shipped tokenizer was trained on
-
-
-def build_tokenizer(out: str | Path, count: int = TOKENIZER_CORPUS) -> Path:
-    """Train the WordPiece tokenizer on the training split's expressions and save it (how tokenizer.json is made)."""
-    tokenizer = train_tokenizer(referring.corpus(count))
-    tokenizer.save(str(out))
-    return Path(out)
 
 
 def mirror_text(text: str) -> str:

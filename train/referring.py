@@ -166,8 +166,3 @@ def make_referring(seed: int, index: int, size: int = 128) -> ReferringSample:
             return ReferringSample(image, defects, target, expression,
                                    {"seed": seed, "index": index, "texture": texture})
     raise RuntimeError(f"referring sample {seed}/{index}: no describable layout in 100 draws")
-
-
-def corpus(count: int = 5000, seed: int = SPLIT_SEEDS["train"]) -> list[str]:
-    """Training-split expressions (the tokenizer's training text); text only, so it is fast."""
-    return [make_referring(seed, i).expression for i in range(count)]

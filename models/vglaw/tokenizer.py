@@ -1,4 +1,10 @@
-"""WordPiece tokenizer (HuggingFace `tokenizers`) trained on our expression corpus, and safe prompt encoding.
+"""The shipped WordPiece tokenizer (HuggingFace `tokenizers`) and safe prompt encoding.
+
+tokenizer.json was trained once, with the vglaw weights it belongs to: a BERT-style uncased WordPiece
+(BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]; WordPieceTrainer, vocab_size 400, min_frequency 1,
+the SPECIAL tokens first) on the first 5000 training-split expressions of edgestack.train.referring. It
+is data, not rebuilt: the trainer breaks ties between equally frequent merges differently from run to
+run, and the shipped weights index its ids.
 
 Prompts come from operators and line configs, so encoding never crashes on what people type:
 - empty or whitespace-only text, or text longer than MAX_CHARS: EdgestackError;
@@ -29,22 +35,6 @@ class Prompt:
     attention_mask: np.ndarray  # int64 [MAX_LENGTH], 1 = real token
     tokens: list[str]
     warnings: list[str] = field(default_factory=list)
-
-
-def train_tokenizer(corpus: list[str], vocab_size: int = 400):
-    """A BERT-style uncased WordPiece tokenizer trained on `corpus`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL), min_frequency=1)
-    tokenizer.train_from_iterator(corpus, trainer)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return tokenizer
 
 
 def load_tokenizer(path: str | Path = SHIPPED):
