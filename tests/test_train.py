@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
@@ -23,6 +24,7 @@ from edgestack.train.datasets import (
     to_tensors,
 )
 from edgestack.train.evaluate import by_kind_and_texture
+from edgestack.train.loop import ship_weights
 from edgestack.train.losses import boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics, defect_contrast, is_ng
 
@@ -408,6 +410,18 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
     assert sum(row["positives"] for row in report["by_contrast"]) == report["results"]["positives"]
     assert "| defect contrast |" in (results / "results.md").read_text()
     assert report["by_kind_and_texture"] == [] and "by defect kind" not in (results / "results.md").read_text()
+
+    # Shipping the run: fp16 weights + a card; evaluated alone they give the checkpoint's figures.
+    shipped = ship_weights(out / "last.pt", tmp_path / "weights" / "defectseg-s.safetensors", {"note": "test"})
+    card = json.loads(shipped.with_suffix(".json").read_text())
+    assert card["config"] == "defectseg-s" and card["epoch"] == 2 and card["note"] == "test"
+    assert card["training"]["bf16"] and [h["epoch"] for h in card["history"]] == [1, 2]
+    assert {t.dtype for t in load_file(shipped).values() if t.is_floating_point()} == {torch.float16}
+    assert main(["eval", "defectseg", "--data", str(root), "--checkpoint", str(shipped), "--size", "64",
+                 "--threshold", "0.4", "--out", str(tmp_path / "eval-shipped")]) == 0
+    from_shipped = json.loads((tmp_path / "eval-shipped" / "results.json").read_text())["results"]
+    for key in ("S", "MAE", "wF"):
+        assert from_shipped[key] == pytest.approx(report["results"][key], abs=2e-3), key  # fp16 rounding only
 
     synthetic_eval = tmp_path / "eval-synthetic"  # shipped weights on a few held-out synthetic images
     assert main(["eval", "defectseg", "--data", "synthetic", "--count", "8", "--size", "64", "--out",
