@@ -25,7 +25,7 @@ from edgestack.train.datasets import (
 )
 from edgestack.train.evaluate import by_kind_and_texture
 from edgestack.train.loop import ship_weights
-from edgestack.train.losses import boundary_weight, structure_loss
+from edgestack.train.losses import FALSE_ALARM_WEIGHT, boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics, defect_contrast, is_ng
 
 
@@ -204,6 +204,29 @@ def test_structure_loss_prefers_the_right_mask():
     bad = structure_loss(torch.zeros_like(mask), mask)
     assert torch.isfinite(good) and good < 0.05 < bad
     assert torch.equal(structure_loss(torch.zeros_like(mask), mask, boundary_weight(mask)), bad)  # precomputed weight
+
+
+def test_structure_loss_on_a_negative_charges_its_strongest_area_not_its_faint_noise():
+    """On a defect-free image the IoU term is replaced by FALSE_ALARM_WEIGHT x the BCE of its 16 strongest
+    pixels' mean logit: faint probability everywhere (logit -6, p 0.0025) is cheap, where the IoU term charged
+    it almost as much as a missed defect (1 - 1/(1 + 160) = 0.99); a 16-pixel false alarm is not."""
+    bce, softplus = torch.nn.functional.binary_cross_entropy_with_logits, torch.nn.functional.softplus
+    negative = torch.zeros(1, 1, 256, 256)
+    faint = torch.full_like(negative, -6.0)
+    clean = structure_loss(faint, negative)
+    assert torch.allclose(clean, bce(faint, negative) + FALSE_ALARM_WEIGHT * softplus(torch.tensor(-6.0)))
+    assert clean < 0.01
+    alarm = faint.clone()
+    alarm[..., 50:54, 50:54] = 2.0  # 16 pixels at p 0.88: the default rule's NG
+    assert torch.allclose(structure_loss(alarm, negative),
+                          bce(alarm, negative) + FALSE_ALARM_WEIGHT * softplus(torch.tensor(2.0)))
+    assert structure_loss(alarm, negative) > 50 * clean
+    positive = negative.clone()
+    positive[..., 100:110, 100:110] = 1
+    missed = structure_loss(faint, positive)  # the positive keeps its IoU term
+    assert missed > 0.9
+    both = torch.cat([positive, negative])  # the batch is the mean over its images
+    assert torch.allclose(structure_loss(torch.cat([faint, faint]), both), (missed + clean) / 2)
 
 
 def test_boundary_weight_matches_the_direct_box_filter():
