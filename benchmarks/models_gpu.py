@@ -219,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--dtypes", default="fp16,fp32")
+    parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "compile_reference"))
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgestack.runtime.defects import Rules
+from edgestack.train.metrics import MIN_AREA
 
 BOUNDARY_WINDOW = 31
-VERDICT_PIXELS = Rules.min_area_px  # the default OK/NG rule: NG when this many connected pixels reach the threshold
 FALSE_ALARM_WEIGHT = 0.3  # x that term; see structure_loss
 
 
@@ -33,10 +32,10 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tenso
     so it drove every pixel of every negative to logits around -17 and the model learnt to stay silent on
     anything uncertain (COD sets have no negatives; ours do). Without it, nothing stopped 16-pixel false
     alarms (the BCE averages them away). What the verdict sees on a negative is its strongest area, so the
-    false-alarm term is the BCE, against "no defect", of the mean logit of its VERDICT_PIXELS strongest pixels.
-    FALSE_ALARM_WEIGHT 0.3 was chosen on validation accuracy over 1.0 and 0.5 (weights/defectseg-s.json).
-    `mask` is float 0/1, [B,1,H,W]; `weight`: its boundary_weight, when already computed (several heads
-    against one mask).
+    false-alarm term is the BCE, against "no defect", of the mean logit of its MIN_AREA strongest pixels (the
+    default OK/NG rule's area). FALSE_ALARM_WEIGHT 0.3 was chosen on validation accuracy over 1.0 and 0.5
+    (weights/defectseg-s.json). `mask` is float 0/1, [B,1,H,W]; `weight`: its boundary_weight, when already
+    computed (several heads against one mask).
     """
     weight = boundary_weight(mask) if weight is None else weight
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
@@ -45,7 +44,7 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tenso
     inter = (prob * mask * weight).sum(dim=(2, 3))
     union = ((prob + mask) * weight).sum(dim=(2, 3))
     wiou = 1 - (inter + 1) / (union - inter + 1)
-    strongest = logits.flatten(1).topk(VERDICT_PIXELS, dim=1).values.mean(dim=1, keepdim=True)
+    strongest = logits.flatten(1).topk(MIN_AREA, dim=1).values.mean(dim=1, keepdim=True)
     false_alarm = F.softplus(strongest)  # BCE with target 0
     has_defect = mask.flatten(1).amax(dim=1, keepdim=True)
     return (wbce + has_defect * wiou + (1 - has_defect) * FALSE_ALARM_WEIGHT * false_alarm).mean()

@@ -2,9 +2,9 @@
 
 tokenizer.json was trained once, with the vglaw weights it belongs to: a BERT-style uncased WordPiece
 (BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]; WordPieceTrainer, vocab_size 400, min_frequency 1,
-the SPECIAL tokens first) on the first 5000 training-split expressions of edgestack.train.referring. It
-is data, not rebuilt: the trainer breaks ties between equally frequent merges differently from run to
-run, and the shipped weights index its ids.
+special tokens [PAD] [UNK] [CLS] [SEP] as ids 0..3, so encode pads with 0) on the first 5000 training-split
+expressions of edgestack.train.referring. It is data, not rebuilt: the trainer breaks ties between equally
+frequent merges differently from run to run, and the shipped weights index its ids.
 
 Prompts come from operators and line configs, so encoding never crashes on what people type:
 - empty or whitespace-only text, or text longer than MAX_CHARS: EdgestackError;
@@ -24,7 +24,6 @@ from edgestack.errors import EdgestackError
 
 MAX_LENGTH = 40
 MAX_CHARS = 1000
-SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0..3; [PAD] = 0 is what the attention mask hides
 SHIPPED = Path(__file__).parent / "tokenizer.json"
 
 
