@@ -64,35 +64,42 @@ def test_bundle_with_shipped_weights(defectseg_bundle):
     assert prob.shape == (1, 1, 64, 128) and 0 <= prob.min() and prob.max() <= 1
 
 
-def heldout_slice_metrics(count: int = 48) -> dict:
+def heldout_metrics(count: int = 400) -> dict:
     model, config, _ = load_trained("defectseg", None, None)  # no checkpoint: the shipped weights, no network
     assert config == "defectseg-s"
     forward = checkpoint_forward(model)
     metrics = DefectMetrics()
-    for i in range(count):  # a slice of the held-out set (seed 1); the card holds the figures on 400
+    for i in range(count):  # the whole held-out set (seed 1) the card reports on: a slice is too noisy to judge goals
         sample = make_sample(HELDOUT_SEED, i)
         metrics.update(predict(forward, sample.image, 256), sample.mask if sample.positive else None)
     return metrics.results()
 
 
 @pytest.fixture(scope="module")
-def shipped_slice():
-    return heldout_slice_metrics()
+def shipped_heldout():
+    return heldout_metrics()
 
 
-def test_shipped_weights_load_offline_and_match_their_card(shipped_slice):
+def test_shipped_weights_load_offline_and_match_their_card(shipped_heldout):
     assert SHIPPED.is_file(), "models/defectseg/weights/defectseg-s.safetensors is missing"
     card = json.loads(SHIPPED.with_suffix(".json").read_text())
-    assert card["config"] == "defectseg-s" and card["heldout"]["count"] == 400
-    assert abs(shipped_slice["S"] - card["heldout"]["S"]) < 0.05  # the slice agrees with the recorded figures
-    # Better than an all-zero map, which scores S 0.505 and recall 0 on this slice.
-    assert shipped_slice["S"] > 0.55 and shipped_slice["recall"] > 0.5
+    recorded = card["heldout"]
+    assert card["config"] == "defectseg-s" and recorded["count"] == 400
+    # The card was measured on the fp32 checkpoint; these are its fp16 weights as shipped.
+    for key in ("S", "wF", "MAE"):
+        assert shipped_heldout[key] == pytest.approx(recorded[key], abs=2e-3), key
+    assert abs(shipped_heldout["accuracy"] - recorded["accuracy"]) <= 1 / 400
+    # Better than an all-zero map, which scores S 0.505 and recall 0.
+    assert shipped_heldout["S"] > 0.55 and shipped_heldout["recall"] > 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="shipped defectseg-s is below the goals (CPU training budget); see its json")
-def test_shipped_weights_meet_the_goals_on_held_out_synthetic(shipped_slice):
-    r = shipped_slice
-    assert r["S"] >= 0.85 and r["MAE"] <= 0.02 and r["accuracy"] >= 0.95, r
+def test_shipped_weights_meet_the_mae_and_ok_ng_accuracy_goals(shipped_heldout):
+    assert shipped_heldout["MAE"] <= 0.02 and shipped_heldout["accuracy"] >= 0.95, shipped_heldout
+
+
+@pytest.mark.xfail(strict=True, reason="shipped defectseg-s is below the S goal (CPU-only training); see its json")
+def test_shipped_weights_meet_the_s_measure_goal(shipped_heldout):
+    assert shipped_heldout["S"] >= 0.85, shipped_heldout
 
 
 def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bundle, tmp_path):
