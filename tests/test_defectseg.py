@@ -14,8 +14,7 @@ from edgestack.bundle import read_meta
 from edgestack.errors import EdgestackError
 from edgestack.models import resolve
 from edgestack.runtime import load
-from edgestack.train.evaluate import checkpoint_forward, evaluate_defects, load_trained, predict
-from edgestack.train.metrics import DefectMetrics
+from edgestack.train.evaluate import evaluate_defects
 from edgestack.train.synthetic import HELDOUT_SEED, make_sample
 
 SHIPPED = Path(resolve("defectseg-s")[0].extras["default_checkpoint"]["defectseg-s"])
@@ -64,20 +63,13 @@ def test_bundle_with_shipped_weights(defectseg_bundle):
     assert prob.shape == (1, 1, 64, 128) and 0 <= prob.min() and prob.max() <= 1
 
 
-def heldout_metrics(count: int = 400) -> dict:
-    model, config, _ = load_trained("defectseg", None, None)  # no checkpoint: the shipped weights, no network
-    assert config == "defectseg-s"
-    forward = checkpoint_forward(model)
-    metrics = DefectMetrics()
-    for i in range(count):  # the whole held-out set (seed 1) the card reports on: a slice is too noisy to judge goals
-        sample = make_sample(HELDOUT_SEED, i)
-        metrics.update(predict(forward, sample.image, 256), sample.mask if sample.positive else None)
-    return metrics.results()
-
-
 @pytest.fixture(scope="module")
-def shipped_heldout():
-    return heldout_metrics()
+def shipped_heldout(tmp_path_factory):
+    # What the card's command runs (`edgestack eval defectseg --data synthetic --count 400`): no checkpoint means
+    # the shipped weights, no network. The whole held-out set: a slice is too noisy to judge the goals.
+    results, paths = evaluate_defects(count=400, out=tmp_path_factory.mktemp("heldout"))
+    assert json.loads(paths["json"].read_text())["config"] == "defectseg-s"
+    return results
 
 
 def test_shipped_weights_load_offline_and_match_their_card(shipped_heldout):
