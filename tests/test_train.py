@@ -1,6 +1,8 @@
 """edgestack.train: synthetic generator, CDS2K-style folders and their bad inputs, loss, metrics, train/eval CLI."""
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -148,6 +150,22 @@ def test_generating_in_worker_processes_gives_the_same_samples():
     serial, pooled = generate(_sample64, 4), generate(_sample64, 4, workers=2)
     for a, b in zip(serial, pooled, strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+
+
+POOL_UNDER_THE_CLI = """
+from edgestack.cli import _sigterm_as_interrupt
+from edgestack.train.datasets import generate
+for _ in range(5):
+    with _sigterm_as_interrupt():
+        assert generate(abs, 64, workers=2) == list(range(64))
+"""
+
+
+def test_generation_pool_ends_quietly_under_the_cli_signal_handler():
+    """Workers used to inherit the CLI's SIGTERM -> KeyboardInterrupt handler: the pool's terminate() then printed
+    their tracebacks or hung on a queue lock a dying worker held. A subprocess, so a hang fails instead of stalling."""
+    done = subprocess.run([sys.executable, "-c", POOL_UNDER_THE_CLI], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_loader_workers_augment_differently():

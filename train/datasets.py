@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -188,7 +189,7 @@ def generate(make: Callable[[int], object], count: int, workers: int = 1, progre
     """[make(0), ..., make(count - 1)], in `workers` processes when > 1 (same results: `make` depends only on the
     index); `progress(done, count)` after each."""
     results = []
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, initializer=_default_signals) if workers > 1 else None
     try:
         for item in pool.imap(make, range(count), chunksize=16) if pool else map(make, range(count)):
             results.append(item)
@@ -198,6 +199,14 @@ def generate(make: Callable[[int], object], count: int, workers: int = 1, progre
         if pool:
             pool.terminate()
     return results
+
+
+def _default_signals() -> None:
+    """Pool worker start: forked workers inherit the CLI's SIGTERM -> KeyboardInterrupt handler, so the
+    terminate() that ends the pool made them print tracebacks (or hang while holding the pool's queue lock).
+    Workers die on SIGTERM and leave Ctrl-C to the parent, which terminates them."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seed_worker(worker_id: int) -> None:
