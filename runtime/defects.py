@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, EngineOutputError
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,14 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
 
     Each listed component: box [x0, y0, x1, y1], area (px, mm^2), mean and max score, centroid, `counted`, and
     for an ignored one the first rule it fails. Everything is computed over whole arrays, so a noisy map costs
-    about one labelling pass whatever its component count."""
+    about one labelling pass whatever its component count. A map holding NaN or Inf is refused: NaN compares
+    below every threshold, so it would pass as OK, a missed defect."""
+    non_finite = int(np.count_nonzero(~np.isfinite(prob)))
+    if non_finite:
+        raise EngineOutputError(
+            f"the defect probability map holds {non_finite} NaN/Inf value(s) of {prob.size}, so no verdict: the "
+            "engine's output overflowed or the bundle is damaged; run the item on onnxruntime, or rebuild a TensorRT "
+            "plan with `edgestack build BUNDLE --precision fp32`")
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
         (prob >= rules.threshold).astype(np.uint8), connectivity=8)
     inside = labels > 0

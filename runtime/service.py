@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, EngineOutputError
 from edgestack.runtime.images import decode_image
 from edgestack.runtime.inspect import SUMMARY_EVERY_S, Inspector, RunWriter, error_result
 
@@ -175,6 +175,8 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         started = time.perf_counter()
         try:
             result, prob = await run_in_threadpool(inspector.inspect, image, item_id)
+        except EngineOutputError as exc:
+            return await reject(500, "engine_error", str(exc), item_id)
         except EdgestackError as exc:
             return await reject(422, "bad_image", str(exc), item_id)
         except Exception as exc:  # the engine failing on this image: an answer and a record, not a bare 500

@@ -430,6 +430,32 @@ def test_an_engine_failure_on_one_item_is_its_error_and_the_run_goes_on(inspecto
     assert "inspecting part001.png failed" in caplog.text  # with its traceback, for a bug report
 
 
+def test_an_engine_output_with_nan_is_that_items_error_not_an_ok(inspector, tmp_path, monkeypatch):
+    write_folder(tmp_path / "in", 3)
+    probability, calls = inspector.probability, []
+
+    def overflows_once(rgb):  # as an fp16 plan that overflows on one frame
+        calls.append(rgb)
+        prob = probability(rgb)
+        if len(calls) == 2:
+            prob = np.full_like(prob, np.nan)
+        return prob
+
+    monkeypatch.setattr(inspector, "probability", overflows_once)
+    results = {r["id"]: r for r in inspector.run(tmp_path / "in", tmp_path / "run")}
+    assert results["part001.png"]["status"] == "ERROR" and "NaN/Inf" in results["part001.png"]["error"]
+    assert results["part000.png"]["status"] != "ERROR" and results["part002.png"]["status"] != "ERROR"
+
+
+def test_service_answers_a_nan_map_as_an_engine_error(client, inspector, monkeypatch):
+    probability = inspector.probability
+    monkeypatch.setattr(inspector, "probability", lambda rgb: np.full_like(probability(rgb), np.nan))
+    image = encoded(synthetic_images(1, 256, seed=9)[0].image)
+    answer = client.post("/v1/inspect?id=nan-1", content=image, headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 500 and "NaN/Inf" in answer.json()["error"]  # not a 422: the image was fine
+    assert 'edgestack_requests_total{outcome="engine_error"}' in client.get("/metrics").text
+
+
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes_it(inspector, tmp_path, monkeypatch):
     write_folder(tmp_path / "in", 3)
     fsyncs = []

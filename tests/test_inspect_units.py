@@ -153,6 +153,14 @@ def test_rules_decide_ok_ng_and_say_why():
     assert (empty.status, empty.rule, empty.defects, empty.counted, empty.components) == ("OK", None, [], 0, 0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_map_with_nan_or_inf_gets_no_verdict(bad):
+    prob = np.zeros((10, 10), np.float32)  # would be OK: NaN compares below every threshold
+    prob[3, 4] = bad
+    with pytest.raises(EdgestackError, match="holds 1 NaN/Inf value.* of 100, so no verdict"):
+        assess(prob, Rules())
+
+
 def test_rules_file_and_its_errors(tmp_path):
     path = tmp_path / "rules.json"
     path.write_text(json.dumps({"threshold": 0.4, "min_area_px": 5, "rois": [[0, 0, 10, 10]]}))
