@@ -14,7 +14,7 @@ from edgestack.errors import EdgestackError
 
 BIT_DEPTH_HELP = "the camera's bit depth (10, 12, 14) when its images are stored as 16-bit files"
 RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, mm_per_px, min_score, max_count, "
-              "rois, max_listed (documented in edgestack.runtime.defects)")
+              "rois, max_listed, min_frame_std (documented in edgestack.runtime.defects)")
 
 
 def _console():

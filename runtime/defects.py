@@ -2,11 +2,14 @@
 
 Rules file (JSON, or TOML on Python >= 3.11), every key optional:
     {"threshold": 0.5, "min_area_px": 16, "min_area_mm2": null, "min_score": 0.5, "max_count": 0,
-     "mm_per_px": null, "rois": [[x0, y0, x1, y1], ...], "max_listed": 100}
+     "mm_per_px": null, "rois": [[x0, y0, x1, y1], ...], "max_listed": 100, "min_frame_std": 0.5}
 A defect counts when its area and peak score reach the minimums and its box meets a region of interest
 (no regions: the whole image). The item is NG when more than `max_count` defects count. A result lists at
 most `max_listed` components, counted ones first: a bad frame or a wrong model can give 10^5 components,
 whose records would cost seconds and megabytes per item; the counts always cover all of them.
+A frame whose every channel has a standard deviation under `min_frame_std` gray levels (of 255) is blank
+(a covered or unlit camera, a dropped frame): it gets no verdict, since "no defect found" on it is no
+inspection; 0 turns this check off.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ class Rules:
     mm_per_px: float | None = None
     rois: list[list[int]] = field(default_factory=list)
     max_listed: int = 100
+    min_frame_std: float = 0.5
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0 or not 0.0 <= self.min_score <= 1.0:
             raise EdgestackError(f"rules: threshold must be in (0,1) and min_score in [0,1], got {self}")
-        if self.min_area_px < 1 or self.max_count < 0 or self.max_listed < 0:
-            raise EdgestackError("rules: min_area_px must be >= 1, max_count and max_listed >= 0")
+        if self.min_area_px < 1 or self.max_count < 0 or self.max_listed < 0 or self.min_frame_std < 0:
+            raise EdgestackError("rules: min_area_px must be >= 1, max_count, max_listed and min_frame_std >= 0")
         if self.min_area_mm2 is not None and not self.mm_per_px:
             raise EdgestackError("rules: min_area_mm2 needs mm_per_px (the image scale)")
         for roi in self.rois:
@@ -81,6 +85,18 @@ class Assessment:
     defects: list[dict[str, Any]]  # the listed components: counted first, then ignored (with why), strongest first
     counted: int  # components that count under the rules, listed or not
     components: int  # connected components of prob >= threshold
+
+
+def check_not_blank(rgb: np.ndarray, rules: Rules, name: str) -> None:
+    """Refuse a blank frame (see the module's docstring): every channel's std under rules.min_frame_std."""
+    if not rules.min_frame_std:
+        return
+    spread = float(np.max(cv2.meanStdDev(rgb)[1]))
+    if spread < rules.min_frame_std:
+        raise EdgestackError(
+            f"{name} is a blank frame (the standard deviation of its gray levels is {spread:.2f}, under "
+            f"min_frame_std {rules.min_frame_std}), so no verdict: check the camera, its lens and the lighting; "
+            "`min_frame_std` in the rules file sets this check (0 turns it off)")
 
 
 def assess(prob: np.ndarray, rules: Rules) -> Assessment:

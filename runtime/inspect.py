@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, assess
+from edgestack.runtime.defects import Rules, assess, check_not_blank
 from edgestack.runtime.engine import Engine, load
 from edgestack.runtime.images import check_bit_depth, to_tensor
 from edgestack.runtime.sources import Item, Watch, open_source
@@ -97,6 +97,7 @@ class Inspector:
     def inspect(self, rgb: np.ndarray, item_id: str = "image") -> tuple[dict[str, Any], np.ndarray]:
         """(result, probability map) for one decoded image."""
         started = time.perf_counter()
+        check_not_blank(rgb, self.rules, item_id)
         prob = self.probability(rgb)
         found = assess(prob, self.rules)
         return {

@@ -51,6 +51,11 @@ def write_folder(folder, count, size=256, seed=0):
     return samples
 
 
+def plain_frame(height, width, level=100, seed=0):
+    """A featureless part with sensor noise (a constant image is a blank frame, refused)."""
+    return np.random.default_rng(seed).integers(level - 8, level + 8, (height, width, 3), dtype=np.uint8)
+
+
 def records(run_dir):
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
@@ -99,16 +104,28 @@ def test_large_frame_is_tiled_and_tiny_frame_runs(inspector):
     big[1500:1504, 1000:1400] = 40  # a dark scratch
     result, prob = inspector.inspect(big)
     assert prob.shape == (3000, 4096) and result["width"] == 4096
-    tiny = np.full((40, 50, 3), 128, np.uint8)
+    tiny = plain_frame(40, 50, 128)
     with pytest.raises(EdgestackError, match="at least"):
         inspector.inspect(tiny)
 
 
 def test_iterator_source_and_error_items(inspector):
-    arrays = [np.full((128, 128, 3), 120, np.uint8), np.zeros((5,), np.uint8), np.full((128, 128, 3), 90, np.uint8)]
+    arrays = [plain_frame(128, 128, 120), np.zeros((5,), np.uint8), plain_frame(128, 128, 90)]
     results = list(inspector.run(iter(arrays)))
     assert [r["status"] == "ERROR" for r in results] == [False, True, False]
     assert [r["id"] for r in results] == ["item-000000", "item-000001", "item-000002"]
+
+
+def test_blank_frames_are_errors_among_good_parts(inspector, tmp_path):
+    write_folder(tmp_path / "in", 2)
+    cv2.imwrite(str(tmp_path / "in" / "cap-on.png"), np.zeros((256, 256, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "in" / "dropped.png"), np.full((256, 256, 3), 128, np.uint8))
+    results = {r["id"]: r for r in inspector.run(tmp_path / "in", tmp_path / "run")}
+    assert {i for i, r in results.items() if r["status"] == "ERROR"} == {"cap-on.png", "dropped.png"}
+    assert len(results) == 4
+    assert "cap-on.png is a blank frame" in results["cap-on.png"]["error"]
+    unchecked = Inspector(inspector.engine, Rules(min_frame_std=0))
+    assert unchecked.inspect(np.zeros((256, 256, 3), np.uint8))[0]["status"] in ("OK", "NG")
 
 
 def test_video_source(inspector, tmp_path):
@@ -165,10 +182,10 @@ def test_a_record_cut_off_by_a_crash_is_dropped_and_its_item_redone(inspector, t
 def test_a_rerun_retries_error_items_and_keeps_verdicts(inspector, tmp_path):
     write_folder(tmp_path / "in", 3)
     half_written = tmp_path / "in" / "part003.png"
-    half_written.write_bytes(encoded(np.full((96, 96, 3), 100, np.uint8))[:50])  # a camera still writing it
+    half_written.write_bytes(encoded(plain_frame(96, 96))[:50])  # a camera still writing it
     first = {r["id"]: r for r in inspector.run(tmp_path / "in", tmp_path / "run")}
     assert first["part003.png"]["status"] == "ERROR" and len(first) == 4
-    half_written.write_bytes(encoded(np.full((96, 96, 3), 100, np.uint8)))
+    half_written.write_bytes(encoded(plain_frame(96, 96)))
     second = list(inspector.run(tmp_path / "in", tmp_path / "run"))
     assert [r["id"] for r in second] == ["part003.png"] and second[0]["status"] in ("OK", "NG")
     run = tmp_path / "run"
@@ -285,7 +302,7 @@ class UnpluggedCamera:
     def read(self):
         if self.frames > 0 or (self.back_after_reopens is not None and self.reopens >= self.back_after_reopens):
             self.frames -= 1
-            return True, np.full((96, 128, 3), 100, np.uint8)
+            return True, plain_frame(96, 128)
         return False, None
 
     def open(self, index):
@@ -358,7 +375,7 @@ def test_service_verdicts_auth_limits_and_metrics(client):
     assert bomb.status_code == 413 and "limit" in bomb.json()["error"]
     corrupt = client.post("/v1/inspect", content=b"GIF89a-garbage", headers=auth)
     assert corrupt.status_code == 400
-    tiny = client.post("/v1/inspect", content=encoded(np.zeros((8, 8, 3), np.uint8)), headers=auth)
+    tiny = client.post("/v1/inspect", content=encoded(plain_frame(8, 8)), headers=auth)
     assert tiny.status_code == 422 and "at least" in tiny.json()["error"]
     assert client.get("/health").json()["status"] == "ok"
     metrics = client.get("/metrics").text

@@ -10,7 +10,7 @@ import pytest
 
 from edgestack.cli import RULES_HELP
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, assess, load_rules
+from edgestack.runtime.defects import Rules, assess, check_not_blank, load_rules
 from edgestack.runtime.inspect import RunWriter
 from edgestack.runtime.tiling import run_tiled, tile_starts
 
@@ -159,6 +159,25 @@ def test_a_map_with_nan_or_inf_gets_no_verdict(bad):
     prob[3, 4] = bad
     with pytest.raises(EdgestackError, match="holds 1 NaN/Inf value.* of 100, so no verdict"):
         assess(prob, Rules())
+
+
+def test_blank_frames_get_no_verdict_and_the_check_can_be_turned_off():
+    rng = np.random.default_rng(0)
+    black = np.zeros((480, 640, 3), np.uint8)
+    nearly_flat = np.full((480, 640, 3), 200, np.uint8)
+    nearly_flat[rng.random((480, 640)) < 0.05] = 201  # std about 0.22 in every channel
+    with pytest.raises(EdgestackError, match=r"cam0/17 is a blank frame .* is 0.00, under min_frame_std 0.5"):
+        check_not_blank(black, Rules(), "cam0/17")
+    with pytest.raises(EdgestackError, match="blank frame"):
+        check_not_blank(nearly_flat, Rules(), "part.png")
+    check_not_blank(black, Rules(min_frame_std=0), "cam0/17")  # turned off
+    sensor_noise = rng.normal(200, 1.0, (480, 640, 3)).round().astype(np.uint8)
+    check_not_blank(sensor_noise, Rules(), "part.png")
+    one_channel_lit = black.copy()
+    one_channel_lit[:, 320:, 1] = 90  # a green-only edge is still a picture
+    check_not_blank(one_channel_lit, Rules(), "part.png")
+    with pytest.raises(EdgestackError, match="min_frame_std >= 0"):
+        Rules(min_frame_std=-1)
 
 
 def test_rules_file_and_its_errors(tmp_path):
