@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, check_not_blank
 from edgestack.runtime.engine import Engine, load
@@ -84,6 +85,15 @@ class Inspector:
         self.bit_depth = bit_depth  # of 16-bit images whose camera uses fewer bits (read_image)
         self._lock = threading.Lock()  # one engine, many callers (service threads)
 
+    def setup(self) -> dict[str, Any]:
+        """What decides this inspector's verdicts, flat; a run folder keeps one (run.json), so that an audit can
+        tell what judged each part. The backend is not in it: TensorRT and onnxruntime give the same verdicts
+        within the bundle's parity, and `auto` may fall back from one to the other."""
+        meta = self.engine.meta
+        return {"model": meta["model"]["config"], "weights_sha256": meta["files"].get(bundle_format.WEIGHTS),
+                "tile": list(self.tile), "overlap": self.overlap, "gray_to_rgb": self.gray_to_rgb,
+                "bit_depth": self.bit_depth} | {f"rules.{key}": value for key, value in self.rules.as_dict().items()}
+
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """Full-resolution defect probability [H, W] for one RGB image."""
         chw = to_tensor(rgb, self.engine.meta["preprocess"])[0]
@@ -128,7 +138,7 @@ class Inspector:
                 and Path(source).resolve() in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
             raise EdgestackError(f"run folder {run_dir} is inside the source folder {source}: its overlays would be "
                                  "inspected as new images; put --out somewhere else")
-        writer = RunWriter(Path(run_dir), overlay, self.rules, SUMMARY_EVERY_S if watch else None) \
+        writer = RunWriter(Path(run_dir), overlay, self.setup(), SUMMARY_EVERY_S if watch else None) \
             if run_dir else None
         items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch,
                             writer.note if writer else None)
@@ -211,7 +221,7 @@ class RunWriter:
     With `summary_every_s` (a watch or the service, which run for days) the summary is also rewritten at most
     that often while the run goes on, from the few fields it needs of each item, not the whole records."""
 
-    def __init__(self, run_dir: Path, overlay: str, rules: Rules, summary_every_s: float | None = None):
+    def __init__(self, run_dir: Path, overlay: str, setup: dict[str, Any], summary_every_s: float | None = None):
         if overlay not in ("ng", "all", "none"):
             raise EdgestackError(f"overlay must be ng, all or none, got {overlay!r}")
         self.dir = run_dir
@@ -219,6 +229,7 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "results.jsonl"
         records = self._recover()
+        self._keep_one_setup(setup, len(records))
         # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
         self.done = {r["id"] for r in records if r["status"] != "ERROR"}
         self.summary_every_s = summary_every_s
@@ -226,12 +237,33 @@ class RunWriter:
         self.last_summary = time.monotonic()
         self.started = time.perf_counter()
         self.new = 0
-        (self.dir / "rules.json").write_text(json.dumps(rules.as_dict(), indent=2) + "\n")
         self._write_csv(records)
         self.jsonl_file = open(self.jsonl, "a", encoding="utf-8")
         self.csv_file = open(self.dir / "results.csv", "a", newline="", encoding="utf-8")
         self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
         self.notes = open(self.dir / "skipped.txt", "a", encoding="utf-8")
+
+    def _keep_one_setup(self, setup: dict[str, Any], recorded: int) -> None:
+        """Refuse to add verdicts of another setup (bundle weights, rules, tiling) to a run folder that holds
+        verdicts; a folder without any takes the new setup."""
+        run_file = self.dir / "run.json"
+        setup = json.loads(json.dumps(setup))  # as it reads back: tuples are lists
+        if recorded and run_file.exists():
+            try:
+                earlier = json.loads(run_file.read_text(encoding="utf-8"))["setup"]
+            except (ValueError, KeyError, TypeError):
+                raise EdgestackError(f"{run_file} is not a run setup this version wrote; restore it, or give this "
+                                     "run its own folder (--out)") from None
+            changed = [f"{key} {earlier.get(key)} -> {setup.get(key)}"
+                       for key in dict.fromkeys([*earlier, *setup]) if earlier.get(key) != setup.get(key)]
+            if changed:
+                raise EdgestackError(
+                    f"run folder {self.dir} holds {recorded} results judged with another setup ({'; '.join(changed)}); "
+                    "resume it with the same bundle, rules and options, or give the new setup its own run folder "
+                    "(--out), so every verdict in a folder has one known judge")
+        tmp = run_file.with_suffix(".json.tmp")  # temp file + rename: a crash never leaves half a file
+        tmp.write_text(json.dumps({"setup": setup}, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(run_file)
 
     def _recover(self) -> list[dict[str, Any]]:
         """Records of an earlier run; a line cut off by a crash is dropped (its item is redone)."""

@@ -96,7 +96,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     if max_pending < 1:
         raise EdgestackError(f"max_pending must be at least 1, got {max_pending}")
-    writer = RunWriter(Path(run_dir), overlay, inspector.rules, summary_every_s) if run_dir else None
+    writer = RunWriter(Path(run_dir), overlay, inspector.setup(), summary_every_s) if run_dir else None
     write_lock = threading.Lock()
     # Requests without ?id= get one that stays unique across restarts into the same run folder.
     session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")

@@ -128,6 +128,18 @@ def test_blank_frames_are_errors_among_good_parts(inspector, tmp_path):
     assert unchecked.inspect(np.zeros((256, 256, 3), np.uint8))[0]["status"] in ("OK", "NG")
 
 
+def test_a_run_folder_refuses_verdicts_of_other_rules(inspector, tmp_path):
+    write_folder(tmp_path / "in", 2)
+    list(inspector.run(tmp_path / "in", tmp_path / "run"))
+    setup = json.loads((tmp_path / "run" / "run.json").read_text())["setup"]
+    assert setup["model"] == "defectseg-s" and len(setup["weights_sha256"]) == 64 and setup["rules.threshold"] == 0.5
+    stricter = Inspector(inspector.engine, Rules(threshold=0.7))
+    with pytest.raises(EdgestackError, match=r"holds 2 results judged with another setup \(rules.threshold 0.5 -> 0.7"):
+        list(stricter.run(tmp_path / "in", tmp_path / "run"))
+    write_folder(tmp_path / "in", 3)  # one more part: the same setup resumes and inspects only it
+    assert [r["id"] for r in inspector.run(tmp_path / "in", tmp_path / "run")] == ["part002.png"]
+
+
 def test_video_source(inspector, tmp_path):
     path = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 128))

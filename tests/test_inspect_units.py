@@ -205,13 +205,37 @@ def test_rules_file_and_its_errors(tmp_path):
     assert all(f.name in RULES_HELP for f in fields(Rules))  # the CLI's --rules help names every key
 
 
+SETUP = {"model": "defectseg-s", "weights_sha256": "ab12", "tile": [352, 352], "overlap": 32,
+         "rules.threshold": 0.5, "rules.rois": [[0, 0, 10, 10]]}
+
+
+def test_a_run_folder_keeps_verdicts_of_one_setup(tmp_path):
+    def session(setup, item="a.png"):
+        writer = RunWriter(tmp_path, "none", setup)
+        writer.write({"id": item, "status": "OK", "rule": None, "defects": [], "defect_count": 0, "components": 0,
+                      "max_score": 0.1, "width": 8, "height": 8, "latency_ms": 1.0, "time": "t"}, None, None)
+        writer.finish()
+
+    RunWriter(tmp_path, "none", SETUP | {"overlap": 0}).finish()  # no verdicts yet: any setup may start it
+    session(SETUP)
+    session(dict(SETUP), "b.png")  # the same setup resumes (rois read back from JSON as lists)
+    other_rules = SETUP | {"rules.threshold": 0.4, "weights_sha256": "cd34"}
+    with pytest.raises(EdgestackError, match=r"holds 2 results judged with another setup \(weights_sha256 ab12 -> "
+                                             r"cd34; rules.threshold 0.5 -> 0.4\).*its own run folder"):
+        RunWriter(tmp_path, "none", other_rules)
+    assert json.loads((tmp_path / "run.json").read_text())["setup"] == SETUP  # the record of the judge stays
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(EdgestackError, match="run.json is not a run setup"):
+        RunWriter(tmp_path, "none", SETUP)
+
+
 def test_a_run_folder_from_before_defect_count_resumes(tmp_path):
     # Its records listed every component with `counted`: the rewritten CSV must still count them right.
     old = {"id": "a.png", "status": "NG", "rule": "1 defect(s) > max_count 0", "max_score": 0.9, "width": 8,
            "height": 8, "latency_ms": 1.0, "defects": [{"bbox": [0, 0, 2, 2], "counted": True},
                                                        {"bbox": [4, 4, 5, 5], "counted": False, "ignored": "area"}]}
     (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
-    writer = RunWriter(tmp_path, "none", Rules())
+    writer = RunWriter(tmp_path, "none", SETUP)
     assert writer.done == {"a.png"}
     writer.finish()
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
