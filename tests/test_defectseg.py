@@ -89,7 +89,6 @@ def test_shipped_weights_meet_the_mae_and_ok_ng_accuracy_goals(shipped_heldout):
     assert shipped_heldout["MAE"] <= 0.02 and shipped_heldout["accuracy"] >= 0.95, shipped_heldout
 
 
-@pytest.mark.xfail(strict=True, reason="shipped defectseg-s is below the S goal (CPU-only training); see its json")
 def test_shipped_weights_meet_the_s_measure_goal(shipped_heldout):
     assert shipped_heldout["S"] >= 0.85, shipped_heldout
 
