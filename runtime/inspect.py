@@ -229,9 +229,9 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "results.jsonl"
         records = self._recover()
-        self._keep_one_setup(setup, len(records))
         # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
         self.done = {r["id"] for r in records if r["status"] != "ERROR"}
+        self._keep_one_setup(setup, len(self.done))
         self.summary_every_s = summary_every_s
         self.summarised = {r["id"]: _summary_fields(r) for r in records}
         self.last_summary = time.monotonic()
@@ -243,12 +243,12 @@ class RunWriter:
         self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
         self.notes = open(self.dir / "skipped.txt", "a", encoding="utf-8")
 
-    def _keep_one_setup(self, setup: dict[str, Any], recorded: int) -> None:
+    def _keep_one_setup(self, setup: dict[str, Any], verdicts: int) -> None:
         """Refuse to add verdicts of another setup (bundle weights, rules, tiling) to a run folder that holds
-        verdicts; a folder without any takes the new setup."""
+        verdicts; a folder without any (ERRORs only, such as 16-bit images before --bit-depth) takes the new one."""
         run_file = self.dir / "run.json"
         setup = json.loads(json.dumps(setup))  # as it reads back: tuples are lists
-        if recorded and run_file.exists():
+        if verdicts and run_file.exists():
             try:
                 earlier = json.loads(run_file.read_text(encoding="utf-8"))["setup"]
             except (ValueError, KeyError, TypeError):
@@ -258,7 +258,8 @@ class RunWriter:
                        for key in dict.fromkeys([*earlier, *setup]) if earlier.get(key) != setup.get(key)]
             if changed:
                 raise EdgestackError(
-                    f"run folder {self.dir} holds {recorded} results judged with another setup ({'; '.join(changed)}); "
+                    f"run folder {self.dir} holds {verdicts} verdicts judged with another setup "
+                    f"({'; '.join(changed)}); "
                     "resume it with the same bundle, rules and options, or give the new setup its own run folder "
                     "(--out), so every verdict in a folder has one known judge")
         tmp = run_file.with_suffix(".json.tmp")  # temp file + rename: a crash never leaves half a file

@@ -134,7 +134,7 @@ def test_a_run_folder_refuses_verdicts_of_other_rules(inspector, tmp_path):
     setup = json.loads((tmp_path / "run" / "run.json").read_text())["setup"]
     assert setup["model"] == "defectseg-s" and len(setup["weights_sha256"]) == 64 and setup["rules.threshold"] == 0.5
     stricter = Inspector(inspector.engine, Rules(threshold=0.7))
-    with pytest.raises(EdgestackError, match=r"holds 2 results judged with another setup \(rules.threshold 0.5 -> 0.7"):
+    with pytest.raises(EdgestackError, match=r"holds 2 verdicts judged with another setup \(rules.threshold 0.5"):
         list(stricter.run(tmp_path / "in", tmp_path / "run"))
     write_folder(tmp_path / "in", 3)  # one more part: the same setup resumes and inspects only it
     assert [r["id"] for r in inspector.run(tmp_path / "in", tmp_path / "run")] == ["part002.png"]

@@ -11,7 +11,7 @@ import pytest
 from edgestack.cli import RULES_HELP
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, check_not_blank, load_rules
-from edgestack.runtime.inspect import RunWriter
+from edgestack.runtime.inspect import RunWriter, error_result
 from edgestack.runtime.tiling import run_tiled, tile_starts
 
 
@@ -217,10 +217,16 @@ def test_a_run_folder_keeps_verdicts_of_one_setup(tmp_path):
         writer.finish()
 
     RunWriter(tmp_path, "none", SETUP | {"overlap": 0}).finish()  # no verdicts yet: any setup may start it
+    only_errors = RunWriter(tmp_path, "none", SETUP | {"bit_depth": None})
+    only_errors.write(error_result("a.png", "16-bit image: pass --bit-depth"), None, None)
+    only_errors.finish()  # an ERROR is no verdict: the rerun its message asks for takes the new setup
+    session(SETUP | {"bit_depth": 12})
+    assert json.loads((tmp_path / "run.json").read_text())["setup"]["bit_depth"] == 12
+    (tmp_path / "results.jsonl").unlink()
     session(SETUP)
     session(dict(SETUP), "b.png")  # the same setup resumes (rois read back from JSON as lists)
     other_rules = SETUP | {"rules.threshold": 0.4, "weights_sha256": "cd34"}
-    with pytest.raises(EdgestackError, match=r"holds 2 results judged with another setup \(weights_sha256 ab12 -> "
+    with pytest.raises(EdgestackError, match=r"holds 2 verdicts judged with another setup \(weights_sha256 ab12 -> "
                                              r"cd34; rules.threshold 0.5 -> 0.4\).*its own run folder"):
         RunWriter(tmp_path, "none", other_rules)
     assert json.loads((tmp_path / "run.json").read_text())["setup"] == SETUP  # the record of the judge stays
