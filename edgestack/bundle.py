@@ -30,11 +30,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write a file whole or not at all (temp file + rename), so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json atomically (temp file + rename) so a crash never leaves half a file."""
-    tmp = bundle / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    tmp.replace(bundle / META)
+    write_atomic(bundle / META, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
 
 
 def axis_problem(meta: dict[str, Any], axis: str, size: int) -> str | None:

@@ -245,7 +245,7 @@ def build_engine(
             f"TensorRT could not build a plan from {source} (see its log above); try a larger --workspace or a "
             "smaller --profile"
         )
-    _write_atomic(bundle / bundle_format.PLAN, memoryview(plan))
+    bundle_format.write_atomic(bundle / bundle_format.PLAN, memoryview(plan))
     save_timing_cache(config, cache_path, progress)
 
     record = {
@@ -290,7 +290,7 @@ def save_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) 
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, memoryview(cache.serialize()))
+        bundle_format.write_atomic(path, memoryview(cache.serialize()))
     except OSError as exc:
         progress(f"could not save the timing cache {path} ({exc}); the next build times its tactics again")
 
@@ -330,9 +330,3 @@ def rebuild_plan(bundle: Path, meta: dict[str, Any]) -> None:
         version_compatible=info["flags"]["version_compatible"],
         hardware_compatible=hardware_compatible,
     )
-
-
-def _write_atomic(path: Path, data: memoryview) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -262,9 +262,7 @@ class RunWriter:
                     f"({'; '.join(changed)}); "
                     "resume it with the same bundle, rules and options, or give the new setup its own run folder "
                     "(--out), so every verdict in a folder has one known judge")
-        tmp = run_file.with_suffix(".json.tmp")  # temp file + rename: a crash never leaves half a file
-        tmp.write_text(json.dumps({"setup": setup}, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(run_file)
+        bundle_format.write_atomic(run_file, (json.dumps({"setup": setup}, indent=2) + "\n").encode())
 
     def _recover(self) -> list[dict[str, Any]]:
         """Records of an earlier run; a line cut off by a crash is dropped (its item is redone)."""
