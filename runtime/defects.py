@@ -15,6 +15,7 @@ inspection; 0 turns this check off.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,18 +39,40 @@ class Rules:
     min_frame_std: float = 0.5
 
     def __post_init__(self):
+        # A rules file is hand-edited: a NaN, a string or a fraction where a count belongs must be refused here,
+        # since NaN compares false everywhere and would quietly turn checks off (defective parts passed as OK).
+        for name in ("threshold", "min_score", "min_frame_std", "min_area_px", "max_count", "max_listed",
+                     "mm_per_px", "min_area_mm2"):
+            value = getattr(self, name)
+            if value is None and name in ("mm_per_px", "min_area_mm2"):
+                continue
+            whole = name in ("min_area_px", "max_count", "max_listed")
+            if not _is_number(value) or (whole and value != int(value)):
+                raise EdgestackError(f"rules: {name} must be a {'whole' if whole else 'finite'} number, got {value!r}")
+            if whole:
+                object.__setattr__(self, name, int(value))
         if not 0.0 < self.threshold < 1.0 or not 0.0 <= self.min_score <= 1.0:
             raise EdgestackError(f"rules: threshold must be in (0,1) and min_score in [0,1], got {self}")
         if self.min_area_px < 1 or self.max_count < 0 or self.max_listed < 0 or self.min_frame_std < 0:
             raise EdgestackError("rules: min_area_px must be >= 1, max_count, max_listed and min_frame_std >= 0")
-        if self.min_area_mm2 is not None and not self.mm_per_px:
-            raise EdgestackError("rules: min_area_mm2 needs mm_per_px (the image scale)")
+        if self.mm_per_px is not None and self.mm_per_px <= 0:
+            raise EdgestackError(f"rules: mm_per_px (the image scale) must be > 0, got {self.mm_per_px}")
+        if self.min_area_mm2 is not None and (self.mm_per_px is None or self.min_area_mm2 < 0):
+            raise EdgestackError("rules: min_area_mm2 must be >= 0 and needs mm_per_px (the image scale)")
+        if not isinstance(self.rois, (list, tuple)):
+            raise EdgestackError(f"rules: rois must be a list of [x0, y0, x1, y1] boxes, got {self.rois!r}")
         for roi in self.rois:
-            if len(roi) != 4 or roi[0] >= roi[2] or roi[1] >= roi[3]:
-                raise EdgestackError(f"rules: each roi is [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {roi}")
+            if not isinstance(roi, (list, tuple)) or len(roi) != 4 or not all(map(_is_number, roi)) \
+                    or roi[0] >= roi[2] or roi[1] >= roi[3]:
+                raise EdgestackError(f"rules: each roi is [x0, y0, x1, y1] (numbers, pixels) with x0 < x1 and "
+                                     f"y0 < y1, got {roi!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_rules(path: str | Path | None) -> Rules:
@@ -68,6 +91,9 @@ def load_rules(path: str | Path | None) -> Rules:
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         kind = "TOML" if path.suffix == ".toml" else "JSON"
         raise EdgestackError(f"rules file {path} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise EdgestackError(f"rules file {path} holds a {type(data).__name__}; it must be one object of rules, "
+                             'e.g. {"threshold": 0.5, "min_area_px": 16}')
     known = {f.name for f in fields(Rules)}
     unknown = set(data) - known
     if unknown:
@@ -105,13 +131,19 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
     Each listed component: box [x0, y0, x1, y1], area (px, mm^2), mean and max score, centroid, `counted`, and
     for an ignored one the first rule it fails. Everything is computed over whole arrays, so a noisy map costs
     about one labelling pass whatever its component count. A map holding NaN or Inf is refused: NaN compares
-    below every threshold, so it would pass as OK, a missed defect."""
+    below every threshold, so it would pass as OK, a missed defect. So are rules
+    whose regions of interest all miss the image: nothing could ever count there."""
     non_finite = int(np.count_nonzero(~np.isfinite(prob)))
     if non_finite:
         raise EngineOutputError(
             f"the defect probability map holds {non_finite} NaN/Inf value(s) of {prob.size}, so no verdict: the "
             "engine's output overflowed or the bundle is damaged; run the item on onnxruntime, or rebuild a TensorRT "
             "plan with `edgestack build BUNDLE --precision fp32`")
+    height, width = prob.shape
+    if rules.rois and not any(x0 < width and y0 < height and x1 > 0 and y1 > 0 for x0, y0, x1, y1 in rules.rois):
+        raise EdgestackError(
+            f"no region of interest of the rules ({rules.rois}) meets this {width}x{height} image, so no defect "
+            "could count: fix the rules' rois (pixels of this camera's images)")
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
         (prob >= rules.threshold).astype(np.uint8), connectivity=8)
     inside = labels > 0

@@ -25,6 +25,8 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | No
     if not isinstance(source, np.ndarray):
         raise EdgestackError(f"cannot read an image from {type(source).__name__}; pass a file path or an HxWx3 array")
     name = f"array of shape {source.shape}"
+    if source.size == 0:
+        raise EdgestackError(f"image {name} is empty")
     image = source
     if image.dtype.kind == "f":
         if not np.isfinite(image).all():
@@ -44,6 +46,9 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
         raise EdgestackError(f"image {name} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
     if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
         raise EdgestackError(f"image {name} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
+    if image.dtype not in (np.uint8, np.uint16):  # signed TIFFs: OpenCV's colour conversions refuse them
+        raise EdgestackError(f"image {name} holds signed {image.dtype} pixels; save it as an unsigned 8- or 16-bit "
+                             "PNG or TIFF")
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:
@@ -91,14 +96,18 @@ def _significant_bits(image: np.ndarray, name: str, bit_depth: int | None) -> in
     return bit_depth
 
 
-def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> np.ndarray:
-    """RGB uint8 HxWx3 -> float32 1x3xHxW as the model was trained: x*scale, then (x-mean)/std or +offset."""
+def check_min_size(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> None:
     height, width = image.shape[:2]
     min_size = int(preprocess.get("min_size", 1))
     if height < min_size or width < min_size:
         raise EdgestackError(
             f"{name} is {width}x{height}; this model needs at least {min_size}x{min_size}. Use a larger image"
         )
+
+
+def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 1x3xHxW as the model was trained: x*scale, then (x-mean)/std or +offset."""
+    check_min_size(image, preprocess, name)
     x = image.astype(np.float32) * np.float32(preprocess.get("scale", 1 / 255))
     if "mean" in preprocess:
         x = (x - np.asarray(preprocess["mean"], np.float32)) / np.asarray(preprocess["std"], np.float32)

@@ -13,13 +13,15 @@ with a verdict are skipped, ERROR items are tried again (the last record of an i
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +33,8 @@ from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, check_not_blank
 from edgestack.runtime.engine import Engine, load
-from edgestack.runtime.images import check_bit_depth, to_tensor
-from edgestack.runtime.sources import Item, Watch, open_source
+from edgestack.runtime.images import check_bit_depth, check_min_size, read_image, to_tensor
+from edgestack.runtime.sources import Item, Watch, file_signature, open_source, source_root
 from edgestack.runtime.tiling import run_tiled
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 SUMMARY_EVERY_S = 60.0  # how often a watch or the service rewrites its summary while it runs
 CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error", "time"]
 _END = object()
+# Text files a person reads (results.csv, skipped.txt, summary.md): UTF-8, and a file name that is not valid
+# UTF-8 (its bytes kept as surrogates by Python) written as \udcff escapes rather than failing the run.
+TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
 def defect_engine(bundle: str | Path | Engine, backend: str, purpose: str) -> Engine:
@@ -105,8 +110,11 @@ class Inspector:
         return run_tiled(chw, predict, self.tile, self.overlap, self.batch, self.multiple)
 
     def inspect(self, rgb: np.ndarray, item_id: str = "image") -> tuple[dict[str, Any], np.ndarray]:
-        """(result, probability map) for one decoded image."""
+        """(result, probability map) for one image: RGB uint8 HxWx3, or an array `read_image` takes (float 0..1,
+        16-bit, RGBA; gray with gray_to_rgb), checked the same way as in `run`."""
         started = time.perf_counter()
+        rgb = read_image(rgb, self.gray_to_rgb, self.bit_depth)
+        check_min_size(rgb, self.engine.meta["preprocess"], item_id)  # a 1x1 image is too small, not blank
         check_not_blank(rgb, self.rules, item_id)
         prob = self.probability(rgb)
         found = assess(prob, self.rules)
@@ -134,18 +142,20 @@ class Inspector:
     ) -> Iterator[dict[str, Any]]:
         """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume. With `watch`,
         keep inspecting images as they arrive in the `source` folder (see sources.Watch)."""
-        if run_dir and isinstance(source, (str, Path)) and Path(source).is_dir() \
-                and Path(source).resolve() in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
-            raise EdgestackError(f"run folder {run_dir} is inside the source folder {source}: its overlays would be "
-                                 "inspected as new images; put --out somewhere else")
+        if run_dir and isinstance(source, (str, Path)) and not Path(source).is_file() \
+                and not str(source).isdigit():  # a folder or a glob (a camera index is digits)
+            root = source_root(source).resolve()
+            if root in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
+                raise EdgestackError(f"run folder {run_dir} is inside the source {source}: its overlays would be "
+                                     "inspected as new images; put --out somewhere else")
         writer = RunWriter(Path(run_dir), overlay, self.setup(), SUMMARY_EVERY_S if watch else None) \
             if run_dir else None
-        items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch,
-                            writer.note if writer else None)
-        done = writer.done if writer else set()
+        note = writer.note if writer else log.warning
         try:
-            with closing(self._prefetched(items, done)) as decoded:  # the reader stops before the writer closes
-                for item, image, error in decoded:
+            items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch, note)
+            done = writer.done if writer else {}
+            with closing(self._prefetched(items, done, note)) as decoded:  # the reader stops before the writer
+                for item, image, error in decoded:                         # closes
                     if error is None:
                         try:
                             result, prob = self.inspect(image, item.id)
@@ -156,6 +166,8 @@ class Inspector:
                             result, prob = error_result(item.id, f"{exc.__class__.__name__}: {exc}"), None
                     else:
                         result, prob = error_result(item.id, error), None
+                    if item.signature is not None:
+                        result["file"] = {"size": item.signature[0], "mtime_ns": item.signature[1]}
                     if writer:
                         writer.write(result, image, prob)
                     yield result
@@ -163,9 +175,11 @@ class Inspector:
             if writer:
                 writer.finish()
 
-    def _prefetched(self, items: Iterator[Item | None], done: set[str]):
+    def _prefetched(self, items: Iterator[Item | None], done: dict[str, tuple[int, int] | None],
+                    note: Callable[[str], None]):
         """Decode items in a background thread into a bounded queue: (item, image or None, error or None).
-        A None from the source is a poll with nothing new: a chance to see the stop."""
+        A None from the source is a poll with nothing new: a chance to see the stop. An item `done` (id -> the
+        file version its verdict judged) is skipped; a file changed since is reported, never passed silently."""
         slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -174,7 +188,14 @@ class Inspector:
                 for item in items:
                     if stop.is_set():
                         return
-                    if item is None or item.id in done:
+                    if item is None:
+                        continue
+                    if item.id in done:
+                        judged = done[item.id]
+                        if judged is not None and item.path is not None \
+                                and file_signature(item.path) not in (None, judged):
+                            note(f"{item.path}: changed since its verdict was recorded, so this image was NOT "
+                                 "inspected; a line must write each image under a new file name")
                         continue
                     try:
                         slots.put((item, item.load(), None))
@@ -226,22 +247,37 @@ class RunWriter:
             raise EdgestackError(f"overlay must be ng, all or none, got {overlay!r}")
         self.dir = run_dir
         self.overlay = overlay
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "results.jsonl"
-        records = self._recover()
-        # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
-        self.done = {r["id"] for r in records if r["status"] != "ERROR"}
-        self._keep_one_setup(setup, len(self.done))
-        self.summary_every_s = summary_every_s
-        self.summarised = {r["id"]: _summary_fields(r) for r in records}
-        self.last_summary = time.monotonic()
-        self.started = time.perf_counter()
-        self.new = 0
-        self._write_csv(records)
-        self.jsonl_file = open(self.jsonl, "a", encoding="utf-8")
-        self.csv_file = open(self.dir / "results.csv", "a", newline="", encoding="utf-8")
-        self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
-        self.notes = open(self.dir / "skipped.txt", "a", encoding="utf-8")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock = _lock_run_folder(self.dir)
+        except OSError as exc:
+            raise EdgestackError(f"cannot use {self.dir} as a run folder: {exc.strerror or exc}; give --out a "
+                                 "writable folder") from None
+        try:
+            records = self._recover()
+            # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
+            # A verdict keeps the file version it judged, so a file changed since is reported on a rerun.
+            self.done = {r["id"]: tuple(r["file"].values()) if isinstance(r.get("file"), dict) else None
+                         for r in records if r["status"] != "ERROR"}
+            self._keep_one_setup(setup, len(self.done))
+            self.summary_every_s = summary_every_s
+            self.summarised = {r["id"]: _summary_fields(r) for r in records}
+            self.last_summary = time.monotonic()
+            self.started = time.perf_counter()
+            self.new = 0
+            self._write_csv(records)
+            self.jsonl_file = open(self.jsonl, "a", encoding="utf-8")
+            self.csv_file = open(self.dir / "results.csv", "a", newline="", **TEXT)
+            self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
+            self.notes = open(self.dir / "skipped.txt", "a", **TEXT)
+        except OSError as exc:
+            self.lock.close()
+            raise EdgestackError(f"cannot use {self.dir} as a run folder: {exc.strerror or exc} "
+                                 f"({exc.filename or self.dir}); give --out a writable folder") from None
+        except EdgestackError:
+            self.lock.close()
+            raise
 
     def _keep_one_setup(self, setup: dict[str, Any], verdicts: int) -> None:
         """Refuse to add verdicts of another setup (bundle weights, rules, tiling) to a run folder that holds
@@ -251,6 +287,8 @@ class RunWriter:
         if verdicts and run_file.exists():
             try:
                 earlier = json.loads(run_file.read_text(encoding="utf-8"))["setup"]
+                if not isinstance(earlier, dict):
+                    raise TypeError(earlier)
             except (ValueError, KeyError, TypeError):
                 raise EdgestackError(f"{run_file} is not a run setup this version wrote; restore it, or give this "
                                      "run its own folder (--out)") from None
@@ -273,10 +311,14 @@ class RunWriter:
         if good_end < len(data):
             with open(self.jsonl, "r+b") as f:
                 f.truncate(good_end)
-        return read_records(self.jsonl)
+        try:
+            return read_records(self.jsonl)
+        except ValueError as exc:
+            raise EdgestackError(f"{self.jsonl} is damaged ({exc}); restore it from a backup, or give this run its "
+                                 "own folder (--out)") from None
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
-        with open(self.dir / "results.csv", "w", newline="", encoding="utf-8") as f:
+        with open(self.dir / "results.csv", "w", newline="", **TEXT) as f:
             writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for record in records:
@@ -287,28 +329,46 @@ class RunWriter:
         self.notes.flush()
 
     def write(self, result: dict[str, Any], image: np.ndarray | None, prob: np.ndarray | None) -> None:
+        if image is not None and prob is not None and (self.overlay == "all" or
+                                                       (self.overlay == "ng" and result["status"] == "NG")):
+            self._write_overlay(result, image, prob)
         try:
-            if image is not None and prob is not None and (self.overlay == "all" or
-                                                           (self.overlay == "ng" and result["status"] == "NG")):
-                from edgestack.runtime.images import write_image
-
-                name = result["id"].replace(os.sep, "__").replace("/", "__")
-                write_image(self.dir / "overlays" / f"{Path(name).stem}.png", defect_overlay(image, prob, result))
             self.jsonl_file.write(json.dumps(result) + "\n")
             self.jsonl_file.flush()
             os.fsync(self.jsonl_file.fileno())
-            self.csv.writerow(_csv_row(result))
-            self.csv_file.flush()
-            self.new += 1
-            self.summarised[result["id"]] = _summary_fields(result)
-            if self.summary_every_s is not None and time.monotonic() - self.last_summary >= self.summary_every_s:
-                write_summary(self.dir, list(self.summarised.values()), self.new, time.perf_counter() - self.started)
-                self.last_summary = time.monotonic()
         except OSError as exc:  # a full disk, a share gone read-only: stop rather than inspect unrecorded
             raise EdgestackError(
                 f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
                 "or fix the folder, then rerun with the same run folder (unrecorded items are inspected again)"
             ) from None
+        self.new += 1
+        self.summarised[result["id"]] = _summary_fields(result)
+        if result["status"] != "ERROR":
+            self.done[result["id"]] = tuple(result["file"].values()) if "file" in result else None
+        # The table and the summary are views of results.jsonl, rewritten by finish(): the result is recorded,
+        # so failing them must not turn it into an unrecorded one.
+        try:
+            self.csv.writerow(_csv_row(result))
+            self.csv_file.flush()
+            if self.summary_every_s is not None and time.monotonic() - self.last_summary >= self.summary_every_s:
+                self.last_summary = time.monotonic()
+                write_summary(self.dir, list(self.summarised.values()), self.new, time.perf_counter() - self.started)
+        except OSError as exc:
+            log.warning("results.csv or the summary in %s not updated (%s); results.jsonl holds the result",
+                        self.dir, exc.strerror or exc)
+
+    def _write_overlay(self, result: dict[str, Any], image: np.ndarray, prob: np.ndarray) -> None:
+        """The overlay is a picture for people; failing to write it must not cost the item its verdict."""
+        from edgestack.runtime.images import write_image
+
+        relative = f"overlays/{overlay_name(result['id'])}"
+        try:
+            write_image(self.dir / relative, defect_overlay(image, prob, result))
+        except EdgestackError as exc:
+            log.warning("%s", exc)
+            self.note(f"{result['id']}: overlay not written: {exc}")
+            return
+        result["overlay"] = relative
 
     def finish(self) -> dict[str, Any]:
         try:
@@ -322,6 +382,37 @@ class RunWriter:
                 f"could not write the results table or summary of {self.dir}: {exc.strerror or exc}; results.jsonl "
                 "holds every recorded result, and a rerun with the same run folder writes them again"
             ) from None
+        finally:
+            self.lock.close()  # another run may use the folder now
+
+
+def _lock_run_folder(run_dir: Path):
+    """An exclusive lock on the run folder for this process's run (released on close, or when the process
+    dies): two runs appending to one results.jsonl would record items twice."""
+    lock = open(run_dir / "run.lock", "a+")
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise EdgestackError(f"run folder {run_dir} is in use by another inspect or serve run; let it end, or give "
+                             "this run its own folder (--out)") from None
+    return lock
+
+
+def overlay_name(item_id: str) -> str:
+    """A unique, bounded file name for an item's overlay: the id with separators and unusual characters as _,
+    cut to 80 characters, then a hash of the whole id (a.png and a.bmp, or sub/x.png and sub__x.png, must not
+    share one; a 300-character id must not exceed the file system's name limit)."""
+    readable = re.sub(r"[^\w.-]+", "_", item_id)[:80]
+    digest = hashlib.sha1(item_id.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{readable}-{digest}.png"
 
 
 def _summary_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -352,11 +443,21 @@ def defect_overlay(image: np.ndarray, prob: np.ndarray, result: dict[str, Any]) 
 
 
 def read_records(jsonl: Path) -> list[dict[str, Any]]:
-    """The last record of each item in results.jsonl (a retried item's result replaces its ERROR)."""
+    """The last record of each item in results.jsonl (a retried item's result replaces its ERROR); ValueError
+    names the first line that is not a result record."""
     records = {}
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        records[record["id"]] = record
+    with open(jsonl, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():  # a blank line added by hand
+                continue
+            try:
+                record = json.loads(line)
+                if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                        and record.get("status") in ("OK", "NG", "ERROR")):
+                    raise ValueError("no id and status")
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                raise ValueError(f"line {number} is not a result record: {exc}") from None
+            records[record["id"]] = record
     return list(records.values())
 
 
@@ -384,7 +485,7 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]], new_items: int, 
         lines.append(f"Per-item latency: median {summary['latency_ms']['median']:.1f} ms, "
                      f"p99 {summary['latency_ms']['p99']:.1f} ms.")
     lines += [f"- ERROR {e['id']}: {e['error']}" for e in summary["errors"]]
-    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n", **TEXT)
     _score_histogram(run_dir / "scores.png", records)
     return summary
 

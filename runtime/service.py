@@ -106,7 +106,10 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     async def lifespan(app):
         yield
         if writer:
-            writer.finish()
+            try:
+                writer.finish()
+            except EdgestackError as exc:  # results.jsonl holds every result; say why the rest is missing
+                log.error("%s", exc)
 
     app = FastAPI(title="edgestack inspection", version="1", lifespan=lifespan)
     metrics = Metrics()
@@ -121,7 +124,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     async def reject(status: int, outcome: str, message: str, item_id: str | None = None,
                      headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.count(outcome)
-        if item_id is not None:  # authorised: the refusal is that item's result
+        # Authorised: the refusal is that item's result, unless the item already has a verdict (a retry refused
+        # as busy must not replace it).
+        if item_id is not None and not (writer and item_id in writer.done):
             try:
                 await run_in_threadpool(record, error_result(item_id, message))
             except EdgestackError as exc:  # the client still hears why its image was refused

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,8 @@ class Item:
     id: str
     load: Callable[[], np.ndarray]
     """-> RGB uint8 HxWx3; raises EdgestackError for an unreadable item."""
+    path: Path | None = None  # the file of an image item
+    signature: tuple[int, int] | None = None  # its (size, mtime_ns) when it was read: which version was judged
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,31 @@ class Watch:
     idle_exit_s: float | None = None
 
     def __post_init__(self):
-        if self.settle_s < 0 or (self.idle_exit_s is not None and self.idle_exit_s <= 0):
+        # Comparisons with NaN are false, so NaN (it would never settle and never exit) is refused too.
+        if not 0 <= self.settle_s < math.inf or (self.idle_exit_s is not None and not 0 < self.idle_exit_s < math.inf):
             raise EdgestackError(f"watch needs settle >= 0 s and idle exit > 0 s, got settle {self.settle_s} s "
                                  f"and idle exit {self.idle_exit_s} s")
 
 
 def _image_item(path: Path, item_id: str, gray_to_rgb: bool, bit_depth: int | None) -> Item:
-    return Item(item_id, lambda: read_image(path, gray_to_rgb, bit_depth))
+    def load() -> np.ndarray:
+        item.signature = file_signature(path)
+        return read_image(path, gray_to_rgb, bit_depth)
+
+    item = Item(item_id, load, path)
+    return item
+
+
+def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> Iterator[Item]:
+    """Arrays, or (id, array) pairs. Anonymous arrays get ids with the session's start time, as camera frames:
+    a later batch into the same run folder must not take its items for ones already inspected."""
+    session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
+    for index, entry in enumerate(arrays):
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]:
+            item_id, array = entry
+        else:
+            item_id, array = f"item-{session}-{index:06d}", entry
+        yield Item(item_id, lambda a=array: read_image(a, gray_to_rgb, bit_depth))
 
 
 def _frame_item(item_id: str, bgr: np.ndarray) -> Item:
@@ -104,17 +125,26 @@ def _camera_frames(capture: cv2.VideoCapture, camera: int, max_frames: int | Non
         capture.release()
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for folder, _, names in os.walk(root):  # no stat per file: a hot folder can hold 10^5 of them
+def _walk(root: Path, linked_folder: Callable[[Path], None]) -> Iterator[Path]:
+    """Files under root. Symlinked folders are not followed (a link to a parent would loop): each is passed to
+    `linked_folder`, so that it is reported, not dropped."""
+    for folder, folders, names in os.walk(root):  # no stat per file: a hot folder can hold 10^5 of them
+        for name in folders:
+            if os.path.islink(os.path.join(folder, name)):
+                linked_folder(Path(folder, name))
         for name in names:
             yield Path(folder, name)
+
+
+def _linked_folder_note(path: Path) -> str:
+    return f"{path}: a symlinked folder, not followed; give its own path as the source"
 
 
 def _not_an_image(path: Path) -> str:
     return f"{path}: not an image file ({path.suffix or 'no extension'})"
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
+def file_signature(path: Path) -> tuple[int, int] | None:
     """(size, mtime) of a file, None when it is gone (renamed or removed since the listing)."""
     try:
         stat = path.stat()
@@ -132,19 +162,26 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
     pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime), when that was first seen)
     inspected: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) when handed out
     noted: set[Path] = set()
+
+    def note_once(path: Path, text: str) -> None:
+        if path not in noted:
+            note(text)
+            noted.add(path)
+
     last_arrival = last_recheck = time.monotonic()
     while True:
         now = time.monotonic()
-        for path in sorted(_walk(root)):
+        for path in sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)))):
             if path in inspected or path in noted or path.name.startswith(".") \
                     or path.suffix.lower() in PARTIAL_SUFFIXES:
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                note(_not_an_image(path))
-                noted.add(path)
+                note_once(path, _not_an_image(path))
                 continue
-            signature = _signature(path)
-            if signature is None:
+            signature = file_signature(path)
+            if signature is None and path.is_symlink():  # its target is gone: it can never settle
+                note_once(path, f"{path}: a symlink to a missing file, not inspected")
+            elif signature is None:
                 pending.pop(path, None)
             elif path not in pending or pending[path][0] != signature:
                 pending[path] = (signature, now)
@@ -156,7 +193,7 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
         if now - last_recheck >= WATCH_RECHECK_S:
             last_recheck = now
             for path, seen in inspected.items():
-                signature = _signature(path)
+                signature = file_signature(path)
                 if signature is not None and signature != seen:
                     inspected[path] = signature
                     note(f"{path}: rewritten after it was inspected, so this image was NOT inspected; a line must "
@@ -165,6 +202,20 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
             return
         yield None
         time.sleep(WATCH_POLL_S)
+
+
+def source_root(source: str | Path) -> Path:
+    """The folder that a folder or glob source's ids are relative to: the folder itself, or the glob's leading
+    part without wildcards; so the same file keeps its id however many files a glob matches on a rerun."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    fixed = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
 
 def open_source(
@@ -188,27 +239,28 @@ def open_source(
         if not capture.isOpened():
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
         return _camera_frames(capture, int(source), max_frames)
+    if isinstance(source, np.ndarray) and source.ndim < 4:
+        raise EdgestackError(f"source is one array of shape {source.shape}: inspect one image with "
+                             "Inspector.inspect(image), or pass a list of images or an N x H x W x C array")
     if not isinstance(source, (str, Path)):
-        arrays = enumerate(iter(source))
-        return (Item(f"item-{i:06d}", lambda a=a: read_image(a, gray_to_rgb, bit_depth)) for i, a in arrays)
+        return _array_items(source, gray_to_rgb, bit_depth)
 
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise EdgestackError(f"video {path} could not be opened (corrupt or unsupported codec)")
-        return _frames(capture, "frame-", max_frames)
-    if path.is_dir():
-        root = path
-        files = sorted(_walk(path))
-    elif path.is_file():
+        return _frames(capture, f"{path.name}/frame-", max_frames)  # two videos into one run folder: no clash
+    if path.is_file():
         root, files = path.parent, [path]
     else:
-        matches = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
-        files = [p for p in matches if p.is_file()]
-        if not files:
-            raise EdgestackError(f"source {source} is not a folder, image, video, camera index or matching glob")
-        root = Path(os.path.commonpath([str(p.parent) for p in files]))
+        root = source_root(source)
+        if path.is_dir():
+            files = sorted(_walk(path, lambda folder: note(_linked_folder_note(folder))))
+        else:
+            files = [p for p in sorted(Path(p) for p in glob.glob(str(source), recursive=True)) if p.is_file()]
+            if not files:
+                raise EdgestackError(f"source {source} is not a folder, image, video, camera index or matching glob")
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise EdgestackError(f"source {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")

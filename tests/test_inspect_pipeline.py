@@ -109,11 +109,29 @@ def test_large_frame_is_tiled_and_tiny_frame_runs(inspector):
         inspector.inspect(tiny)
 
 
-def test_iterator_source_and_error_items(inspector):
+def test_iterator_source_and_error_items(inspector, tmp_path):
     arrays = [plain_frame(128, 128, 120), np.zeros((5,), np.uint8), plain_frame(128, 128, 90)]
-    results = list(inspector.run(iter(arrays)))
+    results = list(inspector.run(iter(arrays), tmp_path / "run"))
     assert [r["status"] == "ERROR" for r in results] == [False, True, False]
-    assert [r["id"] for r in results] == ["item-000000", "item-000001", "item-000002"]
+    session = results[0]["id"][: -len("000000")]
+    assert session.startswith("item-") and [r["id"] for r in results] == [f"{session}{i:06d}" for i in range(3)]
+    # A second batch into the same run folder is inspected, not taken for the first (ids carry the session);
+    # (id, array) pairs keep the caller's ids, such as part serial numbers.
+    again = list(inspector.run([("SN-1", arrays[0]), ("SN-2", arrays[2])], tmp_path / "run"))
+    assert [r["id"] for r in again] == ["SN-1", "SN-2"] and len(records(tmp_path / "run")) == 5
+    with pytest.raises(EdgestackError, match=r"one array of shape \(128, 128, 3\): inspect one image with"):
+        list(inspector.run(arrays[0]))  # not 128 rows of an image
+
+
+def test_inspect_checks_an_array_as_run_does(inspector):
+    frame = plain_frame(128, 128, 120)
+    assert inspector.inspect(frame.astype(np.float32) / 255)[0]["status"] == "OK"  # float 0..1, not "blank"
+    assert inspector.inspect(np.dstack([frame, np.full((128, 128), 255, np.uint8)]))[0]["width"] == 128  # RGBA
+    for bad, message in [(frame.astype(np.int32), "has dtype int32"), (frame[..., :2], r"shape \(128, 128, 2\)"),
+                         (frame[..., 0], "grayscale"), (np.zeros((0, 0, 3), np.uint8), "is empty"),
+                         (plain_frame(1, 1), "at least")]:  # too small, not a "blank frame"
+        with pytest.raises(EdgestackError, match=message):
+            inspector.inspect(bad)
 
 
 def test_blank_frames_are_errors_among_good_parts(inspector, tmp_path):
@@ -147,7 +165,7 @@ def test_video_source(inspector, tmp_path):
         writer.write(cv2.resize(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), (160, 128)))
     writer.release()
     results = list(inspector.run(path, max_frames=3))
-    assert [r["id"] for r in results] == ["frame-000000", "frame-000001", "frame-000002"]
+    assert [r["id"] for r in results] == ["line.avi/frame-000000", "line.avi/frame-000001", "line.avi/frame-000002"]
 
 
 def test_resume_after_kill_gives_every_item_exactly_once(bundle, tmp_path):
@@ -271,8 +289,10 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
 
 def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspector, tmp_path):
     write_folder(tmp_path / "in", 1)
-    with pytest.raises(EdgestackError, match="inside the source folder"):
+    with pytest.raises(EdgestackError, match="inside the source"):
         list(inspector.run(tmp_path / "in", tmp_path / "in" / "run"))
+    with pytest.raises(EdgestackError, match="inside the source"):  # a recursive glob would match its overlays
+        list(inspector.run(f"{tmp_path}/in/**/*.png", tmp_path / "in" / "run"))
     with pytest.raises(EdgestackError, match="watch needs a folder"):
         list(inspector.run(tmp_path / "in" / "part000.png", watch=sources.Watch()))
     with pytest.raises(EdgestackError, match="settle >= 0"):
@@ -551,3 +571,77 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
         proc.wait(timeout=30)
     summary = json.loads((run / "summary.json").read_text())  # written when the service stopped
     assert summary["items"] == 42 and summary["counts"]["ERROR"] == 1
+
+
+def test_awkward_file_names_each_get_a_result_and_their_own_overlay(inspector, tmp_path):
+    source = tmp_path / "in"
+    write_folder(source, 2)
+    os.rename(source / "part000.png", os.path.join(os.fsencode(source), b"bad\xff.png"))  # not UTF-8
+    long_folder = source / ("a" * 200)
+    long_folder.mkdir()
+    (source / "part001.png").rename(long_folder / ("b" * 200 + ".png"))  # an overlay name over 255 bytes
+    image = encoded(synthetic_images(1, 128, seed=3)[0].image)
+    for name in ("same.png", "same.bmp", "sub__x.png"):
+        (source / name).write_bytes(image)
+    (source / "sub").mkdir()
+    (source / "sub" / "x.png").write_bytes(image)
+    (source / "notes\udcff.txt".encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")).write_text("")
+    run = tmp_path / "run"
+    results = list(inspector.run(source, run, overlay="all"))
+    assert len(results) == 6 and all(r["status"] in ("OK", "NG") for r in results)
+    overlays = [run / r["overlay"] for r in results]
+    assert len(set(overlays)) == 6 and all(o.is_file() for o in overlays)  # none overwrote another
+    assert len(list((run / "overlays").iterdir())) == 6
+    rows = list(csv.DictReader((run / "results.csv").open(encoding="utf-8")))
+    assert "bad\\udcff.png" in [row["id"] for row in rows]  # written as an escape, not a crash
+    assert "notes\\udcff.txt: not an image file" in (run / "skipped.txt").read_text()
+    assert list(inspector.run(source, run, overlay="all")) == []  # and the folder resumes
+
+
+def test_an_image_replaced_under_an_inspected_name_is_reported_on_a_rerun(inspector, tmp_path):
+    source, run = tmp_path / "in", tmp_path / "run"
+    write_folder(source, 2)
+    first = {r["id"]: r for r in inspector.run(source, run)}
+    assert first["part000.png"]["file"]["size"] == (source / "part000.png").stat().st_size
+    (source / "part000.png").write_bytes(encoded(synthetic_images(1, 256, seed=77)[0].image))  # another part
+    assert list(inspector.run(source, run)) == []  # its name has a verdict: not inspected again, but not silently
+    assert (run / "skipped.txt").read_text() == (
+        f"{source / 'part000.png'}: changed since its verdict was recorded, so this image was NOT inspected; a line "
+        "must write each image under a new file name\n")
+
+
+def test_glob_ids_do_not_depend_on_what_else_matches(inspector, tmp_path):
+    write_folder(tmp_path / "in" / "a", 1)
+    pattern = f"{tmp_path}/in/*/*.png"
+    assert [r["id"] for r in inspector.run(pattern, tmp_path / "run")] == ["a/part000.png"]
+    write_folder(tmp_path / "in" / "b", 1)
+    assert [r["id"] for r in inspector.run(pattern, tmp_path / "run")] == ["b/part000.png"]  # a/ is not redone
+
+
+def test_a_symlinked_folder_is_reported_not_walked(inspector, tmp_path):
+    write_folder(tmp_path / "in", 1)
+    write_folder(tmp_path / "elsewhere", 1)
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere")
+    assert [r["id"] for r in inspector.run(tmp_path / "in", tmp_path / "run")] == ["part000.png"]
+    assert (tmp_path / "run" / "skipped.txt").read_text() == (
+        f"{tmp_path / 'in' / 'linked'}: a symlinked folder, not followed; give its own path as the source\n")
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    watched = list(inspector.run(tmp_path / "in", tmp_path / "watch", watch=sources.Watch(0.1, idle_exit_s=1.0)))
+    assert [r["id"] for r in watched] == ["part000.png"]
+    assert (tmp_path / "watch" / "skipped.txt").read_text().splitlines() == [  # each once, in a hot folder too
+        f"{tmp_path / 'in' / 'linked'}: a symlinked folder, not followed; give its own path as the source",
+        f"{tmp_path / 'in' / 'gone.png'}: a symlink to a missing file, not inspected"]
+
+
+def test_a_refused_retry_does_not_replace_a_verdict(inspector, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import create_app
+
+    run = tmp_path / "run"
+    with TestClient(create_app(inspector, run_dir=run)) as client:
+        first = client.post("/v1/inspect?id=P1", content=encoded(synthetic_images(1, 128, seed=2)[0].image))
+        assert first.status_code == 200
+        assert client.post("/v1/inspect?id=P1", content=b"garbage").status_code == 400
+        assert client.post("/v1/inspect?id=P2", content=b"garbage").status_code == 400
+    assert [(r["id"], r["status"]) for r in records(run)] == [("P1", first.json()["status"]), ("P2", "ERROR")]

@@ -193,10 +193,23 @@ def test_rules_file_and_its_errors(tmp_path):
         ({"min_area_mm2": 1.0}, "needs mm_per_px"),
         ({"rois": [[5, 5, 1, 1]]}, "x0 < x1"),
         ({"max_listed": -1}, "max_listed"),
+        # NaN compares false: as a limit it would silently turn its check off
+        ({"min_frame_std": float("nan")}, "min_frame_std must be a finite number, got nan"),
+        ({"min_area_mm2": float("nan"), "mm_per_px": 0.1}, "min_area_mm2 must be a finite number"),
+        ({"rois": [[0, 0, float("nan"), 100]]}, "each roi is"),
+        ({"mm_per_px": "0.1"}, "mm_per_px must be a finite number, got '0.1'"),
+        ({"mm_per_px": -0.1}, "mm_per_px .* must be > 0"),
+        ({"max_listed": 1.5}, "max_listed must be a whole number"),
+        ({"min_area_px": True}, "min_area_px must be a whole number"),
+        ({"rois": "all"}, "rois must be a list"),
+        (5, "holds a int; it must be one object"),
+        (None, "holds a NoneType"),
     ]:
         path.write_text(json.dumps(content))
         with pytest.raises(EdgestackError, match=message):
             load_rules(path)
+    path.write_text(json.dumps({"max_listed": 20.0, "min_area_px": 8.0}))
+    assert load_rules(path).max_listed == 20 and isinstance(load_rules(path).min_area_px, int)
     path.write_text("{not json")
     with pytest.raises(EdgestackError, match="not valid JSON"):
         load_rules(path)
@@ -242,7 +255,81 @@ def test_a_run_folder_from_before_defect_count_resumes(tmp_path):
                                                        {"bbox": [4, 4, 5, 5], "counted": False, "ignored": "area"}]}
     (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
     writer = RunWriter(tmp_path, "none", SETUP)
-    assert writer.done == {"a.png"}
+    assert writer.done == {"a.png": None}  # no file version recorded then
     writer.finish()
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [(r["id"], r["defects"]) for r in rows] == [("a.png", "1")]
+
+
+def test_regions_of_interest_that_all_miss_the_image_give_no_verdict():
+    prob = np.zeros((64, 80), np.float32)
+    prob[10:20, 10:20] = 0.9
+    assert assess(prob, Rules(rois=[[0, 0, 40, 40], [500, 500, 600, 600]])).status == "NG"  # one meets it
+    with pytest.raises(EdgestackError, match="no region of interest .* meets this 80x64 image"):
+        assess(prob, Rules(rois=[[80, 0, 200, 64], [0, 64, 80, 100]]))  # touching the border is outside
+
+
+def test_watch_refuses_nan_and_infinite_times():
+    from edgestack.runtime.sources import Watch
+
+    for bad in [dict(settle_s=float("nan")), dict(idle_exit_s=float("nan")), dict(settle_s=float("inf")),
+                dict(idle_exit_s=0)]:
+        with pytest.raises(EdgestackError, match="settle >= 0 s and idle exit > 0 s"):
+            Watch(**bad)
+
+
+def verdict(item, status="OK"):
+    return {"id": item, "status": status, "rule": None, "defects": [], "defect_count": 0, "components": 0,
+            "max_score": 0.1, "width": 8, "height": 8, "latency_ms": 1.0, "time": "t"}
+
+
+def test_a_damaged_run_folder_is_refused_with_the_line_at_fault(tmp_path):
+    jsonl = tmp_path / "results.jsonl"
+    for content, message in [
+        (b'{"id": "a.png", "status": "OK"}\n{"id": "b.png", "stat\n', "line 2 is not a result record"),
+        (b'{"id": "a.png"}\n', "line 1 is not a result record: no id and status"),
+        (b'["a.png", "OK"]\n', "line 1 is not a result record"),
+        (b'{"id": "a\xff.png", "status": "OK"}\n', "line 1 is not a result record"),
+    ]:
+        jsonl.write_bytes(content)
+        with pytest.raises(EdgestackError, match=f"results.jsonl is damaged \\({message}"):
+            RunWriter(tmp_path, "none", SETUP)
+    jsonl.write_text(json.dumps(verdict("a.png")) + "\n\n")  # a blank line added by hand is no damage
+    RunWriter(tmp_path, "none", SETUP).finish()
+    for setup in ("null", "[]", '"x"'):
+        (tmp_path / "run.json").write_text(f'{{"setup": {setup}}}')
+        with pytest.raises(EdgestackError, match="run.json is not a run setup"):
+            RunWriter(tmp_path, "none", SETUP)
+
+
+def test_a_run_folder_that_cannot_be_one_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(EdgestackError, match="cannot use .* as a run folder: .*give --out a writable folder"):
+            RunWriter(out, "none", SETUP)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.jsonl").mkdir()
+    with pytest.raises(EdgestackError, match="cannot use .* as a run folder: Is a directory"):
+        RunWriter(tmp_path / "run", "none", SETUP)
+
+
+def test_one_run_at_a_time_in_a_run_folder(tmp_path):
+    first = RunWriter(tmp_path, "none", SETUP)
+    with pytest.raises(EdgestackError, match="in use by another inspect or serve run"):
+        RunWriter(tmp_path, "none", SETUP)  # two runs appending would record items twice
+    first.write(verdict("a.png"), None, None)
+    first.finish()
+    second = RunWriter(tmp_path, "none", SETUP)  # free once the first ended
+    assert second.done == {"a.png": None}
+    second.finish()
+
+
+def test_a_recorded_result_stays_recorded_when_its_table_or_summary_cannot_be_written(tmp_path, caplog):
+    writer = RunWriter(tmp_path, "none", SETUP, summary_every_s=0)
+    (tmp_path / "summary.json").mkdir()  # the summary cannot be written from now on
+    writer.write(verdict("a.png", "NG"), None, None)  # no error: the result is in results.jsonl
+    assert "summary in" in caplog.text and writer.done == {"a.png": None}
+    assert [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a.png"]
+    with pytest.raises(EdgestackError, match="results.jsonl holds every recorded result"):
+        writer.finish()
+    RunWriter(tmp_path, "none", SETUP).lock.close()  # finish() released the folder even so
