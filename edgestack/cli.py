@@ -17,6 +17,21 @@ RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, 
               "rois, max_listed, min_frame_std (documented in edgestack.runtime.defects)")
 
 
+def positive(kind: type):
+    """An argparse type: a finite number > 0 of `kind` (int or float); a bad value is a usage error, exit 2."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number > 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def _console():
     from rich.console import Console
 
@@ -190,9 +205,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         path = Path(args.token_file)
         if not path.is_file():
             raise EdgestackError(f"token file {path} does not exist")
-        token = path.read_text().strip()
+        token = path.read_bytes().strip()
         if not token:
             raise EdgestackError(f"token file {path} is empty")
+        if not (token.isascii() and token.decode().isprintable()):  # HTTP headers carry ASCII
+            raise EdgestackError(f"token file {path} must hold one line of printable ASCII (e.g. from "
+                                 "`openssl rand -hex 32`)")
+        token = token.decode()
     if not 1 <= args.port <= 65535:
         raise EdgestackError(f"--port {args.port} is not a TCP port (1..65535)")
     try:
@@ -417,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", default="1")
     p.add_argument("--sizes", help="HEIGHTxWIDTH list, e.g. 473x473,375x500 (default: the bundle's size)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--runs", type=positive(int), default=10)
     p.add_argument("--out", help="results folder (default: BUNDLE/bench)")
     p.set_defaults(func=cmd_bench)
 
@@ -439,10 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder (results.jsonl/csv, overlays, summary); a rerun resumes and retries ERROR items")
     p.add_argument("--rules", help=RULES_HELP)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--batch", type=int, default=4, help="tiles per engine call")
+    p.add_argument("--batch", type=positive(int), default=4, help="tiles per engine call")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="which items get overlay PNGs")
-    p.add_argument("--max-frames", type=int, help="stop a video or camera after this many frames")
+    p.add_argument("--max-frames", type=positive(int), help="stop a video or camera after this many frames")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images")
     p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.add_argument("--watch", action="store_true",
@@ -460,14 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="file holding a bearer token that every request must carry")
     p.add_argument("--rules", help=RULES_HELP)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest accepted request body")
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest accepted image (width*height)")
+    p.add_argument("--batch", type=positive(int), default=4)
+    p.add_argument("--max-bytes", type=positive(int), default=64 << 20, help="largest accepted request body")
+    p.add_argument("--max-pixels", type=positive(int), default=64_000_000, help="largest accepted image (width*height)")
     p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.add_argument("--out", help="run folder: every result in results.jsonl/csv (on disk before the response), "
                                  "overlays, and a summary when the service stops")
     p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="with --out: which get overlays")
-    p.add_argument("--max-pending", type=int, default=32,
+    p.add_argument("--max-pending", type=positive(int), default=32,
                    help="requests in progress at once; more get 503 + Retry-After (default 32)")
     p.set_defaults(func=cmd_serve)
 
@@ -476,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     p.add_argument("--calib", help="int8: folder of real images to calibrate on (default: reuse model.int8.onnx, "
                                    "else synthetic images)")
-    p.add_argument("--workspace", type=int, help="TensorRT workspace limit in MB (default: TensorRT's)")
+    p.add_argument("--workspace", type=positive(int), help="TensorRT workspace limit in MB (default: TensorRT's)")
     p.add_argument("--profile", help="MIN,OPT,MAX sizes, each HxW or BxHxW (default: min at the model's smallest, "
                                      "opt at its default size, max at twice that and batch 8)")
     p.add_argument("--version-compatible", action="store_true", help="plan runs on later TensorRT 10.x too")
@@ -487,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="int8 Q/DQ ONNX (model.int8.onnx) by static calibration, with parity")
     p.add_argument("bundle")
     p.add_argument("--calib", help="folder of representative images (default: synthetic images, say so in meta)")
-    p.add_argument("--samples", type=int, default=32, help="calibration images")
+    p.add_argument("--samples", type=positive(int), default=32, help="calibration images")
     p.add_argument("--size", help="HxW the images are resized to (default: the bundle's default size)")
     p.set_defaults(func=cmd_quantize)
 
@@ -496,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="model repository folder")
     p.add_argument("--name", help="model name (default: the bundle's config name)")
     p.add_argument("--max-batch", type=int, help="max_batch_size (default: the model's largest batch; 0: none)")
-    p.add_argument("--instances", type=int, default=1, help="model instances")
+    p.add_argument("--instances", type=positive(int), default=1, help="model instances")
     p.add_argument("--format", choices=["auto", "plan", "onnx"], default="auto", help="auto: plan if built")
     p.add_argument("--cpu", action="store_true", help="ONNX instances on the CPU (KIND_CPU)")
     p.set_defaults(func=cmd_triton)
@@ -506,19 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="defectseg, detector, vglaw or one of their configs (vglaw-s-static: Phi disabled)")
     p.add_argument("--data", required=True, help="CDS2K-style folder (Positive/, Negative/ or image/ + mask/), "
                                                  "or `synthetic`")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=positive(int), required=True)
     p.add_argument("--config", help="config (default: the model's default, defectseg-s)")
     p.add_argument("--out", help="run folder for last.pt, best.pt, curves.png (default: runs/CONFIG)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="defectseg: start from these weights (checkpoint or .safetensors; `shipped` for "
                                   "the config's shipped weights) to fine-tune instead of training from scratch")
-    p.add_argument("--batch-size", type=int, help="default: 16 (defectseg, detector), 32 (vglaw)")
-    p.add_argument("--size", type=int, default=256, help="training size (square, multiple of 32)")
-    p.add_argument("--lr", type=float, help="default: 2e-3 (defectseg, detector), 4e-4 (vglaw)")
-    p.add_argument("--synthetic-count", type=int, help="synthetic training samples (with --data synthetic); "
+    p.add_argument("--batch-size", type=positive(int), help="default: 16 (defectseg, detector), 32 (vglaw)")
+    p.add_argument("--size", type=positive(int), default=256, help="training size (square, multiple of 32)")
+    p.add_argument("--lr", type=positive(float), help="default: 2e-3 (defectseg, detector), 4e-4 (vglaw)")
+    p.add_argument("--synthetic-count", type=positive(int), help="synthetic training samples (with --data synthetic); "
                                                         "default: 3000 (defectseg, detector), 6000 (vglaw)")
     p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive(int), default=2, help="CPU threads for torch")
     p.add_argument("--device", help="defectseg, vglaw: torch device, e.g. cuda or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=1,
                    help="defectseg, vglaw: processes that generate the synthetic samples and load batches")
@@ -539,10 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="defectseg: evaluate this exported bundle instead of a checkpoint, as deployed")
     p.add_argument("--backend", default="auto", help="with --bundle: onnxruntime, onnxruntime-int8, tensorrt, ...")
     p.add_argument("--out", help="results folder (default: runs/eval-CONFIG)")
-    p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE for the model "
-                                                         "(multiple of 32); probabilities go back to mask size")
-    p.add_argument("--count", type=int, default=400, help="held-out samples with --data synthetic (vglaw: test "
-                                                          "expressions)")
+    p.add_argument("--size", type=positive(int), default=256,
+                   help="images are resized to SIZE x SIZE for the model (multiple of 32); probabilities go back to "
+                        "mask size")
+    p.add_argument("--count", type=positive(int), default=400,
+                   help="held-out samples with --data synthetic (vglaw: test expressions)")
     p.add_argument("--threshold", type=float, help="NG rule: pixels with prob >= this are defect (default 0.5; "
                                                    "results.md also lists 0.1-0.9)")
     p.add_argument("--min-area", type=int, help="NG rule: a connected defect area >= this many pixels (default 16)")
@@ -554,14 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "this share of defective images with the fewest false rejects")
     p.add_argument("--rules-out", help="with --target-recall: write that rule as a rules file for inspect/serve")
     p.add_argument("--bit-depth", type=int, help="defectseg: " + BIT_DEPTH_HELP)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive(int), default=2, help="CPU threads for torch")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("synth", help="write a synthetic concealed-defect set in the CDS2K layout")
     p.add_argument("out", help="folder to write Positive/ and Negative/ into")
-    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--count", type=positive(int), default=200)
     p.add_argument("--seed", type=int, default=1, help="set seed (training uses 0, held-out evaluation 1)")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=positive(int), default=256)
     p.add_argument("--negative-fraction", type=float, default=0.3)
     p.set_defaults(func=cmd_synth)
     return parser
@@ -599,6 +619,11 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
             args.func(args)
     except EdgestackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the command could not read or write, outside the checks above
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path, its permissions and the free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

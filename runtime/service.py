@@ -94,8 +94,13 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     except ImportError:
         raise EdgestackError("the service needs FastAPI and uvicorn: pip install 'edgestack[serve]'") from None
 
-    if max_pending < 1:
-        raise EdgestackError(f"max_pending must be at least 1, got {max_pending}")
+    if min(max_pending, max_bytes, max_pixels) < 1:
+        raise EdgestackError(f"max_pending, max_bytes and max_pixels must be at least 1, got {max_pending}, "
+                             f"{max_bytes}, {max_pixels}")
+    from PIL import Image
+
+    # PIL refuses headers over 2x its own limit (about 179 M pixels) before ours is checked: let ours decide.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     writer = RunWriter(Path(run_dir), overlay, inspector.setup(), summary_every_s) if run_dir else None
     write_lock = threading.Lock()
     # Requests without ?id= get one that stays unique across restarts into the same run folder.

@@ -19,13 +19,16 @@ CASES = [
     (["bench", "{psp}", "--sizes", "0x0"], "cannot benchmark height 0: height=0 is outside"),
     (["bench", "{psp}", "--batches", "0"], "cannot benchmark batch 0"),
     (["bench", "{psp}", "--batches", "x"], "--batches 'x' must be comma-separated integers"),
-    (["bench", "{psp}", "--runs", "0"], "need warm-up >= 0 and runs >= 1"),
+    (["bench", "{psp}", "--runs", "0"], "argument --runs: '0' is not a whole number > 0"),
     (["bench", "{psp}", "--backends", "tensorrt", "--out", "{tmp}/b"], "no case ran; the first failure"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--overlap", "100000"], "tile overlap 100000 px"),
-    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--batch", "0"], "batch must be at least 1"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--batch", "0"], "argument --batch: '0' is not"),
+    (["inspect", "{image}", "--bundle", "{ds}", "--out", "{image}/r"], "cannot use {image}/r as a run folder"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--idle-exit", "3"], "options of --watch"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--watch"], "watch needs a folder"),
-    (["eval", "defectseg", "--data", "synthetic", "--count", "0"], "--count must be at least 1"),
+    (["eval", "defectseg", "--data", "synthetic", "--count", "0"], "argument --count: '0' is not a whole number"),
+    (["eval", "defectseg", "--data", "synthetic", "--count", "2", "--out", "{image}/e"],
+     "cannot create the results folder {image}/e: Not a directory; choose another --out"),
     (["eval", "defectseg", "--data", "synthetic", "--target-recall", "1.5"], "--target-recall must be in (0, 1]"),
     (["eval", "defectseg", "--data", "synthetic", "--rules-out", "{tmp}/r.json"], "pass --target-recall too"),
     (["eval", "defectseg", "--data", "synthetic", "--tiled"], "--tiled runs an exported bundle"),
@@ -39,7 +42,18 @@ CASES = [
     (["synth", "{tmp}/s", "--negative-fraction", "2"], "--negative-fraction must be between 0 and 1"),
     (["synth", "{tmp}/s", "--size", "10"], "--size must be at least 64"),
     (["train", "defectseg", "--data", "synthetic", "--epochs", "0", "--synthetic-count", "40", "--out", "{tmp}/t"],
-     "nothing to train: --epochs 0"),
+     "argument --epochs: '0' is not a whole number > 0"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--lr", "nan"], "argument --lr: 'nan' is not a "
+                                                                                     "number > 0"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--size", "-32"], "argument --size: '-32'"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--threads", "0"], "argument --threads: '0'"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--batch-size", "x"], "argument --batch-size"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--out", "{image}/t"],
+     "cannot create the run folder {image}/t: Not a directory"),
+    (["train", "defectseg", "--data", "synthetic", "--epochs", "1", "--synthetic-count", "20", "--batch-size", "32",
+      "--out", "{tmp}/t"], "18 training images are fewer than --batch-size 32"),
+    (["serve", "--bundle", "{ds}", "--max-bytes", "0"], "argument --max-bytes: '0' is not a whole number > 0"),
+    (["serve", "--bundle", "{ds}", "--token-file", "{tmp}/token-latin1"], "must hold one line of printable ASCII"),
     (["serve", "--bundle", "{ds}", "--port", "99999"], "--port 99999 is not a TCP port"),
 ]
 
@@ -49,6 +63,11 @@ def test_bad_arguments_exit_2_with_one_clear_line(argv, message, pspnet_bundle, 
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.full((128, 160, 3), 120, np.uint8))
     names = {"psp": pspnet_bundle, "ds": defectseg_bundle, "image": image, "tmp": tmp_path}
-    assert main([arg.format(**names) for arg in argv]) == 2
+    (tmp_path / "token-latin1").write_bytes(b"t\xf6k\n")
+    try:
+        code = main([arg.format(**names) for arg in argv])
+    except SystemExit as exit:  # argparse's own check of a value's type: usage and the error line
+        code = exit.code
+    assert code == 2
     error = capsys.readouterr().err
-    assert message in error and "Traceback" not in error
+    assert message.format(**names) in error and "Traceback" not in error

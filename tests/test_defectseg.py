@@ -141,6 +141,18 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
         evaluate_defects(count=1, rules_out=rules_path, out=tmp_path / "x")
 
 
+def test_tiled_eval_reports_an_image_too_small_and_evaluates_the_rest(defectseg_bundle, tmp_path):
+    from edgestack.train.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "set", 4, seed=3, size=96)
+    cv2.imwrite(str(tmp_path / "set" / "Negative" / "Image" / "tiny.png"), np.full((40, 40, 3), 90, np.uint8))
+    results, paths = evaluate_defects(data=str(tmp_path / "set"), out=tmp_path / "eval", bundle=defectseg_bundle,
+                                      backend="onnxruntime", tiled=True)
+    assert results["positives"] + results["negatives"] == 4
+    skipped = json.loads(paths["json"].read_text())["skipped"]
+    assert [(Path(name).name, "at least 64x64" in reason) for name, reason in skipped] == [("tiny.png", True)]
+
+
 def test_an_unreachable_target_recall_writes_no_rules(tmp_path):
     # A defect the model cannot see (a flat image): no threshold finds it, so no rules file claims it would.
     folder = tmp_path / "line"

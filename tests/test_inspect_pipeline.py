@@ -645,3 +645,16 @@ def test_a_refused_retry_does_not_replace_a_verdict(inspector, tmp_path):
         assert client.post("/v1/inspect?id=P1", content=b"garbage").status_code == 400
         assert client.post("/v1/inspect?id=P2", content=b"garbage").status_code == 400
     assert [(r["id"], r["status"]) for r in records(run)] == [("P1", first.json()["status"]), ("P2", "ERROR")]
+
+
+def test_service_honours_a_pixel_limit_above_pillows_own(inspector):
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import create_app
+
+    header = png_header_only(13500, 13500)  # 182 M pixels: over twice Pillow's default bomb limit
+    with TestClient(create_app(inspector, max_pixels=200_000_000)) as client:
+        answer = client.post("/v1/inspect", content=header)
+    assert answer.status_code == 400 and "could not be decoded" in answer.json()["error"]  # read, not refused
+    with pytest.raises(EdgestackError, match="must be at least 1"):
+        create_app(inspector, max_bytes=0)

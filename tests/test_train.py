@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -104,6 +105,32 @@ def test_bad_files_are_skipped_and_reported(cds2k, caplog):
     assert "could not be decoded" in reasons["broken.png"]
     assert len(scan.records) == 12  # the good ones all kept
     assert "skipping" in caplog.text and "orphan.png" in caplog.text
+
+
+def test_masks_are_read_as_labelling_tools_write_them(cds2k):
+    # 0/1 labels, a 12-bit tool's 16-bit 0/4095, an RGBA mask (opaque alpha): the defect each marks, not nothing.
+    root, _ = cds2k
+    positive = root / "Positive"
+    defect = np.zeros((64, 64), np.uint8)
+    defect[20:30, 20:30] = 1
+    faint = defect * 67
+    for name, mask in [("ones", defect), ("twelve", defect.astype(np.uint16) * 4095),
+                       ("rgba", np.dstack([defect * 255] * 3 + [np.full((64, 64), 255, np.uint8)])),
+                       ("faint", faint), ("empty", np.zeros((64, 64), np.uint8))]:
+        cv2.imwrite(str(positive / "Image" / f"{name}.png"), np.full((64, 64, 3), 90, np.uint8))
+        cv2.imwrite(str(positive / "GroundTruth" / f"{name}.png"), mask)
+    cv2.imwrite(str(root / "Negative" / "Image" / "twin.png"), np.full((64, 64, 3), 90, np.uint8))
+    cv2.imwrite(str(root / "Negative" / "Image" / "twin.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    scan = scan_folder(root)
+    records = {r.image.stem: r for r in scan.records}
+    for name in ("ones", "twelve", "rgba"):
+        _, mask = load_pair(records[name])
+        assert mask[20:30, 20:30].min() == 255 and mask.sum() == 100 * 255, name
+    reasons = {Path(path).name: reason for path, reason in scan.skipped}
+    assert "not binary" in reasons["faint.png"] and "the brightest is 67" in reasons["faint.png"]
+    assert "marks no defect, yet it is under Positive/" in reasons["empty.png"]  # it would count as a negative
+    assert reasons["twin.png"] == "twin.jpg has the same name; rename one of them" and "twin" in records
+    assert len(scan.records) == 12 + 3 + 1
 
 
 def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):

@@ -1,7 +1,7 @@
 """Defect datasets: CDS2K-style folders and the synthetic set, with a seeded train/val split and augmentation.
 
-Folder layouts (file names pair an image with its mask by stem, in matching sub-folders; masks are
-binarised at > 128):
+Folder layouts (file names pair an image with its mask by stem, in matching sub-folders; masks are 0/255,
+0/1 or 16-bit 0/white, binarised at half):
     CDS2K:  ROOT/Positive/Image/, ROOT/Positive/GroundTruth/, ROOT/Negative/Image/ (negatives have no mask)
     plain:  ROOT/image(s)/ + ROOT/mask(s)/ (an all-zero mask makes a negative)
 Bad files are never dropped silently: every skipped file is logged and returned in `FolderScan.skipped`
@@ -51,10 +51,18 @@ class FolderScan:
         self.skipped.append((str(path), reason))
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    """Image files under `folder` by path relative to it, without suffix (so x.jpg pairs with x.png)."""
-    return {str(p.relative_to(folder).with_suffix("")): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+def _images(folder: Path, scan: FolderScan) -> dict[str, Path]:
+    """Image files under `folder` by path relative to it, without suffix (so x.jpg pairs with x.png); of two
+    files with one name (x.png and x.jpg), the second is skipped: both would pair with one mask."""
+    images: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            key = str(path.relative_to(folder).with_suffix(""))
+            if key in images:
+                scan.skip(path, f"{images[key].name} has the same name; rename one of them")
+            else:
+                images[key] = path
+    return images
 
 
 def _find(root: Path, *names: str) -> Path | None:
@@ -62,13 +70,23 @@ def _find(root: Path, *names: str) -> Path | None:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A 0/255 uint8 mask (binarised at > 128); EdgestackError if unreadable or not binary."""
-    values = read_image(path, gray_to_rgb=True).max(axis=2)
+    """A 0/255 uint8 mask; EdgestackError if unreadable or not binary. Labels are read as they are drawn: 0/255,
+    0/1, or 16-bit 0/white (4095 for a 12-bit tool); colour masks by their brightest channel (alpha ignored)."""
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
+    labels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if labels is None or labels.dtype not in (np.uint8, np.uint16):
+        raise EdgestackError(f"mask {path} could not be read as an 8- or 16-bit image; save masks as PNG")
+    values = labels[..., :3].max(axis=2) if labels.ndim == 3 else labels
+    peak = int(values.max())
+    if peak == 1 or (values.dtype == np.uint16 and peak > 255):  # 0/1 labels; 16-bit: scaled by its white
+        values = values.astype(np.float32) * (255.0 / peak)
+    elif values.dtype == np.uint16:
+        values = values.astype(np.float32)
     ambiguous = float(((values >= 32) & (values <= 223)).mean())
-    if ambiguous > AMBIGUOUS_LIMIT:
+    if ambiguous > AMBIGUOUS_LIMIT or 32 <= peak <= 128:
         raise EdgestackError(
-            f"mask {path} is not binary ({ambiguous:.0%} of pixels are between 32 and 223); masks must be 0 "
-            "(background) and 255 (defect)"
+            f"mask {path} is not binary ({ambiguous:.0%} of pixels are between 32 and 223, the brightest is {peak}); "
+            "masks must be 0 (background) and 255 (defect), or 0 and 1"
         )
     return np.where(values > 128, 255, 0).astype(np.uint8)
 
@@ -107,8 +125,8 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
         scan = FolderScan(root, "plain", bit_depth)
         pairs = [(images, masks, True)]
     for image_dir, mask_dir, needs_mask in pairs:
-        images = _images(image_dir) if image_dir.is_dir() else {}
-        masks = _images(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
+        images = _images(image_dir, scan) if image_dir.is_dir() else {}
+        masks = _images(mask_dir, scan) if mask_dir is not None and mask_dir.is_dir() else {}
         for key, path in images.items():
             if needs_mask and key not in masks:
                 scan.skip(path, f"no mask with the same name in {mask_dir}")
@@ -120,9 +138,13 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
         good = []
         for record in scan.records:
             try:
-                load_pair(record, bit_depth)
+                _, mask = load_pair(record, bit_depth)
             except EdgestackError as exc:
                 scan.skip(record.image, str(exc))
+                continue
+            if scan.layout == "cds2k" and mask is not None and not mask.any():  # would count as a negative
+                scan.skip(record.image, f"its mask {record.mask} marks no defect, yet it is under Positive/; fix "
+                                        "the mask, or move the image to Negative/Image")
             else:
                 good.append(record)
         scan.records = good

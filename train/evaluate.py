@@ -269,9 +269,19 @@ def evaluate_defects(
         scale = f"{size}x{size}"
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True, rules=line_rules)
     samples, skipped = _samples(data, count, bit_depth)
+    out = Path(out) if out else Path("runs") / f"eval-{config_name}"
+    try:  # before the evaluation, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgestackError(f"cannot create the results folder {out}: {exc.strerror or exc}; choose another --out") \
+            from None
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
-        prob = probability(image)
+        try:
+            prob = probability(image)
+        except EdgestackError as exc:  # an image the model cannot take (too small for --tiled): reported
+            skipped.append((name, str(exc)))
+            continue
         record = metrics.update(prob, mask, name, image)
         record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
@@ -280,8 +290,6 @@ def evaluate_defects(
             f" S={record['S']:.2f}" if "S" in record else f" max={record['max_prob']:.2f}")
         kept = sorted(kept + [(badness, (image, mask, prob, label))], key=lambda k: -k[0])[:worst]
     results = metrics.results()
-    out = Path(out) if out else Path("runs") / f"eval-{config_name}"
-    out.mkdir(parents=True, exist_ok=True)
     title = f"{config_name} on {data} ({source}, {scale})"
     calibration = metrics.calibrate(target_recall) if target_recall is not None else None
     trade_off = [metrics.calibrate(t) for t in RECALL_TARGETS] if results["positives"] else []

@@ -111,7 +111,11 @@ def run_folder(out: str | Path, resume: bool) -> tuple[Path, Path]:
         raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
     if resume and not last.exists():
         raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgestackError(f"cannot create the run folder {out}: {exc.strerror or exc}; choose another --out") \
+            from None
     return out, last
 
 
@@ -214,8 +218,8 @@ def train(
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
-    if size % 32:
-        raise EdgestackError(f"--size must be a multiple of 32 (the encoder stride), got {size}")
+    if size < 32 or size % 32:
+        raise EdgestackError(f"--size must be a positive multiple of 32 (the encoder stride), got {size}")
     device = training_device(device)
     if bf16:
         require_native_bf16(device)
@@ -244,6 +248,9 @@ def train(
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
+    if data_info["train"] < batch_size:  # the loader drops incomplete batches: no step would be taken
+        raise EdgestackError(f"{data_info['train']} training images are fewer than --batch-size {batch_size}; lower "
+                             "--batch-size or add images")
     # After the generation pool has forked: its processes never see a CUDA context. Channels-last (NHWC) is the
     # layout oneDNN and cuDNN convolve fastest; on this 2-core CPU it made a training step ~1.5x faster.
     model.to(device, memory_format=torch.channels_last)
