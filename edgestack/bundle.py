@@ -20,6 +20,7 @@ PLUGINS_ONNX = "model.plugins.onnx"
 PLAN = "model.plan"
 INT8_ONNX = "model.int8.onnx"  # the Q/DQ model `edgestack quantize` writes
 WEIGHTS = "weights.safetensors"
+DTYPES = {"float32", "float16", "int64", "int32", "bool", "uint8"}  # of the graphs' inputs and outputs
 
 
 def sha256(path: Path) -> str:
@@ -73,13 +74,19 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgestackError(f"{meta_path} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(meta, dict):
+        raise EdgestackError(f"{meta_path} holds a JSON {type(meta).__name__}, not a bundle description; re-export "
+                             "the bundle")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise EdgestackError(
             f"{meta_path} has schema version {meta.get('schema_version')!r}, this edgestack reads "
             f"{SCHEMA_VERSION}; re-export the bundle with this version"
         )
+    problem = _structure_problem(meta)
+    if problem:
+        raise EdgestackError(f"{meta_path} is damaged or edited ({problem}); re-export the bundle")
     if verify:
-        for name, expected in meta.get("files", {}).items():
+        for name, expected in meta["files"].items():
             path = bundle / name
             if not path.is_file():
                 raise EdgestackError(f"bundle {bundle} is missing {name}; re-export it")
@@ -89,3 +96,30 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
                     "re-export the bundle"
                 )
     return meta
+
+
+def _structure_problem(meta: dict[str, Any]) -> str | None:
+    """What of meta.json's structure the runtime relies on is missing or malformed, or None."""
+    files, model = meta.get("files"), meta.get("model")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        return "no sha256 listing of its files"
+    if not isinstance(model, dict) or not all(isinstance(model.get(key), str) for key in ("name", "config")):
+        return "no model name and config"
+    if "graphs" in meta:
+        return None if isinstance(meta["graphs"], dict) and meta["graphs"] else "no graphs listed"
+    for key in ("inputs", "outputs"):
+        tensors = meta.get(key)
+        if not isinstance(tensors, list) or not tensors:
+            return f"no {key}"
+        for tensor in tensors:
+            if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str)
+                    and isinstance(tensor.get("shape"), list) and tensor.get("dtype") in DTYPES):
+                return f"{key} entry {tensor!r} lacks a name, shape or known dtype"
+    axes = meta.get("axes")
+    if not isinstance(axes, dict):
+        return "no axes"
+    for axis, limits in axes.items():
+        if not (isinstance(limits, dict) and all(isinstance(limits.get(k), int) for k in ("min", "max", "multiple_of"))
+                and 1 <= limits["multiple_of"] and limits["min"] <= limits["max"]):
+            return f"axis {axis} has no valid min, max and multiple_of"
+    return None

@@ -243,7 +243,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from edgestack.runtime.bench import parse_sizes
 
     sizes = parse_sizes(args.size) if args.size else [None]
-    if len(sizes) != 1 or (sizes[0] and len(sizes[0]) != 2):
+    if len(sizes) != 1:
         raise EdgestackError(f"--size {args.size!r} must be one HEIGHTxWIDTH, e.g. 97x97")
     record = quantize(args.bundle, args.calib, args.samples, sizes[0])
     figures = record["parity_vs_fp32"]

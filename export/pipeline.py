@@ -52,6 +52,7 @@ def export_bundle(
     spec, config_name = resolve(model_name, config)
     cfg = spec.configs[config_name]
     out = Path(out) if out else Path("artifacts") / model_name
+    check_out_folder(out)
     started = time.perf_counter()
 
     torch.manual_seed(seed)
@@ -95,6 +96,27 @@ def export_bundle(
         else:
             write_report(staging, meta)
     return out, meta
+
+
+def check_out_folder(out: Path) -> None:
+    """The new bundle replaces `out`, so `out` must be new, empty or an earlier bundle (it has meta.json): never
+    a folder of other files (a training run's checkpoints), a file, a link, or the working folder or one above
+    it. Checked before the export runs, with the parent created."""
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):
+        raise EdgestackError(f"--out {out} is the working folder or one above it; the bundle replaces --out, so "
+                             "name a folder of its own, e.g. artifacts/MODEL")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise EdgestackError(f"--out {out} is a {'link' if out.is_symlink() else 'file'}; the bundle replaces "
+                             "--out, so name a new folder or an earlier bundle")
+    if out.is_dir() and not (out / bundle_format.META).is_file() and any(out.iterdir()):
+        raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no {bundle_format.META}); the "
+                             "bundle replaces --out, so name a new folder or an earlier bundle")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgestackError(f"cannot create {out.parent} for --out {out}: {exc.strerror or exc}; choose another "
+                             "--out") from None
 
 
 @contextmanager

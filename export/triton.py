@@ -7,6 +7,7 @@ dims leave it out, and the model's other dynamic axes are -1.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ def write_repository(
     if fmt == "plan" and not (bundle / bundle_format.PLAN).is_file():
         raise EdgestackError(f"bundle {bundle} has no {bundle_format.PLAN}; build it with `edgestack build {bundle}`")
     name = name or meta["model"]["config"]
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # one folder of the repository, as Triton names it
+        raise EdgestackError(f"model name {name!r} must be letters, digits, _ . - (one folder name, not a path)")
     max_batch = batch_limit(meta, fmt) if max_batch is None else max_batch
     text = triton_config(meta, fmt, name, max_batch, instances, "KIND_CPU" if cpu else "KIND_GPU")
     parse_config(text)

@@ -46,7 +46,10 @@ def random_inputs(engine: Engine, batch: int, height: int, width: int, seed: int
     feed = {}
     for spec in engine.inputs:
         shape = [d if isinstance(d, int) else sizes[d] for d in spec["shape"]]
-        feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
+        if np.dtype(spec["dtype"]).kind == "f":
+            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
+        else:  # token ids and attention masks: 0 and 1 are valid for both, and cost what any id costs
+            feed[spec["name"]] = rng.integers(0, 2, shape).astype(spec["dtype"])
     return feed
 
 
@@ -177,6 +180,9 @@ def write_results(records: list[dict[str, Any]], out_dir: str | Path, title: str
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """"473x473,375x500" -> [(473, 473), (375, 500)] as (height, width)."""
     try:
-        return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part]  # type: ignore
+        sizes = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part]
     except ValueError:
-        raise EdgestackError(f"sizes {text!r} must look like 473x473,375x500 (HEIGHTxWIDTH)") from None
+        sizes = []
+    if not sizes or any(len(size) != 2 for size in sizes):
+        raise EdgestackError(f"sizes {text!r} must look like 473x473,375x500 (HEIGHTxWIDTH)")
+    return sizes  # type: ignore[return-value]

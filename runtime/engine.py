@@ -44,25 +44,28 @@ class TorchBackend:
 
         from edgestack.models import resolve
 
-        if not (bundle / bundle_format.WEIGHTS).is_file():
-            raise EdgestackError(f"bundle {bundle} has no {bundle_format.WEIGHTS}; re-export it for the torch backend")
         spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
         model = spec.build(spec.configs[config])
         if "graph" in meta["model"]:  # one graph of a multi-graph model (e.g. vglaw's text or vision graph)
             model = spec.extras["graphs"][meta["model"]["graph"]][1](model)
-        model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
+        try:
+            model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
+        except RuntimeError as exc:  # meta.json names another config than the weights were exported from
+            raise EdgestackError(f"bundle {bundle}: its weights do not fit {config} ({str(exc).splitlines()[0]}); "
+                                 "re-export the bundle") from None
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
         self.forward = torch.compile(self.model) if compiled else self.model
         self.name = "torch-compiled" if compiled else "torch"
         self.input_names = [spec["name"] for spec in meta["inputs"]]
+        self.output_dtypes = [spec["dtype"] for spec in meta["outputs"]]  # as onnxruntime gives them
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self.torch.inference_mode():
             out = self.forward(*(self.torch.from_numpy(feed[n]).to(self.device) for n in self.input_names))
         out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.float().cpu().numpy() for o in out]
+        return [o.cpu().numpy().astype(dtype, copy=False) for o, dtype in zip(out, self.output_dtypes)]
 
 
 class Engine:
@@ -109,9 +112,18 @@ class Engine:
                 problem = bundle_format.axis_problem(self.meta, want, size)
                 if problem:
                     raise EdgestackError(f"input {name!r}: {problem}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise EdgestackError(f"input {name!r} holds NaN or Inf values")
-        return np.ascontiguousarray(array, dtype=spec["dtype"])
+        want = np.dtype(spec["dtype"])
+        if any((array.dtype.kind == kind) != (want.kind == kind) for kind in "fb"):
+            # An image of uint8 levels cast to float32 is 255x off the normalised input the graph expects.
+            raise EdgestackError(
+                f"input {name!r} takes {want} values, got {array.dtype}; " + (
+                    "pass the preprocessed tensor (meta.json's preprocess; edgestack.runtime.images.to_tensor does "
+                    "it), not raw pixel levels" if want.kind == "f" else f"pass {want} values, not {array.dtype}"))
+        with np.errstate(over="ignore"):  # checked right below
+            array = np.ascontiguousarray(array, dtype=want)
+        if want.kind == "f" and not np.isfinite(array).all():  # after the cast: 1e300 is Inf in float32
+            raise EdgestackError(f"input {name!r} holds NaN or Inf values (as {want})")
+        return array
 
 
 def _host_array(name: str, value: Any) -> np.ndarray:
@@ -139,15 +151,20 @@ def check_backends(names: list[str]) -> None:
 
 
 def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_options: bool):
+    def recorded(filename: str, how: str) -> None:  # only files whose sha256 was checked are run
+        if filename not in meta["files"]:
+            found = ("a " + filename + " that meta.json does not record (no sha256 to check it by)"
+                     if (bundle / filename).is_file() else "no " + filename)
+            raise EdgestackError(f"bundle {bundle} has {found}; {how}")
+
     if name == "onnxruntime":
+        recorded(bundle_format.PORTABLE_ONNX, "re-export the bundle")
         return OnnxRuntimeBackend(bundle)
     if name == "onnxruntime-int8":
-        if not (bundle / bundle_format.INT8_ONNX).is_file():
-            raise EdgestackError(
-                f"bundle {bundle} has no {bundle_format.INT8_ONNX}; create it with `edgestack quantize {bundle}`"
-            )
+        recorded(bundle_format.INT8_ONNX, f"create it with `edgestack quantize {bundle}`")
         return OnnxRuntimeBackend(bundle, filename=bundle_format.INT8_ONNX, name=name)
     if name in ("torch", "torch-compiled"):
+        recorded(bundle_format.WEIGHTS, "re-export the bundle")
         return TorchBackend(bundle, meta, compiled=name == "torch-compiled")
     from edgestack.runtime.tensorrt import TensorRTBackend  # name is "tensorrt": load() ran check_backends
 

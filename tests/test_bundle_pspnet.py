@@ -80,6 +80,11 @@ def test_engine_checks_inputs(bundle):
         engine([[[[0.0]]], [[[0.0, 1.0]]]])  # ragged
     with pytest.raises(EdgestackError, match="input 'image' has dtype <U1"):
         engine(np.full((1, 3, 97, 97), "x"))
+    for raw in (np.full((1, 3, 97, 97), 128, np.uint8), np.ones((1, 3, 97, 97), bool)):  # pixel levels: 255x off
+        with pytest.raises(EdgestackError, match=f"takes float32 values, got {raw.dtype}; pass the preprocessed"):
+            engine(raw)
+    with pytest.raises(EdgestackError, match=r"NaN or Inf values \(as float32\)"):
+        engine(np.full((1, 3, 97, 97), 1e300))  # finite in float64, Inf once cast
 
 
 def test_engine_takes_torch_tensors(bundle):
@@ -136,6 +141,52 @@ def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
         load(copy)
     with pytest.raises(EdgestackError, match="not an edgestack bundle"):
         load(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [1, 2], "holds a JSON list, not a bundle description"),
+    (lambda m: m | {"files": {}}, "no sha256 listing of its files"),  # would skip every integrity check
+    (lambda m: {k: v for k, v in m.items() if k != "model"}, "no model name and config"),
+    (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "no inputs"),
+    (lambda m: m | {"inputs": [m["inputs"][0] | {"dtype": "float99"}]}, "lacks a name, shape or known dtype"),
+    (lambda m: m | {"axes": m["axes"] | {"height": m["axes"]["height"] | {"multiple_of": 0}}}, "axis height"),
+])
+def test_an_edited_meta_json_is_refused(bundle, tmp_path, edit, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    (copy / "meta.json").write_text(json.dumps(edit(json.loads((copy / "meta.json").read_text()))))
+    with pytest.raises(EdgestackError, match=f"{message}.*re-export the bundle"):
+        load(copy, backend="onnxruntime")
+
+
+def test_only_files_meta_json_records_are_run(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    shutil.copyfile(copy / "model.onnx", copy / "model.int8.onnx")  # dropped in by hand: no sha256 to check
+    with pytest.raises(EdgestackError, match="has a model.int8.onnx that meta.json does not record"):
+        load(copy, backend="onnxruntime-int8")
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["model"]["config"] = "pspnet-r50"  # the weights are pspnet-r18's
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(EdgestackError, match="its weights do not fit pspnet-r50 .*re-export the bundle"):
+        load(copy, backend="torch")
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_bundle(bundle, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    (work / "runs" / "line3").mkdir(parents=True)
+    (work / "runs" / "line3" / "best.pt").write_bytes(b"checkpoint")
+    (work / "notes.txt").write_text("keep me")
+    (work / "link").symlink_to(work / "runs")
+    monkeypatch.chdir(work)
+    for out, message in [(".", "is the working folder or one above it"), ("..", "is the working folder or one above"),
+                         ("runs/line3", "holds files and is no edgestack bundle"), ("notes.txt", "is a file"),
+                         ("link", "is a link")]:
+        assert main(["export", "pspnet-r18", "--out", out, "--bench-runs", "0"]) == 2
+        assert message in capsys.readouterr().err
+    assert (work / "notes.txt").read_text() == "keep me" and (work / "runs" / "line3" / "best.pt").is_file()
+    shutil.copytree(bundle, work / "earlier")  # an earlier bundle is replaced, as a re-export should
+    assert main(["export", "pspnet-r18", "--out", "earlier", "--bench-runs", "0"]) == 0
 
 
 def test_bench_writes_json_markdown_and_plot(bundle, tmp_path):

@@ -44,6 +44,15 @@ def test_portable_parity_with_pytorch_nms(bundle):
     assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "classes", "num_detections"]
 
 
+def test_the_torch_backend_gives_the_output_dtypes_onnxruntime_gives(bundle):
+    path, _, _ = bundle
+    image = np.random.default_rng(0).standard_normal((1, 3, 160, 224)).astype(np.float32)
+    by_backend = {name: load(path, backend=name)(image) for name in ("onnxruntime", "torch")}
+    dtypes = {name: {k: v.dtype.name for k, v in out.items()} for name, out in by_backend.items()}
+    assert dtypes["torch"] == dtypes["onnxruntime"] and dtypes["torch"]["classes"] == "int64"  # indices stay ints
+    np.testing.assert_array_equal(by_backend["torch"]["num_detections"], by_backend["onnxruntime"]["num_detections"])
+
+
 def test_portable_graph_outputs_and_nms_node(bundle):
     path, _, _ = bundle
     proto = onnx.load(str(path / "model.onnx"))

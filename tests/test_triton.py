@@ -87,3 +87,10 @@ def test_cli_triton(bundle, tmp_path, capsys):
     assert (repo / "seg" / "1" / "model.onnx").is_file()
     assert main(["triton", str(bundle), "--repo", str(repo), "--max-batch", "64"]) == 2
     assert "exceeds the onnx model's largest batch 32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escape", ".", "a/b"])
+def test_a_model_name_is_one_folder_of_the_repository(bundle, tmp_path, capsys, name):
+    assert main(["triton", str(bundle), "--repo", str(tmp_path / "models"), "--name", name]) == 2
+    assert "must be letters, digits, _ . - (one folder name, not a path)" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "models" / "config.pbtxt").exists()
