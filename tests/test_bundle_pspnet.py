@@ -253,3 +253,29 @@ def test_export_optimizer_skips_exactly_the_listed_rewrites():
     dropped = [rule for rule in defaults if rule not in kept]
     assert sorted(rule.name for rule in dropped) == sorted(SKIPPED_REWRITES)
     assert len(kept) == len(defaults) - len(SKIPPED_REWRITES)
+
+
+def test_a_signal_during_an_onnx_run_is_raised_once_the_run_returns():
+    # Raised inside a Python custom node called from onnxruntime's C++, it would abort the whole process.
+    import os
+    import signal
+    import time
+
+    from edgestack.export.parity import interrupts_held
+
+    class Stop(Exception):
+        pass
+
+    def stop(number, frame):
+        raise Stop
+
+    previous, reached = signal.signal(signal.SIGTERM, stop), []
+    try:
+        with pytest.raises(Stop):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler would have run here
+                reached.append(True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reached == [True] and signal.getsignal(signal.SIGTERM) is previous
