@@ -245,7 +245,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     sizes = parse_sizes(args.size) if args.size else [None]
     if len(sizes) != 1:
         raise EdgestackError(f"--size {args.size!r} must be one HEIGHTxWIDTH, e.g. 97x97")
-    record = quantize(args.bundle, args.calib, args.samples, sizes[0])
+    record = quantize(args.bundle, args.calib, args.samples, sizes[0], bit_depth=args.bit_depth)
     figures = record["parity_vs_fp32"]
     print(f"wrote {Path(args.bundle) / record['file']} ({record['quantization']['qdq_nodes']} Q/DQ nodes); "
           f"vs fp32 on {figures['images']} images: rel L2 {figures['rel_l2']:.3g}"
@@ -508,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="folder of representative images (default: synthetic images, say so in meta)")
     p.add_argument("--samples", type=positive(int), default=32, help="calibration images")
     p.add_argument("--size", help="HxW the images are resized to (default: the bundle's default size)")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("triton", help="Triton model repository (config.pbtxt + plan or ONNX) from a bundle")

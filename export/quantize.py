@@ -59,15 +59,16 @@ def synthetic_images(count: int, size: tuple[int, int], seed: int) -> list[np.nd
     return images
 
 
-def folder_images(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """Up to `count` images of a folder (sorted by name), resized to size (grayscale replicated to RGB)."""
+def folder_images(folder: Path, count: int, size: tuple[int, int], bit_depth: int | None = None) -> list[np.ndarray]:
+    """Up to `count` images of a folder (sorted by name), resized to size (grayscale replicated to RGB; 16-bit
+    files of a `bit_depth`-bit camera scaled as inspect scales them)."""
     if not folder.is_dir():
         raise EdgestackError(f"--calib {folder} is not a folder; give a folder of representative images")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
     if not paths:
         raise EdgestackError(f"--calib {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [cv2.resize(read_image(p, gray_to_rgb=True), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-            for p in paths]
+    return [cv2.resize(read_image(p, gray_to_rgb=True, bit_depth=bit_depth), (size[1], size[0]),
+                       interpolation=cv2.INTER_AREA) for p in paths]
 
 
 def model_feeds(bundle: Path, meta: dict[str, Any], images: list[np.ndarray], seed: int
@@ -134,8 +135,10 @@ def quantize(
     size: tuple[int, int] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = print,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
-    """Write `model.int8.onnx` into the bundle; returns its meta.json record (meta["int8"])."""
+    """Write `model.int8.onnx` into the bundle; returns its meta.json record (meta["int8"]). `bit_depth`: of the
+    calibration folder's 16-bit camera images (as inspect --bit-depth)."""
     bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
     bundle_format.refuse_several_graphs(bundle, meta, "int8 calibration draws image and mask inputs only, and these "
@@ -155,7 +158,7 @@ def quantize(
         progress(f"no --calib folder: calibrating on {samples} SYNTHETIC images; pass --calib DIR with real ones")
     else:
         calib = Path(calib)
-        images = folder_images(calib, samples + EVAL_IMAGES, size)
+        images = folder_images(calib, samples + EVAL_IMAGES, size, bit_depth)
         # Held-out images for the parity figures when the folder has enough, else the calibration ones.
         held_out = images[samples:]
         images = images[:samples]

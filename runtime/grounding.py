@@ -44,9 +44,12 @@ class Grounder:
     def __init__(self, bundle: str | Path, backend: str = "auto", cache_size: int = 256):
         self.bundle = Path(bundle)
         meta = bundle_format.read_meta(self.bundle, verify=True)
-        if meta["model"].get("task") != "grounding" or "graphs" not in meta:
+        if meta["model"].get("task") != "grounding":
             raise EdgestackError(f"{self.bundle} is a {meta['model'].get('task')} bundle, not a grounding one; "
                                  "export one with `edgestack export vglaw`")
+        if "graphs" not in meta:
+            raise EdgestackError(f"{self.bundle} is one graph of a grounding bundle; pass the bundle folder that "
+                                 f"holds it, {self.bundle.parent}")
         self.meta = meta
         self.tokenizer = load_tokenizer(self.bundle / "tokenizer.json")
         self.text_engine: Engine = load(self.bundle / meta["graphs"]["text"]["folder"], backend)
@@ -91,9 +94,16 @@ class Grounder:
         """One Grounding per prompt, all prompts of the image in one vision batch.
 
         A prompt that cannot be encoded raises EdgestackError before anything runs, naming that prompt."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        if isinstance(texts, str):
+            texts = [texts]
+        elif not isinstance(texts, (list, tuple)):
+            raise EdgestackError(f"prompts must be a string or a list of strings, got {type(texts).__name__}")
         if not texts:
             raise EdgestackError("no prompt given; pass at least one --text")
+        most = self.vision_engine.axes["batch"]["max"]
+        if len(texts) > most:  # one vision batch holds every prompt of the image
+            raise EdgestackError(f"{len(texts)} prompts for one image; this bundle takes at most {most} at once: "
+                                 "ground the rest in another call")
         encoded = []
         for i, text in enumerate(texts):
             try:

@@ -146,3 +146,13 @@ def test_mat_quantizes_with_its_latent_inputs_and_keeps_its_fixed_size(mat_edge_
     assert figures["finite"] and figures["psnr_db_vs_fp32"] > 25
     assert load(copy, backend="onnxruntime-int8").backend.name == "onnxruntime-int8"
     assert [p.name for p in tmp_path.iterdir()] == ["mat-edge"]  # nothing left in the user's folder
+
+
+def test_calibration_reads_a_12_bit_camera_folder_with_its_bit_depth(tmp_path):
+    from edgestack.export.quantize import folder_images
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "mono12.png"), image.astype(np.uint16) << 4)  # 12-bit data in a 16-bit file
+    with pytest.raises(EdgestackError, match="--bit-depth 12"):  # quantize takes the flag it names
+        folder_images(tmp_path, 1, (40, 60))
+    np.testing.assert_array_equal(folder_images(tmp_path, 1, (40, 60), bit_depth=12)[0], image[..., ::-1])

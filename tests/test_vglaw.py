@@ -293,6 +293,15 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
     assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "frame.png"), "--text", "  "]) == 2
     assert "prompt 1 of 1" in capsys.readouterr().err
     assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "missing.png"), "--text", "dent"]) == 2
+    too_many = [arg for _ in range(33) for arg in ("--text", "dent")]
+    assert main(["ground", "--bundle", str(path), "--image", str(tmp_path / "frame.png"), *too_many]) == 2
+    assert "33 prompts for one image; this bundle takes at most 32 at once" in capsys.readouterr().err
+    assert main(["ground", "--bundle", str(path / "vision"), "--image", str(tmp_path / "frame.png"), "--text",
+                 "dent"]) == 2
+    assert f"is one graph of a grounding bundle; pass the bundle folder that holds it, {path}" in \
+        capsys.readouterr().err
+    with pytest.raises(EdgestackError, match="prompts must be a string or a list of strings, got int"):
+        Grounder(path, backend="onnxruntime").ground(sample.image, 5)
 
 
 @pytest.mark.parametrize("command", [["infer", "{b}", "frame.png", "--out", "o.png"], ["quantize", "{b}"],
