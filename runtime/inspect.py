@@ -408,9 +408,9 @@ def _lock_run_folder(run_dir: Path):
 
 def overlay_name(item_id: str) -> str:
     """A unique, bounded file name for an item's overlay: the id with separators and unusual characters as _,
-    cut to 80 characters, then a hash of the whole id (a.png and a.bmp, or sub/x.png and sub__x.png, must not
-    share one; a 300-character id must not exceed the file system's name limit)."""
-    readable = re.sub(r"[^\w.-]+", "_", item_id)[:80]
+    cut to 160 bytes, then a hash of the whole id (a.png and a.bmp, or sub/x.png and sub__x.png, must not
+    share one; a 300-character id must not exceed the file system's 255-byte name limit)."""
+    readable = re.sub(r"[^\w.-]+", "_", item_id).encode()[:160].decode("utf-8", "ignore")
     digest = hashlib.sha1(item_id.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{readable}-{digest}.png"
 

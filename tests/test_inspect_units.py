@@ -333,3 +333,14 @@ def test_a_recorded_result_stays_recorded_when_its_table_or_summary_cannot_be_wr
     with pytest.raises(EdgestackError, match="results.jsonl holds every recorded result"):
         writer.finish()
     RunWriter(tmp_path, "none", SETUP).lock.close()  # finish() released the folder even so
+
+
+def test_overlay_names_are_unique_and_fit_a_file_name():
+    from edgestack.runtime.inspect import overlay_name
+
+    ids = ["a.png", "a.bmp", "sub/x.png", "sub__x.png", "é" * 200, "\U00020000" * 100, "bad\udcff.png",
+           "request-20261207-123506.891104-000001", "request-20261207-123506.891104-000002"]
+    names = [overlay_name(i) for i in ids]
+    assert len(set(names)) == len(ids)  # service ids differing only after a dot no longer share one overlay
+    assert all(len(n.encode()) <= 255 and "/" not in n and n.endswith(".png") for n in names)
+    assert names[0].startswith("a.png-") and names[2].startswith("sub_x.png-")  # still readable
