@@ -54,8 +54,11 @@ def spec_meta(model: str = "pspnet-r18") -> dict:
 
 @pytest.fixture
 def meta_only_bundle(tmp_path):
-    """A folder with just meta.json: enough for everything checked before TensorRT or the ONNX is opened."""
-    bundle_format.write_meta(tmp_path, spec_meta())
+    """meta.json and one file it lists (every bundle lists its files): enough for everything checked before
+    TensorRT or the ONNX is opened."""
+    report = tmp_path / bundle_format.REPORT
+    report.write_text("# report\n")
+    bundle_format.write_meta(tmp_path, spec_meta() | {"files": {report.name: bundle_format.sha256(report)}})
     return tmp_path
 
 
