@@ -114,7 +114,7 @@ def _structure_problem(meta: dict[str, Any]) -> str | None:
         for tensor in tensors:
             if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str)
                     and isinstance(tensor.get("shape"), list) and tensor.get("dtype") in DTYPES):
-                return f"{key} entry {tensor!r} lacks a name, shape or known dtype"
+                return f"{key} entry {tensor!r} lacks a name, a shape or a dtype of {sorted(DTYPES)}"
     axes = meta.get("axes")
     if not isinstance(axes, dict):
         return "no axes"

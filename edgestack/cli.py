@@ -223,7 +223,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
               file=sys.stderr)
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
                           bit_depth=args.bit_depth)
-    print(f"serving {inspector.engine.description} on http://{args.host}:{args.port}", file=sys.stderr)
     serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay,
           args.max_pending)
 

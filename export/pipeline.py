@@ -109,9 +109,12 @@ def check_out_folder(out: Path) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise EdgestackError(f"--out {out} is a {'link' if out.is_symlink() else 'file'}; the bundle replaces "
                              "--out, so name a new folder or an earlier bundle")
-    if out.is_dir() and not (out / bundle_format.META).is_file() and any(out.iterdir()):
-        raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no {bundle_format.META}); the "
-                             "bundle replaces --out, so name a new folder or an earlier bundle")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            bundle_format.read_meta(out, verify=False)
+        except EdgestackError:
+            raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no valid {bundle_format.META}); "
+                                 "the bundle replaces --out, so name a new folder or an earlier bundle") from None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

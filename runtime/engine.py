@@ -15,21 +15,30 @@ log = logging.getLogger("edgestack.runtime")
 BACKENDS = ("onnxruntime", "onnxruntime-int8", "tensorrt", "torch", "torch-compiled")
 
 
+# meta.json dtype -> onnxruntime's tensor(...) name
+ORT_TYPES = {dtype: "float" if dtype == "float32" else dtype for dtype in bundle_format.DTYPES}
+
+
 class OnnxRuntimeBackend:
     """The portable ONNX (or its int8 Q/DQ version) on onnxruntime: CUDA provider when this onnxruntime has it,
     else CPU."""
 
-    def __init__(self, bundle: Path, threads: int = 0, filename: str = bundle_format.PORTABLE_ONNX,
+    def __init__(self, bundle: Path, meta: dict[str, Any], filename: str = bundle_format.PORTABLE_ONNX,
                  name: str = "onnxruntime"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(bundle / filename), options, providers=providers)
         self.name = name
         self.device = self.session.get_providers()[0]
+        # meta.json has no sha256 of its own: an edited name or dtype must be caught here, not as a failed run.
+        graph = [(t.name, t.type) for t in [*self.session.get_inputs(), *self.session.get_outputs()]]
+        declared = [(t["name"], f"tensor({ORT_TYPES[t['dtype']]})") for t in [*meta["inputs"], *meta["outputs"]]]
+        if graph != declared:
+            raise EdgestackError(f"{bundle / bundle_format.META} declares inputs and outputs {declared}, but "
+                                 f"{filename} has {graph} (meta.json edited?); re-export the bundle")
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feed)
@@ -46,8 +55,16 @@ class TorchBackend:
 
         spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
         model = spec.build(spec.configs[config])
+        graph_spec = spec
         if "graph" in meta["model"]:  # one graph of a multi-graph model (e.g. vglaw's text or vision graph)
-            model = spec.extras["graphs"][meta["model"]["graph"]][1](model)
+            graph_spec, wrap = spec.extras["graphs"][meta["model"]["graph"]]
+            model = wrap(model)
+        cfg = spec.configs[config]
+        built = [(t.name, t.dtype) for t in [*graph_spec.inputs(cfg), *graph_spec.outputs(cfg)]]
+        declared = [(t["name"], t["dtype"]) for t in [*meta["inputs"], *meta["outputs"]]]
+        if built != declared:  # meta.json has no sha256 of its own
+            raise EdgestackError(f"{bundle / bundle_format.META} declares inputs and outputs {declared}, but {config} "
+                                 f"has {built} (meta.json edited?); re-export the bundle")
         try:
             model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
         except RuntimeError as exc:  # meta.json names another config than the weights were exported from
@@ -159,10 +176,10 @@ def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_opti
 
     if name == "onnxruntime":
         recorded(bundle_format.PORTABLE_ONNX, "re-export the bundle")
-        return OnnxRuntimeBackend(bundle)
+        return OnnxRuntimeBackend(bundle, meta)
     if name == "onnxruntime-int8":
         recorded(bundle_format.INT8_ONNX, f"create it with `edgestack quantize {bundle}`")
-        return OnnxRuntimeBackend(bundle, filename=bundle_format.INT8_ONNX, name=name)
+        return OnnxRuntimeBackend(bundle, meta, filename=bundle_format.INT8_ONNX, name=name)
     if name in ("torch", "torch-compiled"):
         recorded(bundle_format.WEIGHTS, "re-export the bundle")
         return TorchBackend(bundle, meta, compiled=name == "torch-compiled")

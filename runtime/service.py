@@ -16,6 +16,7 @@ import hmac
 import io
 import itertools
 import logging
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -209,4 +210,5 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
     import uvicorn
 
     app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending)
+    print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)  # the run folder is ours
     uvicorn.run(app, host=host, port=port, log_level="warning")

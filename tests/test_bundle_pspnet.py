@@ -148,7 +148,7 @@ def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
     (lambda m: m | {"files": {}}, "no sha256 listing of its files"),  # would skip every integrity check
     (lambda m: {k: v for k, v in m.items() if k != "model"}, "no model name and config"),
     (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "no inputs"),
-    (lambda m: m | {"inputs": [m["inputs"][0] | {"dtype": "float99"}]}, "lacks a name, shape or known dtype"),
+    (lambda m: m | {"inputs": [m["inputs"][0] | {"dtype": "float99"}]}, "lacks a name, a shape or a dtype of"),
     (lambda m: m | {"axes": m["axes"] | {"height": m["axes"]["height"] | {"multiple_of": 0}}}, "axis height"),
 ])
 def test_an_edited_meta_json_is_refused(bundle, tmp_path, edit, message):
@@ -157,6 +157,19 @@ def test_an_edited_meta_json_is_refused(bundle, tmp_path, edit, message):
     (copy / "meta.json").write_text(json.dumps(edit(json.loads((copy / "meta.json").read_text()))))
     with pytest.raises(EdgestackError, match=f"{message}.*re-export the bundle"):
         load(copy, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("edit", [{"dtype": "float16"}, {"dtype": "int64"}, {"name": "img"}])
+def test_an_edited_input_declaration_is_refused_on_load(bundle, tmp_path, backend, edit):
+    # Valid on its own, so only the graph (or the registry's model) can tell; it used to fail at the first run.
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["inputs"][0] |= edit
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(EdgestackError, match=r"meta.json declares inputs and outputs .* \(meta.json edited\?\)"):
+        load(copy, backend=backend)
 
 
 def test_only_files_meta_json_records_are_run(bundle, tmp_path):
@@ -179,9 +192,11 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(bundle, tmp_path, m
     (work / "notes.txt").write_text("keep me")
     (work / "link").symlink_to(work / "runs")
     monkeypatch.chdir(work)
+    (work / "fake").mkdir()
+    (work / "fake" / "meta.json").write_text("{}")  # a meta.json, but no bundle's
     for out, message in [(".", "is the working folder or one above it"), ("..", "is the working folder or one above"),
                          ("runs/line3", "holds files and is no edgestack bundle"), ("notes.txt", "is a file"),
-                         ("link", "is a link")]:
+                         ("link", "is a link"), ("fake", "holds files and is no edgestack bundle")]:
         assert main(["export", "pspnet-r18", "--out", out, "--bench-runs", "0"]) == 2
         assert message in capsys.readouterr().err
     assert (work / "notes.txt").read_text() == "keep me" and (work / "runs" / "line3" / "best.pt").is_file()
