@@ -144,8 +144,13 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
         raise EdgestackError(
             f"no region of interest of the rules ({rules.rois}) meets this {width}x{height} image, so no defect "
             "could count: fix the rules' rois (pixels of this camera's images)")
+    threshold = rules.threshold
+    if prob.dtype == np.float32:  # the float32 that compares as the rule's float64 does: float32(0.7) < 0.7
+        threshold = np.float32(threshold)
+        if float(threshold) < rules.threshold:  # compared in float64 (numpy would compare in float32)
+            threshold = np.nextafter(threshold, np.float32(np.inf))
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        (prob >= rules.threshold).astype(np.uint8), connectivity=8)
+        (prob >= threshold).astype(np.uint8), connectivity=8)
     inside = labels > 0
     component, scores = labels[inside], prob[inside]
     means = (np.bincount(component, weights=scores, minlength=count) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1))[1:]

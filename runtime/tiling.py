@@ -54,13 +54,15 @@ def run_tiled(
     padded = _pad_to(chw, max(height, tile_h), max(width, tile_w))
     full_h, full_w = padded.shape[1:]
     boxes = [(y, x) for y in tile_starts(full_h, tile_h, overlap) for x in tile_starts(full_w, tile_w, overlap)]
-    weights = blend_weights(tile_h, tile_w, overlap)
-    acc = np.zeros((full_h, full_w), np.float32)
-    total = np.zeros((full_h, full_w), np.float32)
+    weights = blend_weights(tile_h, tile_w, overlap).astype(np.float64)
+    # float64 sums: where the tiles agree (and where only one covers a pixel) the blend gives back the model's
+    # own float32 value exactly, so a pixel at the threshold is judged as the whole image would judge it.
+    acc = np.zeros((full_h, full_w), np.float64)
+    total = np.zeros((full_h, full_w), np.float64)
     for i in range(0, len(boxes), batch):
         group = boxes[i : i + batch]
         probs = predict(np.stack([padded[:, y : y + tile_h, x : x + tile_w] for y, x in group]))
         for (y, x), prob in zip(group, probs):
             acc[y : y + tile_h, x : x + tile_w] += prob[0] * weights
             total[y : y + tile_h, x : x + tile_w] += weights
-    return (acc / total)[:height, :width]
+    return (acc / total)[:height, :width].astype(np.float32)

@@ -32,7 +32,9 @@ def test_tiled_run_reassembles_a_pixelwise_model_exactly():
         return tiles[:, :1] * 0.5
 
     prob = run_tiled(image, predict, tile=(352, 352), overlap=32, batch=4, multiple=32)
-    np.testing.assert_allclose(prob, image[0] * 0.5, rtol=1e-6)
+    # exactly, seams included: a pixel at the threshold must be judged as on the whole image
+    assert prob.dtype == np.float32
+    np.testing.assert_array_equal(prob, image[0] * 0.5)
     assert all(shape[0] <= 4 and shape[2:] == (352, 352) for shape in calls)
 
 
@@ -344,3 +346,14 @@ def test_overlay_names_are_unique_and_fit_a_file_name():
     assert len(set(names)) == len(ids)  # service ids differing only after a dot no longer share one overlay
     assert all(len(n.encode()) <= 255 and "/" not in n and n.endswith(".png") for n in names)
     assert names[0].startswith("a.png-") and names[2].startswith("sub_x.png-")  # still readable
+
+
+def test_the_threshold_is_applied_to_float32_maps_exactly_as_written():
+    below = np.float32(0.7)  # 0.699999988: float32 rounds 0.7 down
+    assert float(below) < 0.7
+    rules = Rules(threshold=0.7, min_score=0.7, min_area_px=1)
+    assert assess(np.full((2, 2), below), rules).components == 0  # was a defect whose max_score was under 0.7
+    above = np.nextafter(below, np.float32(1))
+    found = assess(np.full((2, 2), above), rules)
+    assert found.components == 1 and found.status == "NG" and found.defects[0]["max_score"] >= 0.7
+    assert assess(np.full((2, 2), 0.7, np.float64), rules).status == "NG"  # float64 maps compare as they are
