@@ -151,7 +151,8 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     if engine.meta["weights"]["random"]:
         print("warning: this bundle has random weights; the fill will be noise. Export with --checkpoint",
               file=sys.stderr)
-    rgb, result, hole = inpaint(engine, args.image, args.mask, args.invert_mask, args.seed, args.noise_mode)
+    rgb, result, hole = inpaint(engine, args.image, args.mask, args.invert_mask, args.seed, args.noise_mode,
+                                args.gray_to_rgb, args.bit_depth)
     out = Path(args.out)
     compare = out.with_name(out.stem + ".side_by_side.png")
     write_image(out, result)  # both files only after the whole image is done: nothing half-written
@@ -448,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="latent/noise seed: other seeds give other fills")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--gray-to-rgb", action="store_true", help="replicate a grayscale image's channel")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP + " (the result is 8-bit)")
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("inspect", help="inspect images/video/camera with a defect bundle: OK/NG per item")

@@ -67,9 +67,10 @@ def read_hole_mask(mask: ImageLike, shape: tuple[int, int], invert: bool = False
 
 def inpaint(
     engine: Engine, image: ImageLike, mask: ImageLike, invert_mask: bool = False, seed: int = 0,
-    noise_mode: str = "const",
+    noise_mode: str = "const", gray_to_rgb: bool = False, bit_depth: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(input RGB uint8, inpainted RGB uint8, hole map) at the image's own size."""
+    """(input RGB uint8, inpainted RGB uint8, hole map) at the image's own size. A 16-bit image is read as
+    8-bit (`bit_depth`: its camera's bits), so the result is 8-bit."""
     from safetensors.numpy import load_file
 
     from edgestack.models.mat import seeded_inputs
@@ -78,7 +79,7 @@ def inpaint(
     if meta["postprocess"].get("kind") != "inpainting":
         raise EdgestackError(f"bundle {engine.bundle} is a {meta['model']['task']} model; inpaint needs a MAT "
                              "bundle such as artifacts/mat")
-    rgb = read_image(image)
+    rgb = read_image(image, gray_to_rgb, bit_depth)
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise EdgestackError(f"image is {width}x{height}; inpainting needs at least {MIN_SIDE}x{MIN_SIDE}")
@@ -86,7 +87,9 @@ def inpaint(
     res = meta["default_size"][0]
     pad_h, pad_w = -height % res, -width % res
     padded = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
-    padded_hole = np.pad(hole, ((0, pad_h), (0, pad_w)))
+    # The hole is mirrored with the image: what lies under a hole at the right or bottom edge is reflected into
+    # the padding, and must not be context there.
+    padded_hole = cv2.copyMakeBorder(hole.astype(np.uint8), 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101) > 0
     tiles = [(y, x) for y in range(0, height + pad_h, res) for x in range(0, width + pad_w, res)
              if padded_hole[y : y + res, x : x + res].any()]
     weights = load_file(str(engine.bundle / bundle_format.WEIGHTS))

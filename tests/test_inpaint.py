@@ -39,6 +39,32 @@ def test_any_size_fills_only_the_hole(engine, size):
     assert not np.array_equal(out[hole], image[hole])
 
 
+@pytest.mark.parametrize("edge", ["right", "bottom", "interior"])
+def test_the_fill_never_sees_what_is_under_the_hole(engine, edge):
+    # The image is padded by reflection to MAT's tile size: a hole at the right or bottom edge was mirrored into
+    # the padding as known context, so the object being removed shaped its own fill.
+    image, keep = scene(300, 400), np.full((300, 400), 255, np.uint8)
+    box = {"right": np.s_[100:160, 340:], "bottom": np.s_[240:, 100:180], "interior": np.s_[100:160, 100:180]}[edge]
+    keep[box] = 0
+    other = image.copy()
+    other[box] = 255 - other[box]  # something else under the hole
+    fill = inpaint(engine, image, keep, seed=0)[1][box]
+    assert np.array_equal(fill, inpaint(engine, other, keep, seed=0)[1][box])
+
+
+def test_gray_and_12_bit_images_with_their_options(engine):
+    gray = scene(256, 256)[..., 0]
+    keep = hole_mask(256, 256)
+    with pytest.raises(EdgestackError, match="grayscale"):
+        inpaint(engine, gray, keep)
+    rgb, out, hole = inpaint(engine, gray, keep, gray_to_rgb=True)
+    assert np.array_equal(out[~hole], np.repeat(gray[..., None], 3, axis=2)[~hole])
+    deep = np.repeat(gray[..., None], 3, axis=2).astype(np.uint16) << 4  # 12-bit data in 16 bits
+    with pytest.raises(EdgestackError, match="--bit-depth 12"):
+        inpaint(engine, deep, keep)
+    assert np.array_equal(inpaint(engine, deep, keep, bit_depth=12)[1], inpaint(engine, rgb, keep)[1])
+
+
 def test_seed_changes_the_fill_and_is_repeatable(engine):
     image, keep = scene(256, 256), hole_mask(256, 256)
     a = inpaint(engine, image, keep, seed=1, noise_mode="random")[1]

@@ -152,8 +152,10 @@ def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k
     assert len(scan.records) == 12 and not scan.skipped
     for deep_record, record in zip(scan.records, scan_folder(root).records):
         assert np.array_equal(load_pair(deep_record, 12)[0], load_pair(record)[0])
-    _, _, info = load_datasets(str(deep), 64, bit_depth=12)
+    line_set, _, info = load_datasets(str(deep), 64, bit_depth=12)
     assert info["count"] == 12 and info["bit_depth"] == 12
+    assert not line_set.backdrops and load_datasets("synthetic", 64, synthetic_count=4)[0].backdrops  # a line's
+    # own images keep their real background; synthetic parts, which fill the frame, are sometimes framed
     with pytest.raises(EdgestackError, match="synthetic set is 8-bit"):
         load_datasets("synthetic", 64, synthetic_count=4, bit_depth=12)
     eight, _ = evaluate_defects(data=str(root), size=64, out=tmp_path / "eight")
@@ -202,6 +204,25 @@ def test_loader_workers_augment_differently():
     loader = torch.utils.data.DataLoader(data, 1, num_workers=2, worker_init_fn=seed_worker)
     first, second = [batch[0] for batch in list(loader)[:2]]  # index 0 from worker 0, index 1 from worker 1
     assert not torch.equal(first, second)
+
+
+def test_a_part_on_a_plain_backdrop_keeps_its_defect_and_adds_none():
+    from edgestack.train.datasets import on_backdrop
+
+    rng = np.random.default_rng(0)
+    part = rng.integers(0, 256, (256, 256, 3), np.uint8)  # a noisy part whose every pixel is "defect"
+    for seed in range(8):
+        image, mask = on_backdrop(part, np.full((256, 256), 255, np.uint8), np.random.default_rng(seed))
+        ys, xs = np.nonzero(mask)
+        height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        assert len(ys) == height * width and 0.55 * 256 - 1 <= height <= 0.9 * 256 + 1  # one shrunk rectangle
+        backdrop = image[mask == 0].astype(np.float32)
+        assert backdrop.std(axis=0).max() < 20  # plain: a gentle gradient and sensor noise, no texture
+    sample = synthetic.make_sample(synthetic.TRAIN_SEED, 3)
+    image, mask = on_backdrop(sample.image, sample.mask, np.random.default_rng(1))
+    assert image.shape == sample.image.shape and set(np.unique(mask)) == {0, 255}  # the defect is kept
+    again = on_backdrop(sample.image, sample.mask, np.random.default_rng(1))
+    assert np.array_equal(image, again[0]) and np.array_equal(mask, again[1])  # seeded
 
 
 def test_augment_moves_image_and_mask_together():

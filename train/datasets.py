@@ -238,11 +238,38 @@ def seed_worker(worker_id: int) -> None:
     info.dataset.rng = np.random.default_rng(info.seed)
 
 
-class DefectDataset(torch.utils.data.Dataset):
-    """Images and masks in memory at `size` x `size`; augmented when `train`."""
+BACKDROP_SHARE = 0.25  # of synthetic training samples shown on a plain backdrop
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], train: bool, seed: int = 0):
-        self.images, self.masks, self.train = images, masks, train
+
+def on_backdrop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The part shrunk to 55-90% of the frame on a plain backdrop (a fixture, a belt), which has no defect: a flat
+    colour (mostly near the part's mean), a gentle gradient and sensor noise. Synthetic parts fill their frame, and
+    trained on those alone the model false-rejected good parts centred on a plain backdrop."""
+    height, width = mask.shape
+    scale = rng.uniform(0.55, 0.9)
+    part_h, part_w = max(1, round(height * scale)), max(1, round(width * scale))
+    part = cv2.resize(image, (part_w, part_h), interpolation=cv2.INTER_AREA)
+    part_mask = cv2.resize(mask, (part_w, part_h), interpolation=cv2.INTER_NEAREST)
+    mean = image.reshape(-1, 3).mean(0)
+    colour = mean + rng.normal(0, 30, 3) if rng.random() < 0.7 else rng.uniform(0, 255, 3)
+    ramp = np.linspace(-1, 1, width if rng.random() < 0.5 else height, dtype=np.float32) * rng.uniform(-20, 20)
+    ramp = ramp[None, :, None] if ramp.size == width else ramp[:, None, None]
+    backdrop = colour.astype(np.float32) + ramp + rng.normal(0, rng.uniform(1, 4), (height, width, 3))
+    framed = np.clip(backdrop, 0, 255).astype(np.uint8)
+    framed_mask = np.zeros_like(mask)
+    y0, x0 = rng.integers(0, height - part_h + 1), rng.integers(0, width - part_w + 1)
+    framed[y0:y0 + part_h, x0:x0 + part_w] = part
+    framed_mask[y0:y0 + part_h, x0:x0 + part_w] = part_mask
+    return framed, framed_mask
+
+
+class DefectDataset(torch.utils.data.Dataset):
+    """Images and masks in memory at `size` x `size`; augmented when `train`, a share of them shown on a plain
+    backdrop when `backdrops` (synthetic data; a line's own images carry its real background)."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], train: bool, seed: int = 0,
+                 backdrops: bool = False):
+        self.images, self.masks, self.train, self.backdrops = images, masks, train, backdrops
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -251,6 +278,8 @@ class DefectDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.images[index], self.masks[index]
         if self.train:
+            if self.backdrops and self.rng.random() < BACKDROP_SHARE:
+                image, mask = on_backdrop(image, mask, self.rng)
             image, mask = augment(image, mask, self.rng)
         return to_tensors(image, mask)
 
@@ -290,5 +319,6 @@ def load_datasets(
                 "bit_depth": bit_depth}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
     info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
-    make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed)  # noqa: E731
+    make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed,  # noqa: E731
+                                            backdrops=data == "synthetic")
     return make(train_idx, True), make(val_idx, False), info
