@@ -225,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
                           bit_depth=args.bit_depth)
     serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay,
-          args.max_pending)
+          args.max_pending, args.body_timeout)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", choices=["ng", "all", "none"], default="ng", help="with --out: which get overlays")
     p.add_argument("--max-pending", type=positive(int), default=32,
                    help="requests in progress at once; more get 503 + Retry-After (default 32)")
+    p.add_argument("--body-timeout", type=positive(float), default=30.0,
+                   help="seconds a request's body may take to arrive (then 408), and that requests in progress "
+                        "get to finish when the service stops (default 30)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a TensorRT plan (model.plan) for this GPU from a bundle")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import Engine
+from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, palette, read_image, to_tensor
 
 
@@ -18,17 +18,17 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
 
     The image is zero-padded (after normalization) at the bottom and right to the multiples the model needs,
     so boxes stay in the image's own pixel coordinates."""
+    require_task(engine, "detection")
     post = engine.meta["postprocess"]
-    if post.get("kind") != "detection":
-        raise EdgestackError(
-            f"bundle {engine.bundle} is a {engine.meta['model']['task']} model, not detection; "
-            "use the command for its task"
-        )
     rgb = read_image(image, gray_to_rgb=gray_to_rgb)
     name = str(image) if not isinstance(image, np.ndarray) else "image"
     x = to_tensor(rgb, engine.meta["preprocess"], name)
     height, width = x.shape[2:]
     multiple = {axis: engine.axes[axis]["multiple_of"] for axis in ("height", "width")}
+    largest = {axis: engine.axes[axis]["max"] for axis in ("height", "width")}
+    if height > largest["height"] or width > largest["width"]:  # before padding, which would name other sizes
+        raise EdgestackError(f"{name} is {width}x{height}; this detector takes at most {largest['width']}x"
+                             f"{largest['height']}: downscale or crop the image")
     padded = np.zeros((1, 3, -(-height // multiple["height"]) * multiple["height"],
                        -(-width // multiple["width"]) * multiple["width"]), np.float32)
     padded[:, :, :height, :width] = x

@@ -160,6 +160,18 @@ def _host_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
+TASK_COMMANDS = {"segmentation": "edgestack infer", "detection": "edgestack infer", "inpainting": "edgestack inpaint",
+                 "defect_probability": "edgestack inspect"}  # postprocess kind -> the command that runs it
+
+
+def require_task(engine: Engine, kind: str) -> None:
+    """Refuse a bundle whose postprocessing is not `kind`, naming the command that runs it."""
+    actual = engine.meta["postprocess"].get("kind")
+    if actual != kind:
+        raise EdgestackError(f"bundle {engine.bundle} is a {engine.meta['model']['task']} model, not {kind}; run it "
+                             f"with `{TASK_COMMANDS.get(actual, 'the command for its task')}`")
+
+
 def check_backends(names: list[str]) -> None:
     """Refuse names that are no backend, before anything is loaded."""
     unknown = [name for name in names if name not in ("auto", *BACKENDS)]

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import Engine
+from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, overlay, read_image, to_tensor
 
 
 def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(RGB image, class map HxW) for one image; preprocessing comes from the bundle's meta.json."""
+    require_task(engine, "segmentation")
     post = engine.meta["postprocess"]
-    if post.get("kind") != "segmentation":
-        raise EdgestackError(
-            f"bundle {engine.bundle} is a {engine.meta['model']['task']} model, not segmentation; "
-            "use the command for its task"
-        )
     rgb = read_image(image, gray_to_rgb=gray_to_rgb)
     name = str(image) if not isinstance(image, np.ndarray) else "image"
     logits = engine(to_tensor(rgb, engine.meta["preprocess"], name))[post["output"]]

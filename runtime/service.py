@@ -12,6 +12,7 @@ every authorised request's result (ERROR for a refused image) is in results.json
 response is sent, as for `edgestack inspect`; the summary is written when the service stops.
 """
 
+import asyncio
 import hmac
 import io
 import itertools
@@ -85,13 +86,14 @@ def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) ->
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
                max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng",
-               max_pending: int = 32, summary_every_s: float = SUMMARY_EVERY_S):
+               max_pending: int = 32, summary_every_s: float = SUMMARY_EVERY_S, body_timeout_s: float = 30.0):
     # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
     # (`request: Request`) at definition time, and Request is imported only here.
     try:
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
         from fastapi.responses import JSONResponse, PlainTextResponse
+        from starlette.requests import ClientDisconnect
     except ImportError:
         raise EdgestackError("the service needs FastAPI and uvicorn: pip install 'edgestack[serve]'") from None
 
@@ -173,11 +175,24 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return await reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}",
                                 item_id)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
+        async def read_body() -> bytearray | None:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    return None
+            return body
+
+        # A client that stalls mid-upload (a camera PC losing power) must not hold its slot for ever.
+        try:
+            body = await asyncio.wait_for(read_body(), body_timeout_s)
+        except asyncio.TimeoutError:
+            return await reject(408, "timeout", f"the body did not arrive within {body_timeout_s:g} s; send it again",
+                                item_id)
+        except ClientDisconnect:  # nobody to answer; the refusal is still that item's record
+            return await reject(400, "disconnected", "the client disconnected before its image arrived", item_id)
+        if body is None:
+            return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
         try:
             image = decode_upload(bytes(body), max_pixels, inspector.bit_depth)
         except EdgestackError as exc:
@@ -206,9 +221,11 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
 def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_bytes: int = 64 << 20, max_pixels: int = 64_000_000, run_dir: str | Path | None = None,
-          overlay: str = "ng", max_pending: int = 32) -> None:
+          overlay: str = "ng", max_pending: int = 32, body_timeout_s: float = 30.0) -> None:
     import uvicorn
 
-    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending)
+    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending,
+                     body_timeout_s=body_timeout_s)
     print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)  # the run folder is ours
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=body_timeout_s)

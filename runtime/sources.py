@@ -171,6 +171,9 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
     last_arrival = last_recheck = time.monotonic()
     while True:
         now = time.monotonic()
+        if not root.is_dir():  # os.walk of a missing folder yields nothing: it would look idle for ever
+            raise EdgestackError(f"watched folder {root} is gone (deleted, or its share unmounted); the results so "
+                                 "far are kept: restore it and rerun with the same --out")
         for path in sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)))):
             if path in inspected or path in noted or path.name.startswith(".") \
                     or path.suffix.lower() in PARTIAL_SUFFIXES:

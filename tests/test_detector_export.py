@@ -113,3 +113,13 @@ def test_infer_draws_boxes(bundle, tmp_path):
                  "--backend", "onnxruntime"]) == 0
     assert (tmp_path / "out.png").is_file()
     assert json.loads((path / "meta.json").read_text())["postprocess"]["kind"] == "detection"
+    with pytest.raises(EdgestackError, match="image is 150x1025; this detector takes at most 1024x1024: downscale"):
+        detect(engine, np.zeros((1025, 150, 3), np.uint8))  # not the padded 1056 it used to name
+
+
+def test_infer_names_the_command_a_defect_bundle_needs(defectseg_bundle, tmp_path, capsys):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "in.png"), np.full((128, 128, 3), 90, np.uint8))
+    assert main(["infer", str(defectseg_bundle), str(tmp_path / "in.png"), "--out", str(tmp_path / "o.png")]) == 2
+    assert "not segmentation; run it with `edgestack inspect`" in capsys.readouterr().err

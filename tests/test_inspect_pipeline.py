@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -535,8 +536,9 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgestack", "serve", "--bundle", str(bundle), "--port",
-                             str(port), "--backend", "onnxruntime", "--out", str(run)], stderr=subprocess.PIPE,
-                            text=True)
+                             str(port), "--backend", "onnxruntime", "--out", str(run), "--body-timeout", "2"],
+                            stderr=subprocess.PIPE, text=True)
+    stalled = []
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -566,11 +568,20 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
         logged = {r["id"]: r["status"] for r in records(run)}
         assert sorted(logged) == sorted(statuses + ["torn", unnamed]) and logged["torn"] == "ERROR"
         assert unnamed.startswith("request-")
+        # A client that stalls mid-upload (a camera PC losing power) gets 408 and frees its slot.
+        for item in ("stalled", "hanging"):
+            stalled.append(socket.create_connection(("127.0.0.1", port)))
+            stalled[-1].sendall(f"POST /v1/inspect?id={item} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                                "\x89PNG".encode())
+        stalled[0].settimeout(30)
+        assert stalled[0].recv(100).startswith(b"HTTP/1.1 408")
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # with the second upload still hanging: the stop is not held for ever
         proc.wait(timeout=30)
+        for connection in stalled:
+            connection.close()
     summary = json.loads((run / "summary.json").read_text())  # written when the service stopped
-    assert summary["items"] == 42 and summary["counts"]["ERROR"] == 1
+    assert summary["items"] == 44 and summary["counts"]["ERROR"] == 3
 
 
 def test_awkward_file_names_each_get_a_result_and_their_own_overlay(inspector, tmp_path):
@@ -670,3 +681,16 @@ def test_a_good_part_on_a_plain_backdrop_is_ok(inspector):
     frame[48:304, 48:304] = part
     assert inspector.inspect(part)[0]["status"] == "OK"
     assert inspector.inspect(frame)[0]["status"] == "OK"
+
+
+
+def test_a_watched_folder_that_disappears_ends_the_run_with_an_error(inspector, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "WATCH_POLL_S", 0.05)
+    hot = tmp_path / "hot"
+    write_folder(hot, 1, size=128)
+    results = []
+    with pytest.raises(EdgestackError, match="watched folder .* is gone"):
+        for result in inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=0.1, idle_exit_s=30)):
+            results.append(result)
+            shutil.rmtree(hot)  # an unmounted share looks like this: it would have looked idle until the exit
+    assert [r["id"] for r in results] == ["part000.png"] and len(records(tmp_path / "run")) == 1
