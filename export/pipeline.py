@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from edgestack import __version__
 from edgestack import bundle as bundle_format
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, make_folder
 from edgestack.export import onnx_export, parity
 from edgestack.export.report import write_graphs_report, write_report
 from edgestack.models import resolve
@@ -115,17 +115,13 @@ def check_out_folder(out: Path) -> None:
         except EdgestackError:
             raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no valid {bundle_format.META}); "
                                  "the bundle replaces --out, so name a new folder or an earlier bundle") from None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgestackError(f"cannot create {out.parent} for --out {out}: {exc.strerror or exc}; choose another "
-                             "--out") from None
+    make_folder(out.parent, "folder of --out")
 
 
 @contextmanager
 def _staging(out: Path):
-    """A temporary folder beside `out`, moved into place only when the block finishes without an error."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """A temporary folder beside `out` (whose parent check_out_folder made), moved into place only when the block
+    finishes without an error."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield staging

@@ -15,8 +15,17 @@ log = logging.getLogger("edgestack.runtime")
 BACKENDS = ("onnxruntime", "onnxruntime-int8", "tensorrt", "torch", "torch-compiled")
 
 
-# meta.json dtype -> onnxruntime's tensor(...) name
-ORT_TYPES = {dtype: "float" if dtype == "float32" else dtype for dtype in bundle_format.DTYPES}
+# onnxruntime's tensor(...) type -> meta.json dtype
+ORT_DTYPES = {f"tensor({'float' if dtype == 'float32' else dtype})": dtype for dtype in bundle_format.DTYPES}
+
+
+def check_declared_io(bundle: Path, meta: dict[str, Any], found: list[tuple[str, str]], source: str) -> None:
+    """meta.json has no sha256 of its own: an edited input or output name or dtype is caught on load, against the
+    (name, dtype) pairs `source` (the graph, or the registry's model) really has, not as a failed run."""
+    declared = [(t["name"], t["dtype"]) for t in [*meta["inputs"], *meta["outputs"]]]
+    if found != declared:
+        raise EdgestackError(f"{bundle / bundle_format.META} declares inputs and outputs {declared}, but {source} "
+                             f"has {found} (meta.json edited?); re-export the bundle")
 
 
 class OnnxRuntimeBackend:
@@ -33,12 +42,8 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(bundle / filename), options, providers=providers)
         self.name = name
         self.device = self.session.get_providers()[0]
-        # meta.json has no sha256 of its own: an edited name or dtype must be caught here, not as a failed run.
-        graph = [(t.name, t.type) for t in [*self.session.get_inputs(), *self.session.get_outputs()]]
-        declared = [(t["name"], f"tensor({ORT_TYPES[t['dtype']]})") for t in [*meta["inputs"], *meta["outputs"]]]
-        if graph != declared:
-            raise EdgestackError(f"{bundle / bundle_format.META} declares inputs and outputs {declared}, but "
-                                 f"{filename} has {graph} (meta.json edited?); re-export the bundle")
+        check_declared_io(bundle, meta, [(t.name, ORT_DTYPES.get(t.type, t.type))
+                                         for t in [*self.session.get_inputs(), *self.session.get_outputs()]], filename)
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feed)
@@ -54,17 +59,14 @@ class TorchBackend:
         from edgestack.models import resolve
 
         spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
-        model = spec.build(spec.configs[config])
+        cfg = spec.configs[config]
+        model = spec.build(cfg)
         graph_spec = spec
         if "graph" in meta["model"]:  # one graph of a multi-graph model (e.g. vglaw's text or vision graph)
             graph_spec, wrap = spec.extras["graphs"][meta["model"]["graph"]]
             model = wrap(model)
-        cfg = spec.configs[config]
-        built = [(t.name, t.dtype) for t in [*graph_spec.inputs(cfg), *graph_spec.outputs(cfg)]]
-        declared = [(t["name"], t["dtype"]) for t in [*meta["inputs"], *meta["outputs"]]]
-        if built != declared:  # meta.json has no sha256 of its own
-            raise EdgestackError(f"{bundle / bundle_format.META} declares inputs and outputs {declared}, but {config} "
-                                 f"has {built} (meta.json edited?); re-export the bundle")
+        built = [*graph_spec.inputs(cfg), *graph_spec.outputs(cfg)]
+        check_declared_io(bundle, meta, [(t.name, t.dtype) for t in built], config)
         try:
             model.load_state_dict(load_file(str(bundle / bundle_format.WEIGHTS)), strict=True)
         except RuntimeError as exc:  # meta.json names another config than the weights were exported from

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import Engine
+from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, read_image
 
 MIN_SIDE = 32
@@ -75,10 +75,8 @@ def inpaint(
 
     from edgestack.models.mat import seeded_inputs
 
+    require_task(engine, "inpainting")
     meta = engine.meta
-    if meta["postprocess"].get("kind") != "inpainting":
-        raise EdgestackError(f"bundle {engine.bundle} is a {meta['model']['task']} model; inpaint needs a MAT "
-                             "bundle such as artifacts/mat")
     rgb = read_image(image, gray_to_rgb, bit_depth)
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_SIDE:

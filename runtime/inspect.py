@@ -32,7 +32,7 @@ import numpy as np
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, check_not_blank
-from edgestack.runtime.engine import Engine, load
+from edgestack.runtime.engine import Engine, load, require_task
 from edgestack.runtime.images import check_bit_depth, check_min_size, read_image, to_tensor
 from edgestack.runtime.sources import Item, Watch, file_signature, open_source, source_root
 from edgestack.runtime.tiling import run_tiled
@@ -47,12 +47,10 @@ _END = object()
 TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
-def defect_engine(bundle: str | Path | Engine, backend: str, purpose: str) -> Engine:
+def defect_engine(bundle: str | Path | Engine, backend: str) -> Engine:
     """The engine of a defect-probability bundle (loaded on `backend` unless given); other models are refused."""
     engine = bundle if isinstance(bundle, Engine) else load(bundle, backend=backend)
-    if engine.meta["postprocess"].get("kind") != "defect_probability":
-        raise EdgestackError(f"bundle {engine.bundle} is a {engine.meta['model']['task']} model; {purpose} needs a "
-                             "defect segmentation bundle such as artifacts/defectseg-s")
+    require_task(engine, "defect_probability")
     return engine
 
 
@@ -70,7 +68,7 @@ class Inspector:
         gray_to_rgb: bool = False,
         bit_depth: int | None = None,
     ):
-        self.engine = defect_engine(bundle, backend, "inspection")
+        self.engine = defect_engine(bundle, backend)
         meta = self.engine.meta
         self.rules = rules or Rules()
         self.output = meta["postprocess"]["output"]

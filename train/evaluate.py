@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, make_folder
 from edgestack.models import resolve
 from edgestack.models.checkpoints import load_checkpoint
 from edgestack.runtime.defects import load_rules
@@ -114,7 +114,7 @@ def bundle_forward(bundle: str | Path, backend: str) -> tuple[Callable[[np.ndarr
     from edgestack.runtime.images import to_tensor
     from edgestack.runtime.inspect import defect_engine
 
-    engine = defect_engine(bundle, backend, "eval defectseg")
+    engine = defect_engine(bundle, backend)
     meta = engine.meta
     output = meta["postprocess"]["output"]
 
@@ -270,11 +270,7 @@ def evaluate_defects(
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True, rules=line_rules)
     samples, skipped = _samples(data, count, bit_depth)
     out = Path(out) if out else Path("runs") / f"eval-{config_name}"
-    try:  # before the evaluation, not after it
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgestackError(f"cannot create the results folder {out}: {exc.strerror or exc}; choose another --out") \
-            from None
+    make_folder(out, "results folder")  # before the evaluation, not after it
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
         try:

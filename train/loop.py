@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, make_folder
 from edgestack.models import resolve
 from edgestack.train.datasets import load_datasets, seed_worker
 from edgestack.train.losses import boundary_weight, structure_loss
@@ -111,11 +111,7 @@ def run_folder(out: str | Path, resume: bool) -> tuple[Path, Path]:
         raise EdgestackError(f"{last} exists; pass --resume to continue that run or choose another --out")
     if resume and not last.exists():
         raise EdgestackError(f"--resume: no {last} to resume from; drop --resume to start a new run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgestackError(f"cannot create the run folder {out}: {exc.strerror or exc}; choose another --out") \
-            from None
+    make_folder(out, "run folder")
     return out, last
 
 
