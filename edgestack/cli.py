@@ -32,6 +32,17 @@ def positive(kind: type):
     return parse
 
 
+def seed(text: str) -> int:
+    """An argparse type: a whole number from 0 to 2**63 - 1, the range torch, numpy and the samplers all accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {2**63 - 1}")
+    return value
+
+
 def _console():
     from rich.console import Console
 
@@ -312,7 +323,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         out = args.out or f"runs/{args.config or args.model}"
         summary = train_command(args.model, args.config, args.data, out, args.epochs, args.batch_size, args.size,
-                                args.lr, args.synthetic_count, args.seed, args.teacher, args.distill, args.threads)
+                                args.lr, args.synthetic_count, args.seed, args.teacher, args.distill, args.threads,
+                                args.resume)
         val = summary["val"]
         print(f"trained {summary['config']}{' with TBD' if args.distill else ''} for {summary['epochs']} epochs in "
               f"{summary['train_seconds']:.0f} s; val mAP {val['mAP']:.4f}, mAP@50 {val['mAP50']:.4f}; {out}/best.pt")
@@ -446,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, help="PNG: black (0) = hole to fill, white (255) = keep")
     p.add_argument("--out", required=True, help="result PNG; a .side_by_side.png is written next to it")
     p.add_argument("--invert-mask", action="store_true", help="white marks the hole instead")
-    p.add_argument("--seed", type=int, default=0, help="latent/noise seed: other seeds give other fills")
+    p.add_argument("--seed", type=seed, default=0, help="latent/noise seed: other seeds give other fills")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument("--backend", default="auto")
     p.add_argument("--gray-to-rgb", action="store_true", help="replicate a grayscale image's channel")
@@ -542,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive(float), help="default: 2e-3 (defectseg, detector), 4e-4 (vglaw)")
     p.add_argument("--synthetic-count", type=positive(int), help="synthetic training samples (with --data synthetic); "
                                                         "default: 3000 (defectseg, detector), 6000 (vglaw)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the train/val split, init and shuffling")
+    p.add_argument("--seed", type=seed, default=0, help="seed for the train/val split, init and shuffling")
     p.add_argument("--threads", type=positive(int), default=2, help="CPU threads for torch")
     p.add_argument("--device", help="defectseg, vglaw: torch device, e.g. cuda or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=1,
@@ -586,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic concealed-defect set in the CDS2K layout")
     p.add_argument("out", help="folder to write Positive/ and Negative/ into")
     p.add_argument("--count", type=positive(int), default=200)
-    p.add_argument("--seed", type=int, default=1, help="set seed (training uses 0, held-out evaluation 1)")
+    p.add_argument("--seed", type=seed, default=1, help="set seed (training uses 0, held-out evaluation 1)")
     p.add_argument("--size", type=positive(int), default=256)
     p.add_argument("--negative-fraction", type=float, default=0.3)
     p.set_defaults(func=cmd_synth)
@@ -598,7 +610,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config of the model (default: the model's default)")
     p.add_argument("--checkpoint", help="weights: .pth/.pt state dict or .safetensors (MAT also: official .pkl)")
     p.add_argument("--out", help="bundle folder (default: artifacts/MODEL)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and parity inputs")
+    p.add_argument("--seed", type=seed, default=0, help="seed for random weights and parity inputs")
     p.add_argument("--bench-runs", type=int, default=3, help="timed runs per backend after export (0: skip)")
 
 

@@ -11,6 +11,8 @@ from edgestack.cli import main
 CASES = [
     (["export", "no-such-model"], "unknown model 'no-such-model'"),
     (["export", "pspnet", "--config", "pspnet-r999"], "unknown config 'pspnet-r999'"),
+    (["export", "pspnet", "--seed", "99999999999999999999999"], "'99999999999999999999999' is not a whole number"),
+    (["inpaint", "{psp}", "{image}", "{image}", "{tmp}/o.png", "--seed", "-1"], "argument --seed: '-1' is not"),
     (["export", "pspnet-r18", "--checkpoint", "{tmp}/missing.pth"], "does not exist"),
     (["infer", "{psp}", "{image}", "--out", "{tmp}/out.xyz"], "cannot encode an image as '.xyz'"),
     (["infer", "{psp}", "{image}", "--out", "{tmp}/o.png", "--backend", "nope"],

@@ -125,3 +125,33 @@ def test_a_few_training_steps_plain_and_distilled_stay_finite():
     boxes = [detection.boxes_from_mask(m) for m in masks[3:5]]  # one image with a box, one without
     results = detection.evaluate(student, np.stack(images[3:5]), boxes)
     assert 0.0 <= results["mAP"] <= results["mAP50"] <= 1.0 and results["boxes"] == 1
+
+
+def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
+    from edgestack.errors import EdgestackError
+
+    def stop_after_first_epoch(message):
+        if message.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    common = dict(model_name="detector-student", config=None, data="synthetic", out=out, batch_size=8, size=64,
+                  lr=2e-3, synthetic_count=20, seed=0, teacher=None, distill=None, threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        detection.train_command(epochs=3, log=stop_after_first_epoch, **common)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 1 and not (out / "best.pt").exists()
+    with pytest.raises(EdgestackError, match="pass --resume to continue that run"):
+        detection.train_command(epochs=3, log=lambda m: None, **common)
+    with pytest.raises(EdgestackError, match="was trained without TBD"):
+        teacher = tmp_path / "teacher.pt"
+        detection.save_checkpoint(teacher, Detector(**_config("detector-teacher")), "detector-teacher", {})
+        detection.train_command(epochs=3, resume=True, log=lambda m: None,
+                                **(common | {"teacher": str(teacher), "distill": "tbd"}))
+    messages = []
+    summary = detection.train_command(epochs=2, resume=True, log=messages.append, **common)
+    assert messages[0] == f"resumed {out / 'last.pt'} after epoch 1" and messages[1].startswith("epoch 2/2")
+    assert [h["epoch"] for h in summary["history"]] == [1, 2] and summary["history"][0] == state["history"][0]
+    assert torch.load(out / "best.pt", weights_only=True)["config"] == "detector-student"
+    with pytest.raises(EdgestackError, match="already holds 2 epoch"):
+        detection.train_command(epochs=2, resume=True, log=lambda m: None, **common)

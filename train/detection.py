@@ -158,10 +158,14 @@ def train_detector(
     seed: int = 0,
     teacher: Detector | None = None,
     log: Callable[[str], None] = print,
+    last: Path | None = None,
+    resume: bool = False,
+    config_name: str = "",
 ) -> tuple[Detector, list[dict[str, float]]]:
-    """Train a detector from scratch on `data` (images + masks); with `teacher`, add TBD. Returns (model, history)."""
-    if epochs < 1:
-        raise EdgestackError(f"nothing to train: --epochs {epochs}; pass 1 or more")
+    """Train a detector from scratch on `data` (images + masks); with `teacher`, add TBD. Returns (model, history).
+
+    With `last`, the whole training state is saved there after every epoch, so an interrupted run loses at most
+    one epoch; `resume` continues from it."""
     torch.manual_seed(seed)
     model = Detector(**config).train()
     params = list(model.parameters())
@@ -178,8 +182,16 @@ def train_detector(
         raise EdgestackError(f"{len(data)} training images are fewer than one batch of {batch_size}; "
                              "lower --batch-size or add images")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total))
-    history = []
-    for epoch in range(epochs):
+    history, done = [], 0
+    if resume:
+        history, done = _resume(last, config_name, distill, model, optimizer, scheduler)
+        log(f"resumed {last} after epoch {done}")
+    if epochs <= done:
+        raise EdgestackError(f"nothing to train: --epochs {epochs}" + (
+            f", and {last} already holds {done} epoch(s); pass --epochs {done + 1} or more to go on" if done else
+            "; pass 1 or more"))
+    for epoch in range(done, epochs):
+        model.train()
         sums: dict[str, float] = {}
         started = time.perf_counter()
         for images, masks in loader:
@@ -205,8 +217,29 @@ def train_detector(
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
                   **{k: v / len(loader) for k, v in sums.items()}}
         history.append(record)
+        if last is not None:
+            torch.save({"state_dict": model.state_dict(), "config": config_name, "epoch": epoch + 1,
+                        "history": history, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "distill": distill.state_dict() if distill is not None else None}, last)
         log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     return model.eval(), history
+
+
+def _resume(last: Path, config_name: str, distill, model, optimizer, scheduler) -> tuple[list[dict], int]:
+    """Load a detector run's state from `last`; returns (history, epochs done)."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    if state.get("config") != config_name:
+        raise EdgestackError(f"{last} is a {state.get('config')} run; pass {state.get('config')} to resume it")
+    if (state["distill"] is None) != (distill is None):
+        raise EdgestackError(f"{last} was trained {'without' if state['distill'] is None else 'with'} TBD; "
+                             "resume it with the same --teacher/--distill")
+    model.load_state_dict(state["state_dict"])
+    if distill is not None:
+        distill.load_state_dict(state["distill"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["history"], state["epoch"]
 
 
 def heldout(count: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -282,10 +315,12 @@ def save_checkpoint(path: Path, model: Detector, config_name: str, extra: dict[s
 def train_command(
     model_name: str, config: str | None, data: str, out: str | Path, epochs: int, batch_size: int, size: int,
     lr: float, synthetic_count: int, seed: int, teacher: str | None, distill: str | None, threads: int,
-    log: Callable[[str], None] = print,
+    resume: bool = False, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`edgestack train detector-...`: train, evaluate mAP on the validation split, write OUT/best.pt + summary."""
+    """`edgestack train detector-...`: train (OUT/last.pt after every epoch), evaluate mAP on the validation split,
+    write OUT/best.pt (the final weights) + summary.json."""
     from edgestack.train.evaluate import load_trained
+    from edgestack.train.loop import run_folder
 
     spec, config_name = resolve(model_name, config)
     if size % STRIDES[-1]:
@@ -294,18 +329,16 @@ def train_command(
         raise EdgestackError("distillation needs both --teacher CKPT and --distill tbd")
     if distill not in (None, "tbd"):
         raise EdgestackError(f"unknown --distill {distill!r}; the one method is `tbd`")
+    out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     teacher_model = load_trained(spec.name, None, teacher)[0] if teacher else None
     train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count)
-    started = time.perf_counter()
     model, history = train_detector(spec.configs[config_name], train_set, epochs, batch_size, lr, seed,
-                                    teacher_model, log)
-    seconds = time.perf_counter() - started
+                                    teacher_model, log, last, resume, config_name)
     images = np.stack(val_set.images)
     val = evaluate(model, images, [boxes_from_mask(m) for m in val_set.masks])
-    out = Path(out)
     summary = {"config": config_name, "distill": distill, "teacher": teacher, "data": info, "epochs": epochs,
-               "train_seconds": seconds, "history": history, "val": val}
+               "train_seconds": sum(h["seconds"] for h in history), "history": history, "val": val}
     save_checkpoint(out / "best.pt", model, config_name, {"epochs": epochs})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
