@@ -8,11 +8,15 @@ what to install.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from edgestack.errors import EdgestackError
+
+log = logging.getLogger("edgestack.runtime")
 
 PLUGIN_LIBRARY = "libedgestack_trt_plugins.so"
 # Registers PLUGIN_LIBRARY's plugins when dlopened, for hosts that load nothing else (Triton).
@@ -119,16 +123,30 @@ def find_plugin_library() -> Path:
 _loaded_plugin_libraries: set[str] = set()
 
 
-def load_plugins(registry: Any, path: Path) -> None:
-    """Load the plugin library into a TensorRT plugin registry once per process (a second load re-registers)."""
+def registered_creators(registry: Any) -> list[tuple[str, str]]:
+    """(name, version) of every plugin creator in a TensorRT plugin registry."""
+    creators = getattr(registry, "all_creators", None) or registry.plugin_creator_list
+    return [(c.name, c.plugin_version) for c in creators]
+
+
+def load_plugins(registry: Any, path: Path, needed: Iterable[str]) -> None:
+    """Load the plugin library into a TensorRT plugin registry once per process (a second load re-registers).
+
+    TensorRT refuses a library any of whose plugins is registered already: by its autoload, or by a copy of the
+    library at another path. When that copy holds every plugin in `needed`, it is used, with a warning."""
     key = str(path.resolve())
     if key in _loaded_plugin_libraries:
         return
     if not registry.load_library(key):
-        raise EdgestackError(
-            f"TensorRT could not load the plugin library {path} (see the TensorRT log above); rebuild it against "
-            "this TensorRT version"
-        )
+        registered = {name for name, _ in registered_creators(registry)}
+        if not set(needed) <= registered:
+            raise EdgestackError(
+                f"TensorRT could not load the plugin library {path} (see the TensorRT log above); rebuild it "
+                f"against this TensorRT version, or, if another copy of {PLUGIN_LIBRARY} is loaded too (TensorRT's "
+                f"plugin autoload, another {PLUGIN_ENV}), load only one"
+            )
+        log.warning("plugins %s are registered already (another copy of %s, or TensorRT's autoload); using those, "
+                    "not %s", ", ".join(sorted(needed)), PLUGIN_LIBRARY, path)
     _loaded_plugin_libraries.add(key)
 
 

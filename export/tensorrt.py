@@ -174,6 +174,7 @@ def build_engine(
         hardware_compatible_problem,
         import_tensorrt,
         load_plugins,
+        registered_creators,
         trt_logger,
     )
 
@@ -198,18 +199,16 @@ def build_engine(
     library = None
     if plugins:
         library = find_plugin_library()
-        load_plugins(builder.get_plugin_registry(), library)
+        load_plugins(builder.get_plugin_registry(), library, plugins)
     progress(f"parsing {source.name} ...")
     if not parser.parse_from_file(str(source)):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
-        registry = builder.get_plugin_registry()
-        creators = getattr(registry, "all_creators", None) or registry.plugin_creator_list
         from edgestack.kernels import custom_ops
 
         raise EdgestackError(describe_parse_failure(
             source,
             [(e.node_name(), e.node_operator(), e.desc()) for e in errors],
-            [(c.name, c.plugin_version) for c in creators],
+            registered_creators(builder.get_plugin_registry()),
             {op.plugin.name: op.plugin.version for op in custom_ops()},
         ))
 

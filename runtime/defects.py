@@ -83,7 +83,10 @@ def load_rules(path: str | Path | None) -> Rules:
         raise EdgestackError(f"rules file {path} does not exist")
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, as tomli
+                import tomli as tomllib
 
             data = tomllib.loads(path.read_text())
         else:

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
+from edgestack.runtime.engine import check_declared_io
 from edgestack.tensorrt_env import (
     cuda_check,
     current_environment,
@@ -64,6 +65,18 @@ def plan_problem(meta: dict[str, Any], env: dict[str, Any]) -> str | None:
     return None
 
 
+def _plan_io(meta: dict[str, Any], plan_dtypes: dict[str, np.dtype]) -> list[tuple[str, str]]:
+    """The plan's (name, dtype) in meta.json's order, for check_declared_io. A dtype of the declared kind counts
+    as the declared one: TensorRT may narrow int64 to int32 (EfficientNMS_TRT's counts and classes), and the
+    backend hands outputs back in the declared dtype."""
+    declared = {t["name"]: np.dtype(t["dtype"]) for t in [*meta["inputs"], *meta["outputs"]]}
+    found = [(name, declared[name].name if dtype.kind == declared[name].kind else dtype.name)
+             for name, dtype in plan_dtypes.items() if name in declared]
+    order = list(declared)
+    return sorted(found, key=lambda pair: order.index(pair[0])) + [
+        (name, dtype.name) for name, dtype in plan_dtypes.items() if name not in declared]
+
+
 class _Buffer:
     """One I/O tensor: a device allocation and a pinned host mirror, grown on demand."""
 
@@ -97,7 +110,7 @@ class _Buffer:
 
 
 class TensorRTBackend:
-    """`model.plan` on the GPU: pinned host buffers, device buffers, one stream, optional CUDA graphs."""
+    """`model.plan` on the GPU: pinned host buffers, device buffers, one stream, an optional CUDA graph."""
 
     def __init__(self, bundle: Path, meta: dict[str, Any], rebuild: bool = False, cuda_graph: bool = False):
         plan_path = bundle / bundle_format.PLAN
@@ -127,7 +140,7 @@ class TensorRTBackend:
         info = meta["tensorrt"]
         runtime = trt.Runtime(trt_logger())
         if info.get("plugins"):
-            load_plugins(runtime.get_plugin_registry(), find_plugin_library())
+            load_plugins(runtime.get_plugin_registry(), find_plugin_library(), info["plugins"])
         if info["flags"].get("version_compatible"):
             runtime.engine_host_code_allowed = True  # the plan carries its own lean runtime
         engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
@@ -141,19 +154,23 @@ class TensorRTBackend:
             except TypeError:  # bf16, fp8, int4: no numpy type
                 raise EdgestackError(f"{plan_path}: tensor {n!r} is {engine.get_tensor_dtype(n)}, which has no numpy "
                                      "type; export the model with fp32/fp16 inputs and outputs") from None
+        check_declared_io(bundle, meta, _plan_io(meta, self.dtypes), bundle_format.PLAN)
         context = engine.create_execution_context()
         if context is None:
             raise EdgestackError(f"TensorRT could not create an execution context for {plan_path} (out of GPU "
                                  "memory? see its log above); free GPU memory or rebuild with a smaller --profile")
         self.trt, self.cudart, self.runtime, self.engine, self.context = trt, cudart, runtime, engine, context
         self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        # One context, one set of buffers and graphs: concurrent calls (and close) take turns.
+        # One context, one set of buffers and a graph: concurrent calls (and close) take turns.
         self._lock = threading.Lock()
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [spec["name"] for spec in meta["outputs"]]
+        self.output_dtypes = [np.dtype(spec["dtype"]) for spec in meta["outputs"]]
         self.buffers = {n: _Buffer() for n in names}
         self.cuda_graph = cuda_graph
-        self.graphs: dict[tuple, Any] = {}
+        # One graph, for the input shapes it was captured with: a context's state after a shape change is
+        # TensorRT's own, so a graph of earlier shapes is not replayed but captured again.
+        self.graph: tuple[tuple, Any] | None = None
         self.name = "tensorrt"
         self.device = f"{env['gpu']}, sm {env['compute_capability']}, {info['precision']}"
 
@@ -188,8 +205,8 @@ class TensorRTBackend:
         moved = False
         for name, shape in shapes.items():
             moved |= self.buffers[name].ensure(max(1, int(np.prod(shape))) * self.dtypes[name].itemsize)
-        if moved:  # new addresses: captured graphs point at the old ones
-            self._drop_graphs()
+        if moved:  # new addresses: a captured graph points at the old ones
+            self._drop_graph()
             for name, buffer in self.buffers.items():
                 self.context.set_tensor_address(name, buffer.device)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -206,8 +223,8 @@ class TensorRTBackend:
                                               self.stream), "cudaMemcpyAsync")
             results.append(host)
         cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        # Copies: the pinned buffers are overwritten by the next call.
-        return [r.astype(np.float32) if r.dtype == np.float16 else r.copy() for r in results]
+        # Copies (astype copies): the pinned buffers are overwritten by the next call.
+        return [r.astype(dtype) for r, dtype in zip(results, self.output_dtypes)]  # copies, in the declared dtypes
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
@@ -216,15 +233,15 @@ class TensorRTBackend:
     def _execute(self, key: tuple) -> None:
         """Run the plan; with cuda_graph, replay a graph captured for these input shapes."""
         cudart = self.cudart
-        graph = self.graphs.get(key)
-        if graph is not None:
-            cuda_check(cudart.cudaGraphLaunch(graph, self.stream), "cudaGraphLaunch")
+        if self.graph is not None and self.graph[0] == key:
+            cuda_check(cudart.cudaGraphLaunch(self.graph[1], self.stream), "cudaGraphLaunch")
             return
+        self._drop_graph()
         self._enqueue()
         if self.cuda_graph:
             # TensorRT needs one plain enqueue after a shape change before its work can be captured.
             try:
-                self.graphs[key] = self._capture()
+                self.graph = (key, self._capture())
             except EdgestackError as exc:  # the plain run above already produced this call's outputs
                 log.warning("CUDA graph capture failed (%s); running this plan without CUDA graphs", exc)
                 self.cuda_graph = False
@@ -247,10 +264,10 @@ class TensorRTBackend:
             if captured is not None and int(captured):  # a null cudaGraph_t is truthy
                 cuda_check(cudart.cudaGraphDestroy(captured), "cudaGraphDestroy")
 
-    def _drop_graphs(self) -> None:
-        for graph in self.graphs.values():
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            graph, self.graph = self.graph[1], None
             cuda_check(self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
-        self.graphs.clear()
 
     def close(self) -> None:
         """Free device and pinned memory, graphs, the stream, and the context's and engine's GPU memory (also
@@ -262,7 +279,7 @@ class TensorRTBackend:
             if self.stream is None:
                 return
             cuda_check(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-            self._drop_graphs()
+            self._drop_graph()
             for buffer in self.buffers.values():
                 buffer.free()
             cuda_check(self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")

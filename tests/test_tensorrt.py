@@ -23,7 +23,7 @@ from edgestack.export.tensorrt import (
 )
 from edgestack.models import resolve
 from edgestack.runtime import load
-from edgestack.runtime.tensorrt import plan_problem
+from edgestack.runtime.tensorrt import _plan_io, plan_problem
 from edgestack.tensorrt_env import (
     INSTALL_TENSORRT,
     PLUGIN_ENV,
@@ -187,6 +187,40 @@ def test_plan_compatibility_rules():
     assert "no TensorRT record" in plan_problem({}, ENV)
 
 
+def test_a_plan_must_have_the_declared_io_up_to_narrowed_integers(tmp_path):
+    from edgestack.runtime.engine import check_declared_io
+
+    meta = {"inputs": [{"name": "image", "dtype": "float32"}],
+            "outputs": [{"name": "boxes", "dtype": "float32"}, {"name": "count", "dtype": "int64"}]}
+    plan = {"count": np.dtype("int32"), "image": np.dtype("float32"), "boxes": np.dtype("float32")}  # plan order
+    check_declared_io(tmp_path, meta, _plan_io(meta, plan), "model.plan")  # EfficientNMS_TRT's int32: accepted
+    for edited in ({**plan, "count": np.dtype("float32")}, {k: v for k, v in plan.items() if k != "boxes"},
+                   {**plan, "extra": np.dtype("float32")}):
+        with pytest.raises(EdgestackError, match="but model.plan has .*re-export the bundle"):
+            check_declared_io(tmp_path, meta, _plan_io(meta, edited), "model.plan")
+
+
+def test_a_plugin_library_registered_already_is_used_and_a_failed_load_is_an_error(tmp_path, caplog, monkeypatch):
+    """TensorRT's load_library fails when any of a library's plugins is registered already (its autoload, or a
+    copy at another path). Only the decision on that answer is ours, so a registry that answers is enough here;
+    the real load runs in the GPU tests."""
+    from types import SimpleNamespace
+
+    from edgestack import tensorrt_env
+
+    monkeypatch.setattr(tensorrt_env, "_loaded_plugin_libraries", set())
+    creator = SimpleNamespace(name="EdgePyramidPooling", plugin_version="1")
+    registry = SimpleNamespace(load_library=lambda path: None, all_creators=[creator])
+    library = tmp_path / "libedgestack_trt_plugins.so"
+    library.touch()
+    with pytest.raises(EdgestackError, match="could not load the plugin library .* load only one"):
+        tensorrt_env.load_plugins(registry, library, {"EdgeWindowMaskedAttention": 1})
+    tensorrt_env.load_plugins(registry, library, {"EdgePyramidPooling": 1})
+    assert "registered already" in caplog.text
+    registry.load_library = lambda path: pytest.fail("loaded twice")
+    tensorrt_env.load_plugins(registry, library, {"EdgePyramidPooling": 1})  # once per process
+
+
 def test_plugin_library_finder(tmp_path, monkeypatch):
     monkeypatch.setenv(PLUGIN_ENV, str(tmp_path / "nope.so"))
     with pytest.raises(EdgestackError, match=f"{PLUGIN_ENV}=.*nope.so does not exist"):
@@ -252,13 +286,18 @@ def test_build_and_run_plan_with_plugins(trt_bundle, precision):
     assert plan_problem(meta, current_environment()) is None
     x = np.random.default_rng(0).standard_normal((2, 3, 97, 131)).astype(np.float32)
     want = load(trt_bundle, "onnxruntime")(x)["logits"]
+    small = x[:1, :, :65, :80]
     for cuda_graph in (False, True):
         engine = load(trt_bundle, "tensorrt", cuda_graph=cuda_graph)
         for _ in range(2):  # the second call replays the captured graph
             got = engine(x)["logits"]
             agreement = (got.argmax(1) == want.argmax(1)).mean()
             assert agreement >= (0.9999 if precision == "fp32" else 0.99), agreement
-        assert bool(engine.backend.graphs) == cuda_graph  # captured, not silently fallen back to plain enqueue
+        assert (engine.backend.graph is not None) == cuda_graph  # captured, not silently fallen back to plain enqueue
+        first = engine(small)["logits"]  # shapes A -> B -> A: each result as a fresh plain run gives it
+        np.testing.assert_allclose(engine(x)["logits"], got, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(engine(small)["logits"], first, rtol=1e-3, atol=1e-3)
+        assert got.dtype == np.float32
     with pytest.raises(EdgestackError, match="outside the plan's optimization profile"):
         engine(np.zeros((1, 3, 513, 513), np.float32))
     assert load(trt_bundle).backend.name == "tensorrt"
