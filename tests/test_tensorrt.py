@@ -312,3 +312,17 @@ def test_build_int8_plan_from_qdq_model(trt_bundle):
     record = build_engine(trt_bundle, "int8", profile="1x65x65,1x97x97,1x129x129", progress=lambda m: None)
     assert record["source"] == "model.int8.onnx" and record["flags"]["int8"]
     assert record["parity_vs_onnxruntime"]["argmax_agreement"] >= 0.8
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_a_version_compatible_plan_with_our_plugins_loads_after_its_build_and_again(trt_bundle):
+    """Such a plan carries our plugin library and the runtime registers it too: the build's own check, then two
+    more loads in the same process, must all deserialize (TensorRT refuses a library registered twice)."""
+    record = build_engine(trt_bundle, "fp16", profile="1x65x65,1x97x97,1x129x129", version_compatible=True,
+                          progress=lambda m: None)
+    assert record["flags"]["version_compatible"] and record["parity_vs_onnxruntime"]["argmax_agreement"] >= 0.99
+    x = np.random.default_rng(1).standard_normal((1, 3, 97, 97)).astype(np.float32)
+    want = load(trt_bundle, "onnxruntime")(x)["logits"].argmax(1)
+    for _ in range(2):
+        assert (load(trt_bundle, "tensorrt")(x)["logits"].argmax(1) == want).mean() >= 0.99
