@@ -11,6 +11,8 @@
 
 #include <NvInferRuntime.h>
 
+#include <cstdio>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -64,6 +66,29 @@ public:
         return self().check_dims(dims, Plugin::kInputs) ? 0 : -1;
     }
 
+    // Layers of one op with the same attributes time alike, so TensorRT's timing cache may keep their timings
+    // (it adds the shapes, types and formats); the default, nullptr, keeps them out and times them every build.
+    const char* getTimingCacheID() noexcept override {
+        try {
+            std::string id;
+            for (const nvinfer1::PluginField& field : self().fields()) {
+                id += std::string(field.name) + "=";
+                for (int32_t i = 0; i < field.length; ++i) {
+                    if (field.type == nvinfer1::PluginFieldType::kINT32)
+                        id += std::to_string(static_cast<const int32_t*>(field.data)[i]);
+                    else if (field.type == nvinfer1::PluginFieldType::kFLOAT32)
+                        id += float_text(static_cast<const float*>(field.data)[i]);
+                    id += i + 1 < field.length ? "," : "";
+                }
+                id += ";";
+            }
+            timing_cache_id_ = std::move(id);
+            return timing_cache_id_.c_str();
+        } catch (...) {
+            return nullptr;
+        }
+    }
+
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override { return clone(); }
 
     const nvinfer1::PluginFieldCollection* getFieldsToSerialize() noexcept override {
@@ -108,8 +133,16 @@ private:
     const Plugin& self() const { return static_cast<const Plugin&>(*this); }
     Plugin& self() { return static_cast<Plugin&>(*this); }
 
+    // Nine significant digits: the text reads back as the same float.
+    static std::string float_text(float value) {
+        char text[32];
+        std::snprintf(text, sizeof text, "%.9g", double(value));
+        return text;
+    }
+
     std::vector<nvinfer1::PluginField> fields_;
     nvinfer1::PluginFieldCollection collection_{};
+    std::string timing_cache_id_;
 };
 
 // The creator half: field names (the ONNX attributes plus plugin_version) and the plugin's identity.

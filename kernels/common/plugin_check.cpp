@@ -235,6 +235,8 @@ void check_window_attention(IPluginCreatorV3One* creator, Expressions& expressio
     CHECK(std::string(core(plugin)->getPluginName()) == "EdgeWindowMaskedAttention");
     CHECK(std::string(core(plugin)->getPluginVersion()) == "1");
     CHECK(build(plugin)->getNbOutputs() == 2);
+    const char* timing_id = build(plugin)->getTimingCacheID();
+    CHECK(timing_id && std::string(timing_id) == "num_heads=6;window_size=8;shift_size=4;scale=0;masked_bias=-100;");
 
     DataType types[2];
     const DataType half[4] = {DataType::kHALF, DataType::kHALF, DataType::kHALF, DataType::kHALF};
@@ -315,6 +317,9 @@ void check_pyramid_pooling(IPluginCreatorV3One* creator, Expressions& expression
     CHECK(plugin != nullptr);
     if (!plugin) return;
     CHECK(std::string(core(plugin)->getPluginName()) == "EdgePyramidPooling");
+    // The timing cache ID names the attributes, so layers with others are timed apart.
+    const char* timing_id = build(plugin)->getTimingCacheID();
+    CHECK(timing_id && std::string(timing_id) == "bins=1,2,3,6;align_corners=1;");
 
     DataType type;
     const DataType half_x[3] = {DataType::kHALF, DataType::kFLOAT, DataType::kFLOAT};
@@ -369,8 +374,14 @@ void check_pyramid_pooling(IPluginCreatorV3One* creator, Expressions& expression
         const PluginField& bins = fields->fields[0];
         CHECK(std::strcmp(bins.name, "bins") == 0 && bins.length == 4);
         CHECK(bins.length == 4 && std::memcmp(bins.data, std::vector<int32_t>({1, 2, 3, 6}).data(), 16) == 0);
+        const char* other_id = build(defaulted)->getTimingCacheID();
+        CHECK(other_id && std::string(other_id) == "bins=1,2,3,6;align_corners=0;");
         delete defaulted;
     }
+    Attributes two_corners;  // a boolean attribute: any other value is a malformed graph, not "true"
+    two_corners.ints("bins", {1, 2}).ints("align_corners", {2});
+    CHECK(creator->createPlugin("ppm", two_corners.collection(), TensorRTPhase::kBUILD) == nullptr &&
+          logger.said("align_corners must be 0 or 1; got 2"));
     Attributes empty_bins;
     empty_bins.ints("bins", {});
     CHECK(creator->createPlugin("ppm", empty_bins.collection(), TensorRTPhase::kBUILD) == nullptr &&
@@ -404,6 +415,11 @@ int main(int argc, char** argv) {
     CHECK(set_logger_finder != nullptr && get_creators != nullptr);
     if (!set_logger_finder || !get_creators) return 1;
     set_logger_finder(&logger);
+    // The first finder stays: neither a later nullptr nor another finder takes our messages from it (every
+    // logger.said() below depends on that).
+    Logger other;
+    set_logger_finder(nullptr);
+    set_logger_finder(&other);
 
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = get_creators(count);

@@ -20,7 +20,12 @@ void log(nvinfer1::ILogger::Severity severity, const std::string& message) noexc
 
 }  // namespace edgestack::trt
 
-extern "C" EDGESTACK_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { logger_finder.store(finder); }
+// The first finder stays, as in TensorRT's own plugins: a later nullptr (or a shorter-lived finder) must not
+// silence our messages or leave a dangling pointer.
+extern "C" EDGESTACK_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+    nvinfer1::ILoggerFinder* none = nullptr;
+    if (finder) logger_finder.compare_exchange_strong(none, finder);
+}
 
 extern "C" EDGESTACK_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     static edgestack::trt::WindowAttentionCreator window_attention;

@@ -105,7 +105,8 @@ int32_t PyramidPoolingPlugin::enqueue(const PluginTensorDesc* inputDesc, const P
     const int reduced = int(inputDesc[1].dims.d[1]);
     const int nbins = int(attributes_.bins.size());
     // What these dims need; TensorRT gave getWorkspaceSize's bytes for the profile's largest B and C, which
-    // covers it (the size is not serialized, so the kernel cannot be told more).
+    // covers it because the size grows with B, C and R only, never with H or W (the size is not serialized, so
+    // the kernel cannot be told more).
     const size_t workspace_bytes =
         edgestack_pyramid_pooling_workspace_size(int(x.d[0]), int(x.d[1]), reduced, attributes_.bins.data(), nbins);
     const int status = edgestack_pyramid_pooling(
@@ -132,6 +133,10 @@ IPluginV3* PyramidPoolingCreator::createPlugin(const char*, const PluginFieldCol
         }
         if (!ok) {
             fail("a field has an unexpected type or length");
+            return nullptr;
+        }
+        if (a.align_corners != 0 && a.align_corners != 1) {
+            fail("align_corners must be 0 or 1; got " + std::to_string(a.align_corners));
             return nullptr;
         }
         // The bins against the kernel's own check (count, sum, positive), at parse time, not at the first shape.
