@@ -223,8 +223,8 @@ class TensorRTBackend:
                                               self.stream), "cudaMemcpyAsync")
             results.append(host)
         cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        # Copies (astype copies): the pinned buffers are overwritten by the next call.
-        return [r.astype(dtype) for r, dtype in zip(results, self.output_dtypes)]  # copies, in the declared dtypes
+        # In the declared dtypes, and copies (astype copies): the pinned buffers are overwritten by the next call.
+        return [r.astype(dtype) for r, dtype in zip(results, self.output_dtypes)]
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
