@@ -238,18 +238,19 @@ def seed_worker(worker_id: int) -> None:
     info.dataset.rng = np.random.default_rng(info.seed)
 
 
-BACKDROP_SHARE = 0.25  # of synthetic training samples shown on a plain backdrop
+BACKDROP_SHARE = 0.15  # of synthetic training samples shown on a plain backdrop
 
 
 def on_backdrop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The part shrunk to 55-90% of the frame on a plain backdrop (a fixture, a belt), which has no defect: a flat
-    colour (mostly near the part's mean), a gentle gradient and sensor noise. Synthetic parts fill their frame, and
-    trained on those alone the model false-rejected good parts centred on a plain backdrop."""
+    """The part at its own scale seen through a window (30-95% of each side, anywhere in the frame) on a plain
+    backdrop (a fixture, a belt) that has no defect: a flat colour (mostly near the part's mean), a gentle
+    gradient and sensor noise. `inspect` cuts a large frame into tiles, so a tile holds an edge, a corner or the
+    middle of the part next to the backdrop. Synthetic parts fill their frame, and trained on those alone the
+    model false-rejected good parts on a plain backdrop."""
     height, width = mask.shape
-    scale = rng.uniform(0.55, 0.9)
-    part_h, part_w = max(1, round(height * scale)), max(1, round(width * scale))
-    part = cv2.resize(image, (part_w, part_h), interpolation=cv2.INTER_AREA)
-    part_mask = cv2.resize(mask, (part_w, part_h), interpolation=cv2.INTER_NEAREST)
+    window_h, window_w = (max(1, round(side * rng.uniform(0.3, 0.95))) for side in (height, width))
+    y0, x0 = rng.integers(0, height - window_h + 1), rng.integers(0, width - window_w + 1)
+    window = np.s_[y0:y0 + window_h, x0:x0 + window_w]
     mean = image.reshape(-1, 3).mean(0)
     colour = mean + rng.normal(0, 30, 3) if rng.random() < 0.7 else rng.uniform(0, 255, 3)
     ramp = np.linspace(-1, 1, width if rng.random() < 0.5 else height, dtype=np.float32) * rng.uniform(-20, 20)
@@ -257,9 +258,7 @@ def on_backdrop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     backdrop = colour.astype(np.float32) + ramp + rng.normal(0, rng.uniform(1, 4), (height, width, 3))
     framed = np.clip(backdrop, 0, 255).astype(np.uint8)
     framed_mask = np.zeros_like(mask)
-    y0, x0 = rng.integers(0, height - part_h + 1), rng.integers(0, width - part_w + 1)
-    framed[y0:y0 + part_h, x0:x0 + part_w] = part
-    framed_mask[y0:y0 + part_h, x0:x0 + part_w] = part_mask
+    framed[window], framed_mask[window] = image[window], mask[window]
     return framed, framed_mask
 
 
