@@ -78,13 +78,12 @@ class TorchBackend:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.name = "torch-compiled" if compiled else "torch"
         self.input_names = [spec["name"] for spec in meta["inputs"]]
-        self.output_dtypes = [spec["dtype"] for spec in meta["outputs"]]  # as onnxruntime gives them
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self.torch.inference_mode():
             out = self.forward(*(self.torch.from_numpy(feed[n]).to(self.device) for n in self.input_names))
         out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.cpu().numpy().astype(dtype, copy=False) for o, dtype in zip(out, self.output_dtypes)]
+        return [o.cpu().numpy() for o in out]
 
 
 class Engine:
@@ -116,7 +115,9 @@ class Engine:
             raise EdgestackError(f"missing inputs {missing}; the model takes {', '.join(names)}")
         feed = {spec["name"]: self._check(spec, feed[spec["name"]]) for spec in self.inputs}
         outputs = self.backend.run(feed)
-        return {spec["name"]: value for spec, value in zip(self.outputs, outputs)}
+        # In the dtypes meta.json declares, whatever the backend computed in (torch: int64 detector classes
+        # stay int64; TensorRT: int32 from EfficientNMS_TRT, fp16) — onnxruntime already gives them.
+        return {spec["name"]: value.astype(spec["dtype"], copy=False) for spec, value in zip(self.outputs, outputs)}
 
     def _check(self, spec: dict[str, Any], value: Any) -> np.ndarray:
         """Validate rank, static dims and dynamic-axis ranges; cast to the input's dtype."""

@@ -67,8 +67,8 @@ def plan_problem(meta: dict[str, Any], env: dict[str, Any]) -> str | None:
 
 def _plan_io(meta: dict[str, Any], plan_dtypes: dict[str, np.dtype]) -> list[tuple[str, str]]:
     """The plan's (name, dtype) in meta.json's order, for check_declared_io. A dtype of the declared kind counts
-    as the declared one: TensorRT may narrow int64 to int32 (EfficientNMS_TRT's counts and classes), and the
-    backend hands outputs back in the declared dtype."""
+    as the declared one: TensorRT may narrow int64 to int32 (EfficientNMS_TRT's counts and classes), and Engine
+    hands outputs back in the declared dtype."""
     declared = {t["name"]: np.dtype(t["dtype"]) for t in [*meta["inputs"], *meta["outputs"]]}
     found = [(name, declared[name].name if dtype.kind == declared[name].kind else dtype.name)
              for name, dtype in plan_dtypes.items() if name in declared]
@@ -165,7 +165,6 @@ class TensorRTBackend:
         self._lock = threading.Lock()
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [spec["name"] for spec in meta["outputs"]]
-        self.output_dtypes = [np.dtype(spec["dtype"]) for spec in meta["outputs"]]
         self.buffers = {n: _Buffer() for n in names}
         self.cuda_graph = cuda_graph
         # One graph, for the input shapes it was captured with: a context's state after a shape change is
@@ -223,8 +222,8 @@ class TensorRTBackend:
                                               self.stream), "cudaMemcpyAsync")
             results.append(host)
         cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        # In the declared dtypes, and copies (astype copies): the pinned buffers are overwritten by the next call.
-        return [r.astype(dtype) for r, dtype in zip(results, self.output_dtypes)]
+        # Copies: the pinned buffers are overwritten by the next call (Engine casts to the declared dtypes).
+        return [r.copy() for r in results]
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
