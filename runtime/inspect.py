@@ -256,8 +256,7 @@ class RunWriter:
             records = self._recover()
             # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
             # A verdict keeps the file version it judged, so a file changed since is reported on a rerun.
-            self.done = {r["id"]: tuple(r["file"].values()) if isinstance(r.get("file"), dict) else None
-                         for r in records if r["status"] != "ERROR"}
+            self.done = {r["id"]: judged_file(r) for r in records if r["status"] != "ERROR"}
             self._keep_one_setup(setup, len(self.done))
             self.summary_every_s = summary_every_s
             self.summarised = {r["id"]: _summary_fields(r) for r in records}
@@ -342,7 +341,7 @@ class RunWriter:
         self.new += 1
         self.summarised[result["id"]] = _summary_fields(result)
         if result["status"] != "ERROR":
-            self.done[result["id"]] = tuple(result["file"].values()) if "file" in result else None
+            self.done[result["id"]] = judged_file(result)
         # The table and the summary are views of results.jsonl, rewritten by finish(): the result is recorded,
         # so failing them must not turn it into an unrecorded one.
         try:
@@ -382,6 +381,13 @@ class RunWriter:
             ) from None
         finally:
             self.lock.close()  # another run may use the folder now
+
+
+def judged_file(record: dict[str, Any]) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file a record's verdict judged, as file_signature gives it; None for arrays,
+    frames, and records written before files were recorded."""
+    file = record.get("file")
+    return (file.get("size"), file.get("mtime_ns")) if isinstance(file, dict) else None
 
 
 def _lock_run_folder(run_dir: Path):
