@@ -30,6 +30,7 @@ from edgestack.models import resolve
 from edgestack.models.detector.model import STRIDES, Detector, decode, flatten, points
 from edgestack.train import synthetic, tbd
 from edgestack.train.datasets import DefectDataset, load_datasets, to_tensors
+from edgestack.train.loop import check_epochs_left, run_folder, run_state
 
 MIN_BOX_SIDE = 1.0
 MIN_COMPONENT_PIXELS = 4  # smaller mask components are anti-aliasing specks, not defects one can box
@@ -186,10 +187,7 @@ def train_detector(
     if resume:
         history, done = _resume(last, config_name, distill, model, optimizer, scheduler)
         log(f"resumed {last} after epoch {done}")
-    if epochs <= done:
-        raise EdgestackError(f"nothing to train: --epochs {epochs}" + (
-            f", and {last} already holds {done} epoch(s); pass --epochs {done + 1} or more to go on" if done else
-            "; pass 1 or more"))
+    check_epochs_left(epochs, done, last)
     for epoch in range(done, epochs):
         model.train()
         sums: dict[str, float] = {}
@@ -228,9 +226,7 @@ def train_detector(
 
 def _resume(last: Path, config_name: str, distill, model, optimizer, scheduler) -> tuple[list[dict], int]:
     """Load a detector run's state from `last`; returns (history, epochs done)."""
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    if state.get("config") != config_name:
-        raise EdgestackError(f"{last} is a {state.get('config')} run; pass {state.get('config')} to resume it")
+    state = run_state(last, config_name)
     if (state["distill"] is None) != (distill is None):
         raise EdgestackError(f"{last} was trained {'without' if state['distill'] is None else 'with'} TBD; "
                              "resume it with the same --teacher/--distill")
@@ -320,7 +316,6 @@ def train_command(
     """`edgestack train detector-...`: train (OUT/last.pt after every epoch), evaluate mAP on the validation split,
     write OUT/best.pt (the final weights) + summary.json."""
     from edgestack.train.evaluate import load_trained
-    from edgestack.train.loop import run_folder
 
     spec, config_name = resolve(model_name, config)
     if size % STRIDES[-1]:

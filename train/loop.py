@@ -122,13 +122,27 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, max_warmup: in
         0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))))
 
 
+def run_state(last: Path, config_name: str) -> dict[str, Any]:
+    """A run's saved state (last.pt), refused when it belongs to another config."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    if state.get("config") != config_name:
+        raise EdgestackError(f"{last} is a {state.get('config')} run; pass {state.get('config')} to resume it")
+    return state
+
+
+def check_epochs_left(epochs: int, done: int, out: Path) -> None:
+    """Refuse a run that has nothing left to train: --epochs at most the `done` epochs `out` already holds."""
+    if epochs <= done:
+        raise EdgestackError(f"nothing to train: --epochs {epochs}" + (
+            f", and {out} already holds {done} epoch(s); pass --epochs {done + 1} or more to go on" if done else
+            "; pass 1 or more"))
+
+
 def resume_run(
     last: Path, config_name: str, model, optimizer, schedule, log
 ) -> tuple[list[dict[str, Any]], int, float]:
     """Load model/optimizer/schedule state from `last`; returns (history, first epoch to run, best score)."""
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    if state["config"] != config_name:
-        raise EdgestackError(f"{last} is a {state['config']} run; pass {state['config']} to resume it")
+    state = run_state(last, config_name)
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
@@ -143,11 +157,7 @@ def run_epochs(
 ) -> list[dict[str, Any]]:
     """The epoch loop both trainers share: optimise `batch_loss(batch)` over `loader`, then `validate()`; write
     OUT/last.pt every epoch, best.pt when `score(val)` improves, and curves.png. Returns the history."""
-    if epochs < first_epoch:
-        done = first_epoch - 1
-        raise EdgestackError(f"nothing to train: --epochs {epochs}" + (
-            f", and {out} already holds {done} epoch(s); pass --epochs {done + 1} or more to go on" if done else
-            "; pass 1 or more"))
+    check_epochs_left(epochs, first_epoch - 1, out)
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []
