@@ -234,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without --token-file: anyone on the network can call it",
               file=sys.stderr)
     inspector = Inspector(args.bundle, load_rules(args.rules), backend=args.backend, batch=args.batch,
-                          bit_depth=args.bit_depth)
+                          overlap=args.overlap, gray_to_rgb=args.gray_to_rgb, bit_depth=args.bit_depth)
     serve(inspector, args.host, args.port, token, args.max_bytes, args.max_pixels, args.out, args.overlay,
           args.max_pending, args.body_timeout)
 
@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive(int), default=4)
     p.add_argument("--max-bytes", type=positive(int), default=64 << 20, help="largest accepted request body")
     p.add_argument("--max-pixels", type=positive(int), default=64_000_000, help="largest accepted image (width*height)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images")
     p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.add_argument("--out", help="run folder: every result in results.jsonl/csv (on disk before the response), "
                                  "overlays, and a summary when the service stops")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
     if image is None:
         raise EdgestackError(f"image {name} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
+    if _tiff_has_more_pages(buffer):  # OpenCV decodes the first page only: a part on page 2 would pass unseen
+        raise EdgestackError(f"image {name} is a TIFF with several pages, and only one image per file is judged; "
+                             "save each page as its own file")
     if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
         raise EdgestackError(f"image {name} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
     if image.dtype not in (np.uint8, np.uint16):  # signed TIFFs: OpenCV's colour conversions refuse them
@@ -54,6 +58,27 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return _rgb8(image, name, gray_to_rgb, bit_depth)
+
+
+def _tiff_has_more_pages(buffer: np.ndarray) -> bool:
+    """Whether a TIFF (classic or BigTIFF) links a second image file directory after its first."""
+    data = buffer[:16].tobytes()
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 16:
+        return False
+    try:
+        magic = struct.unpack_from(order + "H", data, 2)[0]
+        if magic == 42:  # counts are 2 bytes, entries 12, offsets 4
+            first = struct.unpack_from(order + "I", data, 4)[0]
+            entries = struct.unpack_from(order + "H", buffer, first)[0]
+            return struct.unpack_from(order + "I", buffer, first + 2 + 12 * entries)[0] != 0
+        if magic == 43:  # BigTIFF: counts and offsets are 8 bytes, entries 20
+            first = struct.unpack_from(order + "Q", data, 8)[0]
+            entries = struct.unpack_from(order + "Q", buffer, first)[0]
+            return struct.unpack_from(order + "Q", buffer, first + 8 + 20 * entries)[0] != 0
+    except struct.error:  # a directory past the end: OpenCV read what it could, there is no second page to find
+        pass
+    return False
 
 
 def _rgb8(image: np.ndarray, name: str, gray_to_rgb: bool, bit_depth: int | None) -> np.ndarray:

@@ -34,7 +34,7 @@ from edgestack.errors import EdgestackError
 from edgestack.runtime.defects import Rules, assess, check_not_blank
 from edgestack.runtime.engine import Engine, load, require_task
 from edgestack.runtime.images import check_bit_depth, check_min_size, read_image, to_tensor
-from edgestack.runtime.sources import Item, Watch, file_signature, open_source, source_root
+from edgestack.runtime.sources import Item, Watch, file_signature, is_camera, open_source, source_root
 from edgestack.runtime.tiling import run_tiled
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Inspector:
         """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume. With `watch`,
         keep inspecting images as they arrive in the `source` folder (see sources.Watch)."""
         if run_dir and isinstance(source, (str, Path)) and not Path(source).is_file() \
-                and not str(source).isdigit():  # a folder or a glob (a camera index is digits)
+                and not is_camera(source):  # a folder or a glob
             root = source_root(source).resolve()
             if root in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
                 raise EdgestackError(f"run folder {run_dir} is inside the source {source}: its overlays would be "
@@ -180,6 +180,7 @@ class Inspector:
         file version its verdict judged) is skipped; a file changed since is reported, never passed silently."""
         slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
+        changed: set[Path] = set()  # files changed since their verdicts: none of their items (frames) is inspected
 
         def produce():
             try:
@@ -188,12 +189,16 @@ class Inspector:
                         return
                     if item is None:
                         continue
+                    if item.path in changed:  # the rest of a video found changed
+                        continue
                     if item.id in done:
                         judged = done[item.id]
                         if judged is not None and item.path is not None \
                                 and file_signature(item.path) not in (None, judged):
-                            note(f"{item.path}: changed since its verdict was recorded, so this image was NOT "
-                                 "inspected; a line must write each image under a new file name")
+                            changed.add(item.path)
+                            note(f"{item.path}: changed since its verdict was recorded (another file under that "
+                                 "name?), so it was NOT inspected; a line must write each image or video under a "
+                                 "new file name")
                         continue
                     try:
                         slots.put((item, item.load(), None))

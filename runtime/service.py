@@ -66,8 +66,9 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) -> np.ndarray:
-    """RGB uint8 array from encoded bytes; dimensions are checked from the header before decoding."""
+def decode_upload(data: bytes, max_pixels: int, gray_to_rgb: bool = False, bit_depth: int | None = None) -> np.ndarray:
+    """RGB uint8 array from encoded bytes, read as `edgestack inspect` reads a file (gray only with gray_to_rgb);
+    dimensions are checked from the header before decoding."""
     from PIL import Image
 
     if not data:
@@ -81,7 +82,7 @@ def decode_upload(data: bytes, max_pixels: int, bit_depth: int | None = None) ->
         raise EdgestackError("the body is not a readable image; send PNG/JPEG/BMP/TIFF bytes") from None
     if width * height > max_pixels:
         raise EdgestackError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    return decode_image(data, "in the request body", gray_to_rgb=True, bit_depth=bit_depth)
+    return decode_image(data, "in the request body", gray_to_rgb, bit_depth)
 
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
@@ -129,14 +130,21 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             with write_lock:
                 writer.write(result, image, prob)
 
+    def record_refusal(item_id: str, message: str) -> None:
+        # Under the lock that writes verdicts: a retry refused while the first request's verdict is still being
+        # written (overlay, fsync) must not land after it and replace it.
+        with write_lock:
+            if item_id not in writer.done:
+                writer.write(error_result(item_id, message), None, None)
+
     async def reject(status: int, outcome: str, message: str, item_id: str | None = None,
                      headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.count(outcome)
         # Authorised: the refusal is that item's result, unless the item already has a verdict (a retry refused
         # as busy must not replace it).
-        if item_id is not None and not (writer and item_id in writer.done):
+        if item_id is not None and writer:
             try:
-                await run_in_threadpool(record, error_result(item_id, message))
+                await run_in_threadpool(record_refusal, item_id, message)
             except EdgestackError as exc:  # the client still hears why its image was refused
                 log.error("%s", exc)
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -194,7 +202,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         if body is None:
             return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
         try:
-            image = decode_upload(bytes(body), max_pixels, inspector.bit_depth)
+            image = decode_upload(bytes(body), max_pixels, inspector.gray_to_rgb, inspector.bit_depth)
         except EdgestackError as exc:
             status = 413 if "limit" in str(exc) else 400
             return await reject(status, "too_large" if status == 413 else "bad_image", str(exc), item_id)

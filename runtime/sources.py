@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,7 +41,7 @@ class Item:
     id: str
     load: Callable[[], np.ndarray]
     """-> RGB uint8 HxWx3; raises EdgestackError for an unreadable item."""
-    path: Path | None = None  # the file of an image item
+    path: Path | None = None  # the file of an image item or a video's frame
     signature: tuple[int, int] | None = None  # its (size, mtime_ns) when it was read: which version was judged
 
 
@@ -81,20 +82,24 @@ def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> 
         yield Item(item_id, lambda a=array: read_image(a, gray_to_rgb, bit_depth))
 
 
-def _frame_item(item_id: str, bgr: np.ndarray) -> Item:
+def _frame_item(item_id: str, bgr: np.ndarray, path: Path | None = None,
+                signature: tuple[int, int] | None = None) -> Item:
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return Item(item_id, lambda: rgb)
+    return Item(item_id, lambda: rgb, path, signature)
 
 
-def _frames(capture: cv2.VideoCapture, prefix: str, max_frames: int | None) -> Iterator[Item]:
-    """Frames of a video file, until its end."""
+def _frames(capture: cv2.VideoCapture, path: Path, max_frames: int | None) -> Iterator[Item]:
+    """Frames of a video file, until its end. Ids are `<file name>/frame-N`; each frame carries the video's
+    (size, mtime), so another video under a name that has verdicts in the run folder is reported, not taken
+    for the one already inspected."""
+    signature = file_signature(path)
     index = 0
     try:
         while max_frames is None or index < max_frames:
             ok, frame = capture.read()
             if not ok:
                 return
-            yield _frame_item(f"{prefix}{index:06d}", frame)
+            yield _frame_item(f"{path.name}/frame-{index:06d}", frame, path, signature)
             index += 1
     finally:
         capture.release()
@@ -144,6 +149,18 @@ def _not_an_image(path: Path) -> str:
     return f"{path}: not an image file ({path.suffix or 'no extension'})"
 
 
+def _in_progress(relative: Path) -> bool:
+    """A name a writer uses until its file or folder is complete (a dot name, a partial suffix), anywhere in the
+    path below the watched folder: a batch folder copied in as `lot7.tmp` and renamed must not be read twice."""
+    return any(part.startswith(".") or Path(part).suffix.lower() in PARTIAL_SUFFIXES for part in relative.parts)
+
+
+def is_camera(source: Any) -> bool:
+    """A camera index: an int, or a string of digits that names no file or folder (folders named by date are
+    common on lines)."""
+    return isinstance(source, int) or (isinstance(source, str) and source.isdigit() and not Path(source).exists())
+
+
 def file_signature(path: Path) -> tuple[int, int] | None:
     """(size, mtime) of a file, None when it is gone (renamed or removed since the listing)."""
     try:
@@ -175,8 +192,7 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
             raise EdgestackError(f"watched folder {root} is gone (deleted, or its share unmounted); the results so "
                                  "far are kept: restore it and rerun with the same --out")
         for path in sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)))):
-            if path in inspected or path in noted or path.name.startswith(".") \
-                    or path.suffix.lower() in PARTIAL_SUFFIXES:
+            if path in inspected or path in noted or _in_progress(path.relative_to(root)):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 note_once(path, _not_an_image(path))
@@ -237,7 +253,7 @@ def open_source(
         if not Path(source).is_dir():
             raise EdgestackError(f"watch needs a folder; {source} is not one")
         return _arrivals(Path(source), watch, gray_to_rgb, bit_depth, note)
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+    if is_camera(source):
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
@@ -253,7 +269,7 @@ def open_source(
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise EdgestackError(f"video {path} could not be opened (corrupt or unsupported codec)")
-        return _frames(capture, f"{path.name}/frame-", max_frames)  # two videos into one run folder: no clash
+        return _frames(capture, path, max_frames)
     if path.is_file():
         root, files = path.parent, [path]
     else:

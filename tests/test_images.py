@@ -59,10 +59,31 @@ def test_rgba_gray_and_float(tmp_path):
     with pytest.raises(EdgestackError, match="grayscale"):
         read_image(gray)
     np.testing.assert_array_equal(read_image(gray, gray_to_rgb=True), np.repeat(rgb[..., :1], 3, axis=2))
-    np.testing.assert_array_equal(decode_upload(gray.read_bytes(), max_pixels=10_000), read_image(gray, True))
+    with pytest.raises(EdgestackError, match="grayscale"):  # the service reads uploads as inspect reads files
+        decode_upload(gray.read_bytes(), max_pixels=10_000)
+    np.testing.assert_array_equal(decode_upload(gray.read_bytes(), 10_000, gray_to_rgb=True), read_image(gray, True))
     cv2.imwrite(str(tmp_path / "f.tiff"), rgb.astype(np.float32) / 255)
     with pytest.raises(EdgestackError, match="holds float32 pixels"):
         read_image(tmp_path / "f.tiff")
     np.testing.assert_array_equal(read_image(rgb.astype(np.float32) / 255), rgb)
     with pytest.raises(EdgestackError, match="could not be decoded"):
         decode_image(b"", "empty.png")
+
+
+@pytest.mark.parametrize("byteorder,bigtiff", [("<", False), (">", False), ("<", True), (">", True)])
+def test_a_multi_page_tiff_is_refused_not_judged_by_its_first_page(tmp_path, byteorder, bigtiff):
+    import tifffile  # scikit-image's TIFF writer: both byte orders and BigTIFF
+
+    good, defective = np.random.default_rng(2).integers(0, 256, (2, 30, 20, 3), dtype=np.uint8)
+    single, lot = tmp_path / "single.tif", tmp_path / "lot.tif"
+    tifffile.imwrite(single, good, byteorder=byteorder, bigtiff=bigtiff, photometric="rgb")
+    np.testing.assert_array_equal(read_image(single), good)
+    with tifffile.TiffWriter(lot, byteorder=byteorder, bigtiff=bigtiff) as writer:
+        for page in (good, defective):
+            writer.write(page, photometric="rgb")
+    with pytest.raises(EdgestackError, match="TIFF with several pages.*save each page as its own file"):
+        read_image(lot)
+    # The service reads an upload's size with Pillow first, which cannot open big-endian BigTIFF at all.
+    refused = "not a readable image" if bigtiff and byteorder == ">" else "TIFF with several pages"
+    with pytest.raises(EdgestackError, match=refused):
+        decode_upload(lot.read_bytes(), max_pixels=10_000)

@@ -159,14 +159,41 @@ def test_a_run_folder_refuses_verdicts_of_other_rules(inspector, tmp_path):
     assert [r["id"] for r in inspector.run(tmp_path / "in", tmp_path / "run")] == ["part002.png"]
 
 
-def test_video_source(inspector, tmp_path):
-    path = tmp_path / "line.avi"
+def write_video(path, count, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 128))
-    for sample in synthetic_images(4, 128):
+    for sample in synthetic_images(count, 128, seed):
         writer.write(cv2.resize(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), (160, 128)))
     writer.release()
+    return path
+
+
+def test_video_source(inspector, tmp_path):
+    path = write_video(tmp_path / "line.avi", 4)
     results = list(inspector.run(path, max_frames=3))
     assert [r["id"] for r in results] == ["line.avi/frame-000000", "line.avi/frame-000001", "line.avi/frame-000002"]
+
+
+def test_another_video_under_an_inspected_name_is_reported_not_taken_for_it(inspector, tmp_path):
+    run = tmp_path / "run"
+    day1 = write_video(tmp_path / "day1" / "capture.avi", 2)  # a camera PC's recording, under the same name daily
+    day2 = write_video(tmp_path / "day2" / "capture.avi", 3, seed=5)
+    assert [r["file"]["size"] for r in inspector.run(day1, run)] == [day1.stat().st_size] * 2
+    assert list(inspector.run(day1, run)) == []  # the same video resumed: nothing twice, nothing reported
+    assert (run / "skipped.txt").read_text() == ""
+    assert list(inspector.run(day2, run)) == []  # its frame ids have day1's verdicts: not one frame taken for them
+    assert (run / "skipped.txt").read_text() == (  # and said once, not once a frame
+        f"{day2}: changed since its verdict was recorded (another file under that name?), so it was NOT inspected; a "
+        "line must write each image or video under a new file name\n")
+    assert len(records(run)) == 2
+
+
+def test_a_folder_named_with_digits_is_a_folder_not_a_camera(inspector, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "20240105", 1, size=128)  # lines name folders by date
+    assert [r["id"] for r in inspector.run("20240105", "run")] == ["part000.png"]
+    with pytest.raises(EdgestackError, match="inside the source"):
+        list(inspector.run("20240105", "20240105/run"))
 
 
 def test_resume_after_kill_gives_every_item_exactly_once(bundle, tmp_path):
@@ -264,6 +291,12 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
         (hot / "notes.txt").write_text("shift log")
         write_png(hot / "renamed.png.tmp", samples[2])
         (hot / "renamed.png.tmp").rename(hot / "renamed.png")
+        (hot / "lot7.tmp").mkdir()  # a batch copied in under a temporary folder name, renamed when complete
+        write_png(hot / "lot7.tmp" / "a.png", samples[0])
+        (hot / ".stversions").mkdir()  # a sync tool's old versions
+        write_png(hot / ".stversions" / "old.png", samples[1])
+        time.sleep(1.5)  # longer than the settle time: waited on for its name, not for its writes
+        (hot / "lot7.tmp").rename(hot / "lot7")
         (hot / "sub").mkdir()
         write_png(hot / "sub" / "late.png", samples[3])
         log, deadline = tmp_path / "run" / "results.jsonl", time.monotonic() + 60
@@ -276,14 +309,14 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
     started = time.monotonic()
     results = list(inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=1.0, idle_exit_s=2.0)))
     writer.join()
-    assert sorted(r["id"] for r in results) == ["before.png", "renamed.png", "slow.png", "sub/late.png"]
+    assert sorted(r["id"] for r in results) == ["before.png", "lot7/a.png", "renamed.png", "slow.png", "sub/late.png"]
     assert all(r["status"] in ("OK", "NG") and r["width"] == 128 for r in results)  # none read half-written
     assert (tmp_path / "run" / "skipped.txt").read_text().splitlines() == [
         f"{hot / 'notes.txt'}: not an image file (.txt)",
         f"{hot / 'before.png'}: rewritten after it was inspected, so this image was NOT inspected; a line must "
         "write each image under a new file name"]
     assert time.monotonic() - started < 30  # the idle exit ended it
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["items"] == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["items"] == 5
     again = list(inspector.run(hot, tmp_path / "run", watch=sources.Watch(settle_s=0.1, idle_exit_s=0.5)))
     assert again == []  # a rerun inspects nothing twice
 
@@ -408,6 +441,9 @@ def test_service_verdicts_auth_limits_and_metrics(client):
     assert bomb.status_code == 413 and "limit" in bomb.json()["error"]
     corrupt = client.post("/v1/inspect", content=b"GIF89a-garbage", headers=auth)
     assert corrupt.status_code == 400
+    gray = client.post("/v1/inspect", content=cv2.imencode(".png", plain_frame(64, 64)[..., 0])[1].tobytes(),
+                       headers=auth)  # as `inspect` without --gray-to-rgb
+    assert gray.status_code == 400 and "grayscale" in gray.json()["error"]
     tiny = client.post("/v1/inspect", content=encoded(plain_frame(8, 8)), headers=auth)
     assert tiny.status_code == 422 and "at least" in tiny.json()["error"]
     assert client.get("/health").json()["status"] == "ok"
@@ -536,7 +572,8 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgestack", "serve", "--bundle", str(bundle), "--port",
-                             str(port), "--backend", "onnxruntime", "--out", str(run), "--body-timeout", "2"],
+                             str(port), "--backend", "onnxruntime", "--out", str(run), "--body-timeout", "2",
+                             "--gray-to-rgb"],
                             stderr=subprocess.PIPE, text=True)
     stalled = []
     try:
@@ -563,10 +600,12 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
             t.join()
         assert failures == [] and sorted(statuses) == sorted(f"w{w}-{i}" for w in range(8) for i in range(5))
         assert httpx.post(f"{url}/v1/inspect?id=torn", content=images[0][:100]).status_code == 400
+        gray = cv2.imencode(".png", plain_frame(128, 128)[..., 0])[1].tobytes()
+        assert httpx.post(f"{url}/v1/inspect?id=gray", content=gray, timeout=60).status_code == 200  # --gray-to-rgb
         unnamed = httpx.post(f"{url}/v1/inspect", content=images[1], timeout=60).json()["id"]
         # Every answered request is already on disk, ERROR for the refused image; unnamed ones get unique ids.
         logged = {r["id"]: r["status"] for r in records(run)}
-        assert sorted(logged) == sorted(statuses + ["torn", unnamed]) and logged["torn"] == "ERROR"
+        assert sorted(logged) == sorted(statuses + ["torn", "gray", unnamed]) and logged["torn"] == "ERROR"
         assert unnamed.startswith("request-")
         # A client that stalls mid-upload (a camera PC losing power) gets 408 and frees its slot.
         for item in ("stalled", "hanging"):
@@ -581,7 +620,7 @@ def test_service_under_concurrent_clients(bundle, tmp_path):
         for connection in stalled:
             connection.close()
     summary = json.loads((run / "summary.json").read_text())  # written when the service stopped
-    assert summary["items"] == 44 and summary["counts"]["ERROR"] == 3
+    assert summary["items"] == 45 and summary["counts"]["ERROR"] == 3
 
 
 def test_awkward_file_names_each_get_a_result_and_their_own_overlay(inspector, tmp_path):
@@ -617,8 +656,8 @@ def test_an_image_replaced_under_an_inspected_name_is_reported_on_a_rerun(inspec
     (source / "part000.png").write_bytes(encoded(synthetic_images(1, 256, seed=77)[0].image))  # another part
     assert list(inspector.run(source, run)) == []  # its name has a verdict: not inspected again, but not silently
     assert (run / "skipped.txt").read_text() == (
-        f"{source / 'part000.png'}: changed since its verdict was recorded, so this image was NOT inspected; a line "
-        "must write each image under a new file name\n")
+        f"{source / 'part000.png'}: changed since its verdict was recorded (another file under that name?), so it was "
+        "NOT inspected; a line must write each image or video under a new file name\n")
 
 
 def test_glob_ids_do_not_depend_on_what_else_matches(inspector, tmp_path):
@@ -656,6 +695,41 @@ def test_a_refused_retry_does_not_replace_a_verdict(inspector, tmp_path):
         assert client.post("/v1/inspect?id=P1", content=b"garbage").status_code == 400
         assert client.post("/v1/inspect?id=P2", content=b"garbage").status_code == 400
     assert [(r["id"], r["status"]) for r in records(run)] == [("P1", first.json()["status"]), ("P2", "ERROR")]
+
+
+def test_a_retry_refused_while_the_verdict_is_being_written_does_not_replace_it(inspector, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.inspect import RunWriter
+    from edgestack.runtime.service import create_app
+
+    writing, release = threading.Event(), threading.Event()
+    write = RunWriter.write
+
+    def slow_verdict(self, result, image, prob):  # a verdict whose overlay and fsync take a while
+        if result["status"] != "ERROR":
+            writing.set()
+            release.wait(30)
+        write(self, result, image, prob)
+
+    monkeypatch.setattr(RunWriter, "write", slow_verdict)
+    run, answers = tmp_path / "run", {}
+    image = encoded(synthetic_images(1, 128, seed=2)[0].image)
+    with TestClient(create_app(inspector, run_dir=run)) as client:
+        def post(name, body):
+            answers[name] = client.post("/v1/inspect?id=P1", content=body)
+
+        verdict = threading.Thread(target=post, args=("verdict", image))
+        verdict.start()
+        assert writing.wait(60)
+        retry = threading.Thread(target=post, args=("retry", b"garbage"))
+        retry.start()
+        time.sleep(0.5)  # the retry is refused and waits to record it while the verdict is being written
+        release.set()
+        verdict.join()
+        retry.join()
+    assert answers["verdict"].status_code == 200 and answers["retry"].status_code == 400
+    assert [(r["id"], r["status"]) for r in records(run)] == [("P1", answers["verdict"].json()["status"])]
 
 
 def test_service_honours_a_pixel_limit_above_pillows_own(inspector):
