@@ -12,8 +12,9 @@ from typing import Any
 
 from edgestack.errors import EdgestackError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: meta.json carries the sha256 of its own content
 META = "meta.json"
+META_SHA256 = "meta_sha256"  # meta.json's key for the sha256 of the rest of its content
 REPORT = "report.md"
 PORTABLE_ONNX = "model.onnx"
 PLUGINS_ONNX = "model.plugins.onnx"
@@ -39,7 +40,24 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
 
 
 def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
-    write_atomic(bundle / META, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
+    """meta.json, signed with the sha256 of its content: an edit by hand (a preprocessing mean, a class list)
+    would change every result in silence, so it is refused on load like a changed model file."""
+    signed = {key: value for key, value in meta.items() if key != META_SHA256}
+    signed[META_SHA256] = _content_sha256(signed)
+    write_atomic(bundle / META, (json.dumps(signed, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _content_sha256(meta: dict[str, Any]) -> str:
+    content = {key: value for key, value in meta.items() if key != META_SHA256}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def require_recorded(bundle: Path, meta: dict[str, Any], filename: str, how: str) -> None:
+    """Only files whose sha256 meta.json records (and read_meta checked) are run or deployed."""
+    if filename not in meta["files"]:
+        found = ("a " + filename + " that meta.json does not record (no sha256 to check it by)"
+                 if (bundle / filename).is_file() else "no " + filename)
+        raise EdgestackError(f"bundle {bundle} has {found}; {how}")
 
 
 def axis_problem(meta: dict[str, Any], axis: str, size: int) -> str | None:
@@ -82,7 +100,8 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
             f"{meta_path} has schema version {meta.get('schema_version')!r}, this edgestack reads "
             f"{SCHEMA_VERSION}; re-export the bundle with this version"
         )
-    problem = _structure_problem(meta)
+    problem = _structure_problem(meta) or (
+        meta.get(META_SHA256) != _content_sha256(meta) and f"its content does not match its {META_SHA256}")
     if problem:
         raise EdgestackError(f"{meta_path} is damaged or edited ({problem}); re-export the bundle")
     if verify:

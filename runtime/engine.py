@@ -183,11 +183,8 @@ def check_backends(names: list[str]) -> None:
 
 
 def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_options: bool):
-    def recorded(filename: str, how: str) -> None:  # only files whose sha256 was checked are run
-        if filename not in meta["files"]:
-            found = ("a " + filename + " that meta.json does not record (no sha256 to check it by)"
-                     if (bundle / filename).is_file() else "no " + filename)
-            raise EdgestackError(f"bundle {bundle} has {found}; {how}")
+    def recorded(filename: str, how: str) -> None:
+        bundle_format.require_recorded(bundle, meta, filename, how)
 
     if name == "onnxruntime":
         recorded(bundle_format.PORTABLE_ONNX, "re-export the bundle")

@@ -150,6 +150,10 @@ def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
     (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "no inputs"),
     (lambda m: m | {"inputs": [m["inputs"][0] | {"dtype": "float99"}]}, "lacks a name, a shape or a dtype of"),
     (lambda m: m | {"axes": m["axes"] | {"height": m["axes"]["height"] | {"multiple_of": 0}}}, "axis height"),
+    # Valid edits that would change every result, or crash later: refused by meta.json's own sha256.
+    (lambda m: m | {"preprocess": m["preprocess"] | {"mean": [0.0, 0.0, 0.0]}}, "content does not match"),
+    (lambda m: {k: v for k, v in m.items() if k != "postprocess"}, "content does not match"),
+    (lambda m: {k: v for k, v in m.items() if k != "meta_sha256"}, "content does not match"),
 ])
 def test_an_edited_meta_json_is_refused(bundle, tmp_path, edit, message):
     copy = tmp_path / "copy"
@@ -167,7 +171,7 @@ def test_an_edited_input_declaration_is_refused_on_load(bundle, tmp_path, backen
     shutil.copytree(bundle, copy)
     meta = json.loads((copy / "meta.json").read_text())
     meta["inputs"][0] |= edit
-    (copy / "meta.json").write_text(json.dumps(meta))
+    bundle_format.write_meta(copy, meta)  # signed, as a buggy export would write it: the graph still disagrees
     with pytest.raises(EdgestackError, match=r"meta.json declares inputs and outputs .* \(meta.json edited\?\)"):
         load(copy, backend=backend)
 
@@ -180,7 +184,7 @@ def test_only_files_meta_json_records_are_run(bundle, tmp_path):
         load(copy, backend="onnxruntime-int8")
     meta = json.loads((copy / "meta.json").read_text())
     meta["model"]["config"] = "pspnet-r50"  # the weights are pspnet-r18's
-    (copy / "meta.json").write_text(json.dumps(meta))
+    bundle_format.write_meta(copy, meta)
     with pytest.raises(EdgestackError, match="its weights do not fit pspnet-r50 .*re-export the bundle"):
         load(copy, backend="torch")
 
