@@ -93,11 +93,13 @@ def write_repository(
     instances: int = 1,
     fmt: str = "auto",
     cpu: bool = False,
+    replace: bool = False,
 ) -> Path:
     """Write REPO/NAME/{config.pbtxt, 1/model.*}; returns the model folder. `fmt` auto: the plan if the bundle has
     one, else the portable ONNX; `cpu` runs ONNX instances on the CPU. A plan with plugin nodes gets our plugin
     library and its autoload library copied beside its config: Triton only dlopens the files it is given, so start
-    it with `--backend-config=tensorrt,plugins=<the autoload file>`, which registers the plugins when loaded."""
+    it with `--backend-config=tensorrt,plugins=<the autoload file>`, which registers the plugins when loaded.
+    An existing REPO/NAME is refused unless `replace` (then it is replaced whole: no stale model file stays)."""
     bundle, repo = Path(bundle), Path(repo)
     meta = bundle_format.read_meta(bundle, verify=True)
     bundle_format.refuse_several_graphs(bundle, meta, "add each sub-bundle to the repository "
@@ -106,9 +108,10 @@ def write_repository(
         raise EdgestackError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = "plan" if (bundle / bundle_format.PLAN).is_file() and not cpu else "onnx"
-    if fmt == "plan" and not (bundle / bundle_format.PLAN).is_file():
-        raise EdgestackError(f"bundle {bundle} has no {bundle_format.PLAN}; build it with `edgestack build {bundle}`")
-    name = name or meta["model"]["config"]
+    if fmt == "plan":
+        bundle_format.require_recorded(bundle, meta, bundle_format.PLAN, f"build it with `edgestack build {bundle}`")
+    graph = meta["model"].get("graph")  # one graph of a multi-graph model (vglaw: text, vision): its own name
+    name = name or (f"{meta['model']['config']}-{graph}" if graph else meta["model"]["config"])
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # one folder of the repository, as Triton names it
         raise EdgestackError(f"model name {name!r} must be letters, digits, _ . - (one folder name, not a path)")
     max_batch = batch_limit(meta, fmt) if max_batch is None else max_batch
@@ -116,8 +119,15 @@ def write_repository(
     parse_config(text)
 
     model_dir = repo / name
+    if model_dir.exists() or model_dir.is_symlink():
+        if not replace:
+            raise EdgestackError(f"{model_dir} exists; pass --replace to replace it, or --name to add this model "
+                                 "under another name")
+        if model_dir.is_symlink() or not model_dir.is_dir():
+            raise EdgestackError(f"{model_dir} is not a model folder (a file or a link); remove it or choose --name")
+        shutil.rmtree(model_dir)
     version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
+    version_dir.mkdir(parents=True)
     source = bundle_format.PLAN if fmt == "plan" else bundle_format.PORTABLE_ONNX
     shutil.copyfile(bundle / source, version_dir / ("model.plan" if fmt == "plan" else "model.onnx"))
     if fmt == "plan" and meta["tensorrt"].get("plugins"):

@@ -150,7 +150,11 @@ def _bundle(bundle: Path, env: dict[str, Any] | None) -> list[Finding]:
     if not (bundle / bundle_format.PLAN).is_file():
         return found + [Finding(plan, "missing", "no TensorRT plan: the auto backend runs onnxruntime; build one "
                                                  f"on the target with `edgestack build {bundle}`")]
-    info = meta.get("tensorrt", {})
+    try:
+        bundle_format.require_recorded(bundle, meta, bundle_format.PLAN, f"rebuild it with `edgestack build {bundle}`")
+    except EdgestackError as exc:  # a plan copied in by hand: never run, so no figures of it to show
+        return found + [Finding(plan, "problem", str(exc))]
+    info = meta["tensorrt"]
     built = f"{info.get('precision')} plan built with TensorRT {info.get('version')} on {info.get('gpu')}"
     if env is None:
         return found + [Finding(plan, "missing", f"{built}; cannot run here without TensorRT and a GPU")]

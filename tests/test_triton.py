@@ -1,5 +1,7 @@
 """Triton model repository: config.pbtxt parsed by Triton's own ModelConfig protobuf (from tritonclient)."""
 
+import shutil
+
 import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient: pip install 'tritonclient[grpc]'")
@@ -94,3 +96,37 @@ def test_a_model_name_is_one_folder_of_the_repository(bundle, tmp_path, capsys, 
     assert main(["triton", str(bundle), "--repo", str(tmp_path / "models"), "--name", name]) == 2
     assert "must be letters, digits, _ . - (one folder name, not a path)" in capsys.readouterr().err
     assert not (tmp_path / "escape").exists() and not (tmp_path / "models" / "config.pbtxt").exists()
+
+
+def test_a_model_folder_is_replaced_only_when_asked_and_then_whole(bundle, tmp_path, capsys):
+    repo = tmp_path / "models"
+    model_dir = write_repository(bundle, repo, cpu=True)
+    (model_dir / "1" / "model.plan").write_bytes(b"an older plan")  # what a replaced plan model leaves behind
+    assert main(["triton", str(bundle), "--repo", str(repo), "--cpu"]) == 2
+    assert f"{model_dir} exists; pass --replace to replace it" in capsys.readouterr().err
+    assert main(["triton", str(bundle), "--repo", str(repo), "--cpu", "--replace"]) == 0
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"]
+
+
+def test_each_graph_of_a_multi_graph_model_gets_its_own_name(bundle, tmp_path):
+    repo = tmp_path / "models"
+    for graph in ("text", "vision"):  # vglaw's sub-bundles share one config name
+        copy = tmp_path / graph
+        shutil.copytree(bundle, copy)
+        meta = bundle_format.read_meta(copy)
+        meta["model"]["graph"] = graph
+        bundle_format.write_meta(copy, meta)
+        assert write_repository(copy, repo, cpu=True) == repo / f"pspnet-r18-{graph}"
+    assert sorted(p.name for p in repo.iterdir()) == ["pspnet-r18-text", "pspnet-r18-vision"]
+
+
+def test_a_plan_meta_json_does_not_record_is_never_deployed(bundle, tmp_path):
+    from edgestack.runtime.environment import findings
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    shutil.copyfile(copy / "model.onnx", copy / "model.plan")  # copied in by hand: no sha256, no build record
+    with pytest.raises(EdgestackError, match="has a model.plan that meta.json does not record .*edgestack build"):
+        write_repository(copy, tmp_path / "models")
+    plan = [f for f in findings(copy) if f.component.startswith("plan ")]
+    assert [(f.status, "does not record" in f.detail) for f in plan] == [("problem", True)]
