@@ -32,6 +32,27 @@ def positive(kind: type):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (NaN, which every comparison fails, is refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def image_file(text: str) -> str:
+    """An argparse type: a file name OpenCV can write an image to, checked before any work is done."""
+    import cv2
+
+    path = Path(text)
+    if path.is_dir() or not path.name or not cv2.haveImageWriter(path.name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image file to write; give a .png or .jpg file name")
+    return text
+
+
 def seed(text: str) -> int:
     """An argparse type: a whole number from 0 to 2**63 - 1, the range torch, numpy and the samplers all accept."""
     try:
@@ -269,7 +290,7 @@ def cmd_triton(args: argparse.Namespace) -> None:
     from edgestack.tensorrt_env import AUTOLOAD_LIBRARY
 
     model_dir = write_repository(args.bundle, args.repo, args.name, args.max_batch, args.instances, args.format,
-                                 args.cpu)
+                                 args.cpu, args.replace)
     print(f"wrote {model_dir}; serve with `tritonserver --model-repository {args.repo}`"
           + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob(AUTOLOAD_LIBRARY)))
 
@@ -426,10 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="run a segmentation (colour overlay) or detection (boxes) bundle on one image")
     p.add_argument("bundle")
     p.add_argument("image")
-    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--out", type=image_file, required=True, help="output PNG")
     p.add_argument("--backend", default="auto")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
-    p.add_argument("--min-score", type=float, default=0.2, help="detection bundles: draw boxes scoring at least this")
+    p.add_argument("--min-score", type=fraction, default=0.2,
+                   help="detection bundles: draw boxes scoring at least this")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("ground", help="vglaw bundle: box + mask of the defect each --text names, as JSON (+ overlay)")
@@ -437,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--text", required=True, action="append", help="what to find, e.g. \"the largest stain\"; "
                                                                    "repeat for several prompts (one batch)")
-    p.add_argument("--out", help="overlay PNG with every prompt's box and mask")
+    p.add_argument("--out", type=image_file, help="overlay PNG with every prompt's box and mask")
     p.add_argument("--backend", default="auto")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
     p.set_defaults(func=cmd_ground)
@@ -456,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--mask", required=True, help="PNG: black (0) = hole to fill, white (255) = keep")
-    p.add_argument("--out", required=True, help="result PNG; a .side_by_side.png is written next to it")
+    p.add_argument("--out", type=image_file, required=True,
+                   help="result PNG; a .side_by_side.png is written next to it")
     p.add_argument("--invert-mask", action="store_true", help="white marks the hole instead")
     p.add_argument("--seed", type=seed, default=0, help="latent/noise seed: other seeds give other fills")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
@@ -533,11 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("triton", help="Triton model repository (config.pbtxt + plan or ONNX) from a bundle")
     p.add_argument("bundle")
     p.add_argument("--repo", required=True, help="model repository folder")
-    p.add_argument("--name", help="model name (default: the bundle's config name)")
+    p.add_argument("--name", help="model name (default: the bundle's config, plus its graph for a sub-bundle)")
     p.add_argument("--max-batch", type=int, help="max_batch_size (default: the model's largest batch; 0: none)")
     p.add_argument("--instances", type=positive(int), default=1, help="model instances")
     p.add_argument("--format", choices=["auto", "plan", "onnx"], default="auto", help="auto: plan if built")
     p.add_argument("--cpu", action="store_true", help="ONNX instances on the CPU (KIND_CPU)")
+    p.add_argument("--replace", action="store_true", help="replace REPO/NAME if it exists (refused otherwise)")
     p.set_defaults(func=cmd_triton)
 
     p = sub.add_parser("train", help="train defectseg (CDS2K-style folder or synthetic), the detector or vglaw "

@@ -12,6 +12,7 @@ import numpy as np
 from edgestack.errors import EdgestackError
 
 ImageLike = str | Path | np.ndarray
+FLOAT_OVERSHOOT = 0.5  # how far past 0..1 a float image may reach (cubic/Lanczos resizes overshoot) before refusal
 
 
 def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | None = None) -> np.ndarray:
@@ -32,6 +33,11 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | No
     if image.dtype.kind == "f":
         if not np.isfinite(image).all():
             raise EdgestackError(f"image {name} holds NaN or Inf values")
+        low, high = float(image.min()), float(image.max())
+        # A resize's overshoot is clipped; 0..255 levels in a float array would turn nearly white.
+        if low < -FLOAT_OVERSHOOT or high > 1 + FLOAT_OVERSHOOT:
+            raise EdgestackError(f"image {name} is float with values {low:g}..{high:g}, but float images hold 0..1; "
+                                 "divide 0..255 levels by 255, or pass the uint8 array")
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]

@@ -66,6 +66,10 @@ def test_rgba_gray_and_float(tmp_path):
     with pytest.raises(EdgestackError, match="holds float32 pixels"):
         read_image(tmp_path / "f.tiff")
     np.testing.assert_array_equal(read_image(rgb.astype(np.float32) / 255), rgb)
+    overshoot = cv2.resize(rgb.astype(np.float32) / 255, (40, 60), interpolation=cv2.INTER_LANCZOS4)
+    assert overshoot.max() > 1 and (read_image(overshoot) == 255).any()  # clipped, as a resize makes it
+    with pytest.raises(EdgestackError, match=r"float with values 0\.\.255, but float images hold 0\.\.1"):
+        read_image(rgb.astype(np.float32))  # 0..255 levels: nearly white if clipped
     with pytest.raises(EdgestackError, match="could not be decoded"):
         decode_image(b"", "empty.png")
 
