@@ -22,9 +22,11 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     dtype: str = "float32"
     doc: str = ""
+    values: tuple[int, int] | None = None  # an integer input's allowed values, inclusive (token ids: the vocabulary)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "doc": self.doc}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "doc": self.doc} | (
+            {"values": list(self.values)} if self.values else {})
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ class Engine:
         unknown = set(kwargs) - set(names)
         if unknown:
             raise EdgestackError(f"unknown inputs {sorted(unknown)}; the model takes {', '.join(names)}")
+        twice = [name for name in names if name in feed and name in kwargs]
+        if twice:
+            raise EdgestackError(f"inputs {twice} given both by position and by name; pass each once")
         feed.update(kwargs)
         missing = [n for n in names if n not in feed]
         if missing:
@@ -139,6 +142,11 @@ class Engine:
                 f"input {name!r} takes {want} values, got {array.dtype}; " + (
                     "pass the preprocessed tensor (meta.json's preprocess; edgestack.runtime.images.to_tensor does "
                     "it), not raw pixel levels" if want.kind == "f" else f"pass {want} values, not {array.dtype}"))
+        if want.kind in "iu" and array.size:  # token ids must fit the vocabulary; a uint64 past int64 must not wrap
+            lowest, highest = spec.get("values", (np.iinfo(want).min, np.iinfo(want).max))
+            low, high = int(array.min()), int(array.max())  # Python ints: compared without overflow
+            if low < lowest or high > highest:
+                raise EdgestackError(f"input {name!r} takes values {lowest}..{highest}, got {low}..{high}")
         with np.errstate(over="ignore"):  # checked right below
             array = np.ascontiguousarray(array, dtype=want)
         if want.kind == "f" and not np.isfinite(array).all():  # after the cast: 1e300 is Inf in float32
@@ -164,7 +172,8 @@ def _host_array(name: str, value: Any) -> np.ndarray:
 
 
 TASK_COMMANDS = {"segmentation": "edgestack infer", "detection": "edgestack infer", "inpainting": "edgestack inpaint",
-                 "defect_probability": "edgestack inspect"}  # postprocess kind -> the command that runs it
+                 "defect_probability": "edgestack inspect", "grounding_text": "edgestack ground",
+                 "grounding": "edgestack ground"}  # postprocess kind -> the command that runs it
 
 
 def require_task(engine: Engine, kind: str) -> None:

@@ -78,8 +78,11 @@ def _graph_spec(name: str, **fields) -> ModelSpec:
 TEXT = _graph_spec(
     "vglaw-text", task="grounding_text", description="VG-LAW prompt graph: token ids -> adaptive weights",
     example_inputs=_text_example,
-    inputs=lambda c: [TensorSpec("ids", ("batch", c["max_length"]), "int64", "WordPiece ids, [CLS] ... [SEP], 0-pad"),
-                      TensorSpec("attention_mask", ("batch", c["max_length"]), "int64", "1 = token, 0 = padding")],
+    # Value ranges checked on every backend: onnxruntime's Gather wraps a negative id round the vocabulary.
+    inputs=lambda c: [TensorSpec("ids", ("batch", c["max_length"]), "int64", "WordPiece ids, [CLS] ... [SEP], 0-pad",
+                                 (0, c["vocab"] - 1)),
+                      TensorSpec("attention_mask", ("batch", c["max_length"]), "int64", "1 = token, 0 = padding",
+                                 (0, 1))],
     outputs=lambda c: [_phi_spec(c), _text_feature_spec(c)],
     preprocess={"tokenizer": "tokenizer.json", "max_length": MAX_LENGTH},
     postprocess=lambda c: {"kind": "grounding_text"},

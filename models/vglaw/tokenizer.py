@@ -43,9 +43,11 @@ def load_tokenizer(path: str | Path = SHIPPED):
     if not path.is_file():
         raise EdgestackError(f"tokenizer file {path} not found; a vglaw bundle or the package ships tokenizer.json")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
         raise EdgestackError(f"{path} is not a valid tokenizer.json ({exc}); re-export the bundle") from None
+    tokenizer.encode_special_tokens = True  # "[SEP]" typed in a prompt is text, not the model's own marker
+    return tokenizer
 
 
 def encode(tokenizer, text: object) -> Prompt:
