@@ -6,6 +6,7 @@ Never unpickles arbitrary objects. Key mismatches are listed in full so the user
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise EdgestackError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
     try:
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, which would run whatever the file names: not passed on.
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        if refused:
+            raise EdgestackError(
+                f"checkpoint {path} names {refused[1]} in its pickle: it is not a plain state dict, and loading it "
+                "could run code. Save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
+            ) from None
+        detail = next((line for line in str(exc).splitlines() if line.strip() and "weights_only" not in line), "")
+        raise EdgestackError(f"checkpoint {path} is not a readable torch file ({detail or 'UnpicklingError'}); use a "
+                             "state dict saved with torch.save or a .safetensors file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise EdgestackError(
             f"checkpoint {path} could not be read as a weights-only torch file ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Use a state dict saved with torch.save or a "
@@ -42,8 +54,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
             break
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise EdgestackError(f"checkpoint {path} does not hold a state dict of tensors")
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in loaded.items()):
+        raise EdgestackError(f"checkpoint {path} does not hold a state dict of tensors by name")
     return loaded
 
 
@@ -58,9 +71,14 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
     )
-    if missing or unexpected or misshaped:
+    # fp16/bf16 weights load into fp32 exactly enough; bool/int/complex ones would be cast into nonsense in silence.
+    mistyped = sorted(f"{k}: checkpoint {state[k].dtype} vs model {expected[k].dtype}"
+                      for k in set(state) & set(expected)
+                      if expected[k].is_floating_point() and not state[k].is_floating_point())
+    if missing or unexpected or misshaped or mistyped:
         lines = [f"checkpoint {source} does not fit this model config:"]
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", misshaped)):
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", misshaped),
+                            ("not floating point", mistyped)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         lines.append("  check that --model/--config match the checkpoint")

@@ -29,10 +29,30 @@ def edge_pair():
     return spec.build(spec.configs[name]), source
 
 
+def stand_in_module(monkeypatch, name):
+    module = types.ModuleType(name)
+    parent = name.rpartition(".")[0]
+    monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
 @pytest.fixture
-def persistence(monkeypatch):
+def easydict(monkeypatch):
+    """A stand-in `dnnlib.util.EasyDict`, so pickle writes the official global name."""
+    class EasyDict(dict):
+        def __getattr__(self, name):
+            return self[name]
+
+    EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+    stand_in_module(monkeypatch, "dnnlib.util").EasyDict = EasyDict
+    return EasyDict
+
+
+@pytest.fixture
+def persistence(monkeypatch, easydict):
     """A stand-in `torch_utils.persistence` module, so pickle writes the official global name."""
-    module = types.ModuleType("torch_utils.persistence")
+    module = stand_in_module(monkeypatch, "torch_utils.persistence")
 
     def _reconstruct_persistent_obj(meta):
         raise AssertionError("the loader must never call the original reconstruct function")
@@ -40,8 +60,7 @@ def persistence(monkeypatch):
     _reconstruct_persistent_obj.__module__ = module.__name__
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+    module.EasyDict = easydict
     return module
 
 
@@ -57,9 +76,10 @@ class PersistentRecord:
         return reconstruct, (meta,), None
 
 
-def as_persistent(module, reconstruct, source):
-    """Our module tree as official-style records: state is the module __dict__ with children converted;
-    torch containers (ModuleList, Sequential) pickle as themselves, as in the official pickles."""
+def as_persistent(module, reconstruct, source, init_kwargs=None):
+    """Our module tree as official-style records: state is the module __dict__ with children converted, plus what
+    persistence's decorator keeps (constructor args, class source and name); torch containers (ModuleList,
+    Sequential) pickle as themselves, as in the official pickles."""
     children = OrderedDict((k, as_persistent(v, reconstruct, source)) for k, v in module._modules.items())
     if isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
         clone = type(module)()
@@ -68,7 +88,8 @@ def as_persistent(module, reconstruct, source):
     # nn.Module internals only (our own attributes, e.g. the config dataclass, are not in official pickles),
     # plus a numpy scalar as the official modules carry (weight_gain = 1 / np.sqrt(...)).
     state = {k: v for k, v in module.__dict__.items() if k.startswith("_") or k == "training"}
-    state.update(_modules=children, weight_gain=np.float64(0.5))
+    state.update(_modules=children, weight_gain=np.float64(0.5), _init_args=(), _init_kwargs=init_kwargs or {},
+                 _orig_module_src=source, _orig_class_name=type(module).__name__)
     return PersistentRecord(reconstruct, type(module).__name__, state, source)
 
 
@@ -78,7 +99,10 @@ def write_snapshot(path, model, persistence, marker):
         "training_set_kwargs": {"path": "places", "resolution": 256, "xflip": False},
         "G": None,
         "D": None,
-        "G_ema": as_persistent(model, persistence._reconstruct_persistent_obj, source),
+        # MAT's train.py builds G with mapping_kwargs=dnnlib.EasyDict(), synthesis_kwargs=dnnlib.EasyDict().
+        "G_ema": as_persistent(model, persistence._reconstruct_persistent_obj, source, dict(
+            z_dim=512, w_dim=512, mapping_kwargs=persistence.EasyDict(num_layers=8),
+            synthesis_kwargs=persistence.EasyDict(channel_base=32768, channel_max=512))),
         "augment_pipe": None,
     }
     with open(path, "wb") as f:
@@ -152,3 +176,62 @@ def test_bad_inputs(edge_pair, tmp_path):
     torch.save(other, tmp_path / "g512.pth")
     with pytest.raises(EdgestackError, match="512x512 images but this MAT config is 256x256"):
         load_checkpoint(target, str(tmp_path / "g512.pth"))
+
+
+def module_record(cls, **state):
+    record = cls()
+    record.__dict__.update({"_modules": {}, "_parameters": {}, "_buffers": {}} | state)
+    return record
+
+
+def test_damaged_or_crafted_module_records_are_refused_in_one_line(edge_pair, tmp_path, monkeypatch):
+    target, source = edge_pair
+
+    class Module:  # pickles as a class of torch.nn.modules: read as a placeholder record
+        pass
+
+    Module.__module__, Module.__qualname__ = "torch.nn.modules.crafted", "Module"
+    monkeypatch.setitem(sys.modules, Module.__module__, types.SimpleNamespace(Module=Module))
+    looped = module_record(Module, _parameters={"w": torch.zeros(2)})
+    looped._modules["self"] = looped
+    deep = chain = module_record(Module)
+    for _ in range(100):  # 5000 levels overflowed the loader's recursion; pickle.dump's own limits this test
+        chain._modules["c"] = chain = module_record(Module)
+    for name, generator, message in [
+            ("looped", looped, "nest deeper than 64 levels"), ("deep", deep, "nest deeper than 64 levels"),
+            ("list", module_record(Module, _parameters=[1, 2]), "_parameters of module G_ema is not a dict by name"),
+            ("int-name", module_record(Module, _parameters={0: torch.zeros(2)}), "_parameters of module G_ema")]:
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(pickle.dumps({"G_ema": generator}, protocol=4))
+        with pytest.raises(EdgestackError, match=f"checkpoint {path}: .*{message}"):
+            load_checkpoint(target, str(path))
+    odd_key = source.state_dict() | {"synthesis.dec.Dec_": torch.zeros(1)}  # no resolution to read from it
+    torch.save(odd_key, tmp_path / "odd.pth")
+    with pytest.raises(EdgestackError, match=r"unexpected keys \(1\): synthesis\.dec\.Dec_"):
+        load_checkpoint(target, str(tmp_path / "odd.pth"))
+    torch.save({0: torch.zeros(1)}, tmp_path / "int-key.pth")
+    with pytest.raises(EdgestackError, match="does not hold a state dict of tensors by name"):
+        load_checkpoint(target, str(tmp_path / "int-key.pth"))
+
+
+def test_weights_that_are_not_floating_point_are_refused(edge_pair, tmp_path):
+    target, source = edge_pair
+    for dtype in (torch.bool, torch.int8, torch.complex64):  # each was cast into the float weights in silence
+        torch.save({k: v.to(dtype) for k, v in source.state_dict().items()}, tmp_path / "w.pth")
+        with pytest.raises(EdgestackError, match=f"not floating point .*mapping.fc0.weight: checkpoint {dtype}"):
+            load_checkpoint(target, str(tmp_path / "w.pth"))
+    torch.save({k: v.half() for k, v in source.state_dict().items()}, tmp_path / "half.pth")  # fp16: loads
+    assert load_checkpoint(target, str(tmp_path / "half.pth"))["tensors"] == len(source.state_dict())
+
+
+def test_a_pth_that_would_run_code_is_refused_by_name_without_advice_to_disable_the_check(edge_pair, tmp_path):
+    marker = tmp_path / "pwned.txt"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"w": Exploit()}, tmp_path / "evil.pth")
+    with pytest.raises(EdgestackError, match=r"names \S*system in its pickle: .*could run code") as refused:
+        load_checkpoint(edge_pair[0], str(tmp_path / "evil.pth"))
+    assert "weights_only" not in str(refused.value) and not marker.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentObject,
+    # The generator's constructor kwargs (kept by persistence in _init_kwargs) hold EasyDicts, MAT's train.py
+    # passes mapping_kwargs=dnnlib.EasyDict(): a dict subclass, rebuilt as a plain dict.
+    ("dnnlib.util", "EasyDict"): dict,
 }
 # Classes whose instances appear in the stored state (torch containers, numpy scalars in attributes like
 # weight_gain); they become placeholders, so naming them cannot run anything.
@@ -98,19 +102,38 @@ def _state_of(obj: Any) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and "_modules" in state else None
 
 
-def module_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers of a rebuilt module record, by module path (like state_dict)."""
-    state = _state_of(obj)
-    if state is None:
-        return {}
+# MAT's generator is about 10 modules deep and 2,000 modules in all; a record past these limits loops or was
+# made to exhaust us.
+MAX_MODULE_DEPTH = 64
+MAX_MODULES = 100_000
+
+
+def module_tensors(root: Any) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers of a rebuilt module record, by module path (like state_dict). The record
+    is untrusted: a field of the wrong type, a loop or an absurd size is refused with an EdgestackError."""
     out: dict[str, torch.Tensor] = {}
-    skip = state.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for name, tensor in (state.get(group) or {}).items():
-            if isinstance(tensor, torch.Tensor) and name not in skip:
-                out[prefix + name] = tensor.detach()
-    for name, child in (state.get("_modules") or {}).items():
-        out.update(module_tensors(child, f"{prefix}{name}."))
+    pending, visited = [("", root)], 0
+    while pending:
+        prefix, obj = pending.pop()
+        state = _state_of(obj)
+        if state is None:
+            continue
+        visited += 1
+        if prefix.count(".") > MAX_MODULE_DEPTH or visited > MAX_MODULES:
+            raise EdgestackError(f"its module records nest deeper than {MAX_MODULE_DEPTH} levels or number over "
+                                 f"{MAX_MODULES} (a loop?); it is not an official MAT pickle")
+        groups = {group: state.get(group) or {} for group in ("_parameters", "_buffers", "_modules")}
+        for group, members in groups.items():
+            if not isinstance(members, dict) or not all(isinstance(name, str) for name in members):
+                raise EdgestackError(f"{group} of module {prefix.rstrip('.') or 'G_ema'} is not a dict by name; it "
+                                     "is not an official MAT pickle")
+        skip = state.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, set) else set()
+        for group in ("_parameters", "_buffers"):
+            for name, tensor in groups[group].items():
+                if isinstance(tensor, torch.Tensor) and name not in skip:
+                    out[prefix + name] = tensor.detach()
+        pending += [(f"{prefix}{name}.", child) for name, child in groups["_modules"].items()]
     return out
 
 
@@ -126,7 +149,10 @@ def read_pickle(path: str | Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is not a readable MAT pickle ({exc.__class__.__name__}: {exc}); re-download it"
         ) from None
     generator = root.get("G_ema") if isinstance(root, dict) else root
-    tensors = module_tensors(generator)
+    try:
+        tensors = module_tensors(generator)
+    except EdgestackError as exc:
+        raise EdgestackError(f"checkpoint {path}: {exc}") from None
     if not tensors:
         found = ", ".join(map(str, root)) if isinstance(root, dict) else type(root).__name__
         raise EdgestackError(f"checkpoint {path} holds no 'G_ema' generator (found: {found}); pass a MAT "
@@ -150,10 +176,13 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> dict[str, Any]:
     return apply_state_dict(model, state, str(path)) | {"format": file.suffix.lstrip(".")}
 
 
+DECODER_BLOCK = re.compile(r"synthesis\.dec\.Dec_\d+x(\d+)\.")  # a decoder block's key: its output size
+
+
 def _check_resolution(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
     """A checkpoint for another resolution has different decoder blocks; say so plainly."""
     def resolution(keys) -> int | None:
-        sizes = [int(k.split(".")[2].split("x")[1]) for k in keys if k.startswith("synthesis.dec.Dec_")]
+        sizes = [int(found[1]) for found in map(DECODER_BLOCK.match, keys) if found]
         return max(sizes) if sizes else None
 
     have, want = resolution(state), resolution(model.state_dict())
