@@ -35,6 +35,9 @@ def read_hole_mask(mask: ImageLike, shape: tuple[int, int], invert: bool = False
         if mask is None:
             raise EdgestackError(f"mask {path} could not be decoded; use a PNG with 0 = hole, 255 = keep")
         if mask.ndim == 3:
+            if mask.shape[2] == 4 and np.ptp(mask[..., :3]) == 0 and np.ptp(mask[..., 3]) > 0:
+                raise EdgestackError(f"mask {path} marks its hole in the alpha channel only; save it as a grayscale "
+                                     "PNG with 0 = hole, 255 = keep")
             mask = mask[..., 0] if np.ptp(mask[..., :3].astype(int), axis=2).max() == 0 else None
             if mask is None:
                 raise EdgestackError(f"mask {path} is a colour image; save it as a grayscale/black-and-white PNG")
@@ -47,7 +50,8 @@ def read_hole_mask(mask: ImageLike, shape: tuple[int, int], invert: bool = False
         raise EdgestackError(f"{name} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; "
                              "they must match")
     if mask.dtype == np.uint8:
-        keep = mask >= 128  # JPEG'd masks have in-between values
+        # 0/1 label masks are binary already; JPEG'd 0/255 masks have in-between values.
+        keep = mask.astype(bool) if mask.max() <= 1 else mask >= 128
     elif mask.dtype.kind in "fb":
         values = np.unique(mask)
         if not np.isin(values, (0, 1)).all():

@@ -79,6 +79,17 @@ def test_mask_conventions():
     assert np.array_equal(read_hole_mask((keep > 0).astype(np.float32), (64, 64)), keep == 0)
     free_form = random_mask(64, seed=3)[0].numpy()  # 1 = valid, as the model's mask input
     assert read_hole_mask(free_form, (64, 64)).mean() == pytest.approx(1 - free_form.mean())
+    labels = (keep > 0).astype(np.uint8)  # a 0/1 label PNG: read as 0 = hole, 1 = keep, not as nearly all hole
+    assert np.array_equal(read_hole_mask(labels, (64, 64)), keep == 0)
+    assert np.array_equal(read_hole_mask(labels, (64, 64), invert=True), keep > 0)
+
+
+def test_a_mask_drawn_in_its_alpha_channel_is_refused_by_name(tmp_path):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 3] = hole_mask(64, 64)  # what an editor's transparent brush leaves: every colour the same
+    cv2.imwrite(str(tmp_path / "mask.png"), rgba)
+    with pytest.raises(EdgestackError, match="marks its hole in the alpha channel only; save it as a grayscale"):
+        read_hole_mask(tmp_path / "mask.png", (64, 64))
 
 
 @pytest.mark.parametrize(
