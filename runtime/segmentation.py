@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgestack.bundle import axis_problem
+from edgestack.errors import EdgestackError
 from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, overlay, read_image, to_tensor
 
@@ -14,7 +16,12 @@ def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False) -> tupl
     post = engine.meta["postprocess"]
     rgb = read_image(image, gray_to_rgb=gray_to_rgb)
     name = str(image) if not isinstance(image, np.ndarray) else "image"
-    logits = engine(to_tensor(rgb, engine.meta["preprocess"], name))[post["output"]]
+    x = to_tensor(rgb, engine.meta["preprocess"], name)  # refuses an image below the model's minimum size first
+    for axis, size in zip(("height", "width"), rgb.shape[:2]):  # named by the image, not the graph's input
+        problem = axis_problem(engine.meta, axis, size)
+        if problem:
+            raise EdgestackError(f"{name} is {rgb.shape[1]}x{rgb.shape[0]}: {problem}; resize or crop it to fit")
+    logits = engine(x)[post["output"]]
     class_map = logits[0].argmax(0).astype(np.int32)
     return rgb, class_map
 

@@ -112,13 +112,16 @@ def write_case(folder, case):
         cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
     elif case == "float":
         cv2.imwrite(str(path), np.full((100, 100, 3), 0.5, np.float32))
+    elif case == "wide":
+        cv2.imwrite(str(path), np.zeros((100, 2100, 3), np.uint8))
     return path
 
 
 @pytest.mark.parametrize(
     "case, message",
     [("missing", "does not exist"), ("corrupt", "could not be decoded"), ("gray", "grayscale"),
-     ("small", "at least 65x65"), ("float", "holds float32 pixels; save it as an 8- or 16-bit")],
+     ("small", "at least 65x65"), ("float", "holds float32 pixels; save it as an 8- or 16-bit"),
+     ("wide", "wide.png is 2100x100: width=2100 is outside the model's allowed range 65..2049; resize or crop")],
 )
 def test_bad_images_are_clear_errors(bundle, tmp_path, capsys, case, message):
     path = write_case(tmp_path, case)
