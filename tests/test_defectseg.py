@@ -139,6 +139,12 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
         evaluate_defects(count=1, tiled=True, out=tmp_path / "x")
     with pytest.raises(EdgestackError, match="pass --target-recall"):
         evaluate_defects(count=1, rules_out=rules_path, out=tmp_path / "x")
+    # A rule calibrated on resized frames would miss its target recall in inspect, which runs them tiled.
+    for untiled in ({"bundle": defectseg_bundle, "backend": "onnxruntime"}, {"checkpoint": SHIPPED}):
+        with pytest.raises(EdgestackError, match="--rules-out writes a rule for inspect.*pass --tiled with --bundle"):
+            evaluate_defects(count=1, target_recall=0.5, rules_out=tmp_path / "untiled.json", out=tmp_path / "x",
+                             **untiled)
+    assert not (tmp_path / "untiled.json").exists()
 
 
 def test_tiled_eval_reports_an_image_too_small_and_evaluates_the_rest(defectseg_bundle, tmp_path):
@@ -153,7 +159,7 @@ def test_tiled_eval_reports_an_image_too_small_and_evaluates_the_rest(defectseg_
     assert [(Path(name).name, "at least 64x64" in reason) for name, reason in skipped] == [("tiny.png", True)]
 
 
-def test_an_unreachable_target_recall_writes_no_rules(tmp_path):
+def test_an_unreachable_target_recall_writes_no_rules(defectseg_bundle, tmp_path):
     # A defect the model cannot see (a flat image): no threshold finds it, so no rules file claims it would.
     folder = tmp_path / "line"
     for sub in ("Image", "GroundTruth"):
@@ -164,7 +170,8 @@ def test_an_unreachable_target_recall_writes_no_rules(tmp_path):
     cv2.imwrite(str(folder / "Positive" / "GroundTruth" / "part1.png"), mask)
     rules_path = tmp_path / "rules.json"
     with pytest.raises(EdgestackError, match="no rule reaches recall 1"):
-        evaluate_defects(data=str(folder), out=tmp_path / "eval", target_recall=1.0, rules_out=rules_path)
+        evaluate_defects(data=str(folder), out=tmp_path / "eval", bundle=defectseg_bundle, backend="onnxruntime",
+                         tiled=True, target_recall=1.0, rules_out=rules_path)
     assert not rules_path.exists()
     report = (tmp_path / "eval" / "results.md").read_text()
     assert "is out of reach here" in report and "| 0.8 | out of reach (best recall 0.000) |" in report

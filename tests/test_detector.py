@@ -155,3 +155,14 @@ def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
     assert torch.load(out / "best.pt", weights_only=True)["config"] == "detector-student"
     with pytest.raises(EdgestackError, match="already holds 2 epoch"):
         detection.train_command(epochs=2, resume=True, log=lambda m: None, **common)
+
+
+def test_a_teacher_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    from edgestack.errors import EdgestackError
+
+    teacher = tmp_path / "defectseg.pt"
+    torch.save({"config": "defectseg-s", "state_dict": {"w": torch.zeros(1)}}, teacher)
+    with pytest.raises(EdgestackError, match="holds defectseg-s weights, of the defectseg model, not detector; pass "
+                                             "a detector checkpoint"):
+        detection.train_command("detector-student", None, "synthetic", tmp_path / "run", 1, 8, 64, 2e-3, 8, 0,
+                                str(teacher), "tbd", 1)

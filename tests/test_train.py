@@ -21,6 +21,7 @@ from edgestack.train.datasets import (
     generate,
     jitter,
     load_pair,
+    read_mask,
     scan_folder,
     seed_worker,
     split,
@@ -131,6 +132,34 @@ def test_masks_are_read_as_labelling_tools_write_them(cds2k):
     assert "marks no defect, yet it is under Positive/" in reasons["empty.png"]  # it would count as a negative
     assert reasons["twin.png"] == "twin.jpg has the same name; rename one of them" and "twin" in records
     assert len(scan.records) == 12 + 3 + 1
+
+
+def test_masks_whose_brightest_label_is_low_are_refused_not_read_as_no_defect(tmp_path):
+    # Class-index labels 0/2, or 0/1 saved as JPEG (0, 1, 2): binarised at 128 they would mark no defect at all.
+    defect = np.zeros((64, 64), np.uint8)
+    defect[20:30, 20:30] = 2
+    defect[30, 20:30] = 1
+    for name, mask in [("classes", (defect > 0) * np.uint8(2)), ("jpeg", defect)]:
+        cv2.imwrite(str(tmp_path / f"{name}.png"), mask)
+    with pytest.raises(EdgestackError, match=r"classes.png holds the labels 0, 2, not 0/255 or 0/1.*255 \(or 1\)"):
+        read_mask(tmp_path / "classes.png")
+    with pytest.raises(EdgestackError, match="jpeg.png holds the labels 0, 1, 2"):
+        read_mask(tmp_path / "jpeg.png")
+
+
+def test_a_cds2k_folder_whose_positives_are_all_unusable_is_refused(cds2k):
+    # A misnamed mask folder skipped every positive: training on the negatives alone would learn to find nothing.
+    root, _ = cds2k
+    (root / "Positive" / "GroundTruth").rename(root / "Positive" / "Masks")
+    with pytest.raises(EdgestackError, match=r"none of the images in .*Positive/Image is usable: there is no mask "
+                                             r"folder .*Positive/GroundTruth \(Positive/ holds Masks\)"):
+        scan_folder(root)
+    (root / "Positive" / "Masks").rename(root / "Positive" / "GroundTruth")
+    for path in (root / "Positive" / "GroundTruth").glob("*.png"):
+        cv2.imwrite(str(path), np.zeros((64, 64), np.uint8))  # every mask empty: each positive skipped
+    with pytest.raises(EdgestackError, match=r"none of the images in .*Positive/Image is usable; skipped: .*marks "
+                                             "no defect, yet it is under Positive/"):
+        scan_folder(root)
 
 
 def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):
@@ -470,7 +499,7 @@ def test_bf16_refused_where_emulated(cds2k, tmp_path, monkeypatch, capsys):
     assert "no native bfloat16" in capsys.readouterr().err and not (tmp_path / "bf16").exists()
 
 
-def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
+def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch, capsys):
     native_bf16_cpu(monkeypatch, True)  # the autocast path runs here even where bf16 is emulated (tiny run)
     root, _ = cds2k
     out = tmp_path / "run"
@@ -481,6 +510,13 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
     assert {"state_dict", "optimizer", "scheduler", "history"} <= set(state)
     assert (out / "best.pt").is_file() and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert main(args + ["--epochs", "1"]) == 2  # would overwrite the run
+    with monkeypatch.context() as patch:  # a finished run, and other options, are refused before any data is read
+        patch.setattr("edgestack.train.loop.load_datasets", None)
+        assert main(args + ["--epochs", "1", "--resume"]) == 2
+        assert main(args + ["--epochs", "2", "--resume", "--lr", "0.1", "--size", "96"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds 1 epoch(s); pass --epochs 2" in err
+    assert "was trained with other options (size 64 -> 96; lr 0.002 -> 0.1)" in err
     assert main(args + ["--epochs", "2", "--resume", "--bf16"]) == 0  # bf16 autocast on the CPU, fp32 weights
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["args"]["bf16"] and np.isfinite(state["history"][-1]["loss"])
@@ -523,6 +559,29 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch):
     assert sum(r["positives"] + r["negatives"] for r in textures) == 8
     assert {r["group"] for r in report["by_kind_and_texture"] if r["by"] == "kind"} <= set(synthetic.DEFECTS)
     assert "| kind |" in (synthetic_eval / "results.md").read_text()
+
+
+def test_eval_refuses_checkpoints_of_other_models_and_unreadable_files(tmp_path, capsys):
+    torch.save({"config": "detector-student", "state_dict": {"w": torch.zeros(1)}}, tmp_path / "detector.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    for name in ("detector", "corrupt", "list"):
+        assert main(["eval", "defectseg", "--data", "synthetic", "--count", "1", "--size", "64", "--checkpoint",
+                     str(tmp_path / f"{name}.pt"), "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "detector.pt holds detector-student weights, of the detector model, not defectseg; pass a defectseg " \
+           "checkpoint" in err
+    assert "checkpoint " + str(tmp_path / "corrupt.pt") in err and "Traceback" not in err  # models.checkpoints' words
+    assert "list.pt does not hold a state dict of tensors" in err
+
+
+def test_diverged_training_stops_and_says_lower_lr(cds2k, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "defectseg-s", "--data", str(cds2k[0]), "--size", "64", "--batch-size", "4", "--epochs",
+                 "2", "--lr", "1e6", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1" in err and "lower --lr" in err and "TensorRT" not in err
+    assert not (out / "best.pt").exists()
 
 
 def test_cli_bad_input_exit_2(tmp_path, capsys):

@@ -36,7 +36,8 @@ def test_encode_pads_and_masks(tokenizer):
     assert prompt.attention_mask.sum() == 9 and (prompt.ids[9:] == 0).all() and not prompt.warnings
 
 
-@pytest.mark.parametrize("text", ["", "   \t\n", "😀 😀", "der Kratzer oben links", "x" * 1001, None, 42])
+@pytest.mark.parametrize("text", ["", "   \t\n", "😀 😀", "der Kratzer oben links", "x" * 1001, None, 42,
+                                  "[CLS] [SEP] [PAD]"])  # markers typed as text are no words the model knows
 def test_bad_prompts_raise_clear_errors(tokenizer, text):
     with pytest.raises(EdgestackError, match="prompt"):
         encode(tokenizer, text)
@@ -233,6 +234,39 @@ def test_train_resume_and_eval(tmp_path):
     assert json.loads(paths["json"].read_text())["results"]["mIoU"] == results["mIoU"]
 
 
+QUIET = dict(threads=1, device="cpu", log=lambda m: None)
+
+
+def test_training_refuses_fewer_samples_than_a_batch(tmp_path):
+    from edgestack.train.grounding import train
+
+    with pytest.raises(EdgestackError, match="4 training images are fewer than --batch-size 8; lower --batch-size "
+                                             "or raise --synthetic-count"):
+        train("vglaw-s", tmp_path / "few", epochs=1, batch_size=8, train_count=4, val_count=4, **QUIET)
+    assert not (tmp_path / "few" / "best.pt").exists()
+
+
+def test_resuming_with_other_options_is_refused(tmp_path):
+    from edgestack.train.grounding import train
+
+    resumed = tmp_path / "resumed"  # refused from last.pt alone, before any sample is generated
+    resumed.mkdir()
+    args = {"data": "synthetic-referring", "batch_size": 8, "lr": 4e-4, "epochs": 1, "weight_decay": 1e-4,
+            "train_count": 16, "seed": 0, "device": "cpu"}
+    torch.save({"config": "vglaw-s", "epoch": 1, "args": args}, resumed / "last.pt")
+    with pytest.raises(EdgestackError, match=r"other options \(lr 0.0004 -> 0.001; train_count 16 -> 32\)"):
+        train("vglaw-s", resumed, epochs=2, batch_size=8, lr=1e-3, train_count=32, val_count=4, resume=True, **QUIET)
+
+
+def test_a_diverged_loss_stops_training_before_a_checkpoint(tmp_path):
+    from edgestack.train.grounding import train
+
+    diverged = tmp_path / "diverged"
+    with pytest.raises(EdgestackError, match="non-finite training loss at epoch 1; lower --lr"):
+        train("vglaw-s", diverged, epochs=1, batch_size=4, lr=1e6, train_count=8, val_count=4, **QUIET)
+    assert not (diverged / "best.pt").exists()
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, model):
     """Exported through the CLI, as users do (`edgestack export vglaw-s --checkpoint ...`)."""
@@ -322,3 +356,23 @@ def test_shipped_weights_reach_the_goal_on_held_out_expressions(tmp_path):
     assert SHIPPED["vglaw-s"].is_file()
     results, _ = evaluate(None, "vglaw-s", "test", 200, tmp_path, threads=2)
     assert results["prec@0.5"] >= 0.8 and results["mIoU"] >= 0.6
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_the_text_graph_refuses_ids_outside_the_vocabulary_on_every_backend(bundle, backend, capsys):
+    path, _ = bundle
+    text = load(path / "text", backend=backend)
+    prompt = encode(load_tokenizer(), "the largest stain")
+    ids, mask = prompt.ids[None], prompt.attention_mask[None]
+    assert set(text(ids, mask)) == {"phi", "text_feature"}
+    for bad_ids, bad_mask, message in [
+            (ids - 600, mask, r"'ids' takes values 0\.\.511, got -600\.\."),  # onnxruntime wrapped it round
+            (ids + 512, mask, r"'ids' takes values 0\.\.511, got 512\.\."),
+            (ids, mask * 2, r"'attention_mask' takes values 0\.\.1, got 0\.\.2"),
+            (ids.astype(np.uint64) + np.uint64(2**63), mask, r"got 9223372036854775808")]:  # no wrap to negative
+        with pytest.raises(EdgestackError, match=message):
+            text(bad_ids, bad_mask)
+    with pytest.raises(EdgestackError, match=r"inputs \['ids'\] given both by position and by name"):
+        text(ids, attention_mask=mask, ids=ids - 600)
+    assert main(["infer", str(path / "text"), "x.png", "--out", "o.png"]) == 2
+    assert "run it with `edgestack ground`" in capsys.readouterr().err

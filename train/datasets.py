@@ -78,6 +78,12 @@ def read_mask(path: Path) -> np.ndarray:
         raise EdgestackError(f"mask {path} could not be read as an 8- or 16-bit image; save masks as PNG")
     values = labels[..., :3].max(axis=2) if labels.ndim == 3 else labels
     peak = int(values.max())
+    if 1 < peak < 32:  # refused, not guessed: `> 128` below would erase every defect, and reading any non-zero
+        # as defect would take in a JPEG's ringing around 0/1 labels or merge a class-index mask's classes
+        held = ", ".join(str(v) for v in np.unique(values)[:8])
+        raise EdgestackError(f"mask {path} holds the labels {held}, not 0/255 or 0/1 (a class-index mask, or 0/1 "
+                             "saved as JPEG?); save each mask as a PNG with 0 for background and 255 (or 1) for "
+                             "defect")
     if peak == 1 or (values.dtype == np.uint16 and peak > 255):  # 0/1 labels; 16-bit: scaled by its white
         values = values.astype(np.float32) * (255.0 / peak)
     elif values.dtype == np.uint16:
@@ -124,12 +130,15 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
             )
         scan = FolderScan(root, "plain", bit_depth)
         pairs = [(images, masks, True)]
+    found = {}  # image folder -> how many images it holds
     for image_dir, mask_dir, needs_mask in pairs:
         images = _images(image_dir, scan) if image_dir.is_dir() else {}
+        found[image_dir] = len(images)
         masks = _images(mask_dir, scan) if mask_dir is not None and mask_dir.is_dir() else {}
         for key, path in images.items():
             if needs_mask and key not in masks:
-                scan.skip(path, f"no mask with the same name in {mask_dir}")
+                scan.skip(path, f"no mask with the same name in {mask_dir}" if mask_dir.is_dir() else
+                          f"there is no mask folder {mask_dir}")
             else:
                 scan.records.append(Record(path, masks.get(key)))
         for key in sorted(set(masks) - set(images)):
@@ -148,8 +157,17 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
             else:
                 good.append(record)
         scan.records = good
+    reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
+    positives, masks = root / "Positive" / "Image", root / "Positive" / "GroundTruth"
+    if scan.layout == "cds2k" and found[positives] and not any(record.mask is not None for record in scan.records):
+        # on Negative/ alone a model learns that nothing is ever a defect (and eval finds no positive to score)
+        if masks.is_dir():
+            raise EdgestackError(f"none of the images in {positives} is usable; skipped: {reasons}")
+        others = ", ".join(sorted(p.name for p in positives.parent.iterdir() if p.is_dir() and p != positives))
+        raise EdgestackError(f"none of the images in {positives} is usable: there is no mask folder {masks}"
+                             + (f" (Positive/ holds {others})" if others else "")
+                             + "; put each image's mask there, under the image's name")
     if not scan.records:
-        reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
         raise EdgestackError(f"no usable image/mask pairs under {root} ({scan.layout} layout)"
                              + (f"; skipped: {reasons}" if reasons else "; the folders are empty"))
     return scan

@@ -30,7 +30,7 @@ from edgestack.models import resolve
 from edgestack.models.detector.model import STRIDES, Detector, decode, flatten, points
 from edgestack.train import synthetic, tbd
 from edgestack.train.datasets import DefectDataset, load_datasets, to_tensors
-from edgestack.train.loop import check_epochs_left, run_folder, run_state
+from edgestack.train.loop import check_epochs_left, check_finite_loss, run_folder, run_state
 
 MIN_BOX_SIDE = 1.0
 MIN_COMPONENT_PIXELS = 4  # smaller mask components are anti-aliasing specks, not defects one can box
@@ -202,9 +202,7 @@ def train_detector(
                 gt, valid = pad_boxes(boxes)
                 extra = distill(tbd.level_outputs(raw_t), tbd.level_outputs(raw), gt, valid)
                 losses |= {"hd": extra["hd"], "tfd": extra["tfd"], "loss": losses["loss"] + extra["loss"]}
-            if not torch.isfinite(losses["loss"]):
-                figures = {k: float(v) for k, v in losses.items()}
-                raise EdgestackError(f"non-finite training loss at epoch {epoch + 1} ({figures}); lower --lr")
+            check_finite_loss(losses["loss"], epoch + 1, losses)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from edgestack.errors import EdgestackError, make_folder
-from edgestack.models import resolve
-from edgestack.models.checkpoints import load_checkpoint
+from edgestack.models import all_models, resolve
+from edgestack.models.checkpoints import apply_state_dict, read_state_dict
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
@@ -51,13 +51,18 @@ def load_trained(
             raise EdgestackError(f"{config_name} has no shipped weights; pass --checkpoint (a last.pt/best.pt)")
         checkpoint = shipped
     path = Path(checkpoint)
-    if path.suffix == ".pt" and path.is_file():  # training checkpoints name their config
+    state = read_state_dict(path)  # a missing, corrupt or non-dict file is a clear error, as for --init
+    if path.suffix == ".pt":  # training checkpoints name their config; read_state_dict has vetted the file
         saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+        if saved and saved not in spec.configs:
+            owner = next((s.name for s in all_models().values() if saved in s.configs), "unknown")
+            raise EdgestackError(f"checkpoint {path} holds {saved} weights, of the {owner} model, not {spec.name}; "
+                                 f"pass a {spec.name} checkpoint")
         if saved and config and config not in (saved, spec.name):
             raise EdgestackError(f"{path} holds {saved} weights; drop --config {config} or pass --config {saved}")
         config_name = saved or config_name
     model = spec.build(spec.configs[config_name])
-    load_checkpoint(model, path)
+    apply_state_dict(model, state, str(path))
     return model.eval(), config_name, str(path)
 
 
@@ -241,6 +246,10 @@ def evaluate_defects(
         raise EdgestackError(f"--target-recall must be in (0, 1], got {target_recall}")
     if rules_out is not None and target_recall is None:
         raise EdgestackError("--rules-out writes the rule calibrated for --target-recall; pass --target-recall too")
+    if rules_out is not None and not tiled:  # a rule calibrated on resized frames misses its recall in inspect
+        raise EdgestackError("--rules-out writes a rule for inspect, which runs frames at their own scale in tiles; "
+                             "calibrate it as inspect runs: pass --tiled with --bundle (export a checkpoint with "
+                             "`edgestack export defectseg --checkpoint CKPT` first)")
     if tiled and bundle is None:
         raise EdgestackError("--tiled runs an exported bundle as `edgestack inspect` does; pass --bundle")
     line_rules = load_rules(rules) if rules is not None else None

@@ -27,6 +27,7 @@ from edgestack.models.vglaw.tokenizer import encode, load_tokenizer
 from edgestack.train import referring
 from edgestack.train.datasets import MEAN, STD, generate
 from edgestack.train.loop import (
+    check_full_batch,
     cosine_schedule,
     device_name,
     progress_bar,
@@ -34,6 +35,7 @@ from edgestack.train.loop import (
     run_epochs,
     run_folder,
     shuffled_loader,
+    starting_state,
     training_device,
 )
 
@@ -150,6 +152,10 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     spec, config_name = resolve("vglaw", config)
     device = training_device(device)
     out, last = run_folder(out, resume)
+    args = {"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
+            "weight_decay": weight_decay, "train_count": train_count, "seed": seed, "device": device_name(device)}
+    state = starting_state(last, config_name, args, resume)
+    check_full_batch(train_count, batch_size, "synthetic")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()
@@ -168,7 +174,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     val_loader = torch.utils.data.DataLoader(val_set, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
-    history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
+    history, first_epoch, best = resume_run(last, state, model, optimizer, schedule, log) if state else (
         [], 1, -1.0)
 
     def batch_loss(batch) -> torch.Tensor:
@@ -184,9 +190,7 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
         score, epochs=epochs, first_epoch=first_epoch, history=history, best=best, out=out,
         last=last, config_name=config_name, log=log, curve_keys=("prec@0.5", "mIoU"),
         loss_name="L1 + GIoU + 4 focal + 4 dice", clip_grad=1.0,
-        describe=lambda val: f"val Prec@0.5 {val['prec@0.5']:.3f}  mIoU {val['mIoU']:.3f}",
-        args={"data": "synthetic-referring", "batch_size": batch_size, "lr": lr, "epochs": epochs,
-              "weight_decay": weight_decay, "train_count": train_count, "seed": seed, "device": device_name(device)},
+        describe=lambda val: f"val Prec@0.5 {val['prec@0.5']:.3f}  mIoU {val['mIoU']:.3f}", args=args,
     )
     train_seconds = sum(h["seconds"] for h in history)
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1), "threads": threads,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgestack.errors import EdgestackError, make_folder
+from edgestack.errors import EdgestackError, EngineOutputError, make_folder
 from edgestack.models import resolve
 from edgestack.train.datasets import load_datasets, seed_worker
 from edgestack.train.losses import boundary_weight, structure_loss
@@ -138,11 +138,51 @@ def check_epochs_left(epochs: int, done: int, out: Path) -> None:
             "; pass 1 or more"))
 
 
+# Options a resumed run may change: --epochs (to train longer), where and how fast the same steps run (device,
+# bf16 autocast; --threads and --workers are not recorded), and --init (the weights come from last.pt: a resume
+# need not repeat it). Any other change (data, size, batch size, lr, ...) would make one run of two setups, and
+# the restored optimizer and schedule would ignore a new --lr.
+RESUME_MAY_CHANGE = ("epochs", "device", "bf16", "init")
+
+
+def starting_state(last: Path, config_name: str, args: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Checked before any data is loaded: with `resume`, last.pt's state, refused when its config or options
+    (`args`, as run_epochs records them) differ but for RESUME_MAY_CHANGE; None for a new run. Either way
+    refused when --epochs leaves nothing to train."""
+    state = None
+    if resume:
+        state = run_state(last, config_name)
+        saved = state["args"]  # an option that an older run did not record counts as unchanged
+        changed = [f"{key} {saved[key]} -> {value}" for key, value in args.items()
+                   if key not in RESUME_MAY_CHANGE and saved.get(key, value) != value]
+        if changed:
+            raise EdgestackError(f"--resume: {last} was trained with other options ({'; '.join(changed)}); resume "
+                                 "it with the run's own options, or start a new run with another --out")
+    check_epochs_left(args["epochs"], state["epoch"] if state else 0, last.parent)
+    return state
+
+
+def check_full_batch(count: int, batch_size: int, data: str) -> None:
+    """Refuse fewer training samples than one batch: the loader drops incomplete batches, so no step is taken."""
+    if count < batch_size:
+        raise EdgestackError(f"{count} training images are fewer than --batch-size {batch_size}; lower --batch-size "
+                             "or " + ("raise --synthetic-count" if data == "synthetic" else "add images"))
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, parts: dict[str, torch.Tensor] | None = None) -> None:
+    """Stop a diverged run at its first non-finite loss, before its step writes NaN into the weights (and into
+    last.pt/best.pt); `parts`: the loss's terms, shown in the message."""
+    if not torch.isfinite(loss):
+        figures = {key: float(value) for key, value in (parts or {}).items()}
+        raise EdgestackError(f"non-finite training loss at epoch {epoch}" + (f" ({figures})" if figures else "")
+                             + "; lower --lr")
+
+
 def resume_run(
-    last: Path, config_name: str, model, optimizer, schedule, log
+    last: Path, state: dict[str, Any], model, optimizer, schedule, log
 ) -> tuple[list[dict[str, Any]], int, float]:
-    """Load model/optimizer/schedule state from `last`; returns (history, first epoch to run, best score)."""
-    state = run_state(last, config_name)
+    """Load model/optimizer/schedule state from `state` (starting_state's, of `last`); returns (history, first
+    epoch to run, best score)."""
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
@@ -156,8 +196,8 @@ def run_epochs(
     describe, curve_keys: tuple[str, ...], loss_name: str, clip_grad: float | None = None, log=print,
 ) -> list[dict[str, Any]]:
     """The epoch loop both trainers share: optimise `batch_loss(batch)` over `loader`, then `validate()`; write
-    OUT/last.pt every epoch, best.pt when `score(val)` improves, and curves.png. Returns the history."""
-    check_epochs_left(epochs, first_epoch - 1, out)
+    OUT/last.pt every epoch, best.pt when `score(val)` improves, and curves.png; stop at a non-finite loss.
+    Returns the history."""
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start, losses = time.perf_counter(), []
@@ -165,6 +205,7 @@ def run_epochs(
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(loader), status="")
             for batch in loader:
                 loss = batch_loss(batch)
+                check_finite_loss(loss, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad is not None:
@@ -173,7 +214,12 @@ def run_epochs(
                 schedule.step()
                 losses.append(loss.item())
                 bar.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.4f}")
-        val = validate()
+        try:
+            val = validate()
+        except EngineOutputError:  # assess refused a NaN map: the last steps overflowed the weights, though their
+            # losses were finite (seen at --lr 1e6: weights of 1e28 give inf in eval mode)
+            raise EdgestackError(f"the model's output is non-finite after epoch {epoch}: training diverged; lower "
+                                 "--lr") from None
         seconds = time.perf_counter() - epoch_start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "seconds": round(seconds, 1)})
         log(f"epoch {epoch}: loss {np.mean(losses):.4f}  {describe(val)}  ({seconds:.0f} s)")
@@ -229,18 +275,21 @@ def train(
     device = training_device(device)
     if bf16:
         require_native_bf16(device)
+    if init == "shipped":
+        init = spec.extras.get("default_checkpoint", {}).get(config_name)
+        if not init or not Path(init).is_file():
+            raise EdgestackError(f"--init shipped: {config_name} has no shipped weights; pass a checkpoint path")
     out, last = run_folder(out, resume)
+    args = {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
+            "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
+            "init": None if init is None else str(init), "device": device_name(device), "bf16": bf16}
+    state = starting_state(last, config_name, args, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
 
     model = spec.build(spec.configs[config_name]).train()
     if init is not None and not resume:
         from edgestack.models.checkpoints import load_checkpoint
-
-        if init == "shipped":
-            init = spec.extras.get("default_checkpoint", {}).get(config_name)
-            if not init or not Path(init).is_file():
-                raise EdgestackError(f"--init shipped: {config_name} has no shipped weights; pass a checkpoint path")
 
         load_checkpoint(model, init)
         log(f"initialised from {init}")
@@ -254,9 +303,7 @@ def train(
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
-    if data_info["train"] < batch_size:  # the loader drops incomplete batches: no step would be taken
-        raise EdgestackError(f"{data_info['train']} training images are fewer than --batch-size {batch_size}; lower "
-                             "--batch-size or add images")
+    check_full_batch(data_info["train"], batch_size, data)
     # After the generation pool has forked: its processes never see a CUDA context. Channels-last (NHWC) is the
     # layout oneDNN and cuDNN convolve fastest; on this 2-core CPU it made a training step ~1.5x faster.
     model.to(device, memory_format=torch.channels_last)
@@ -264,7 +311,7 @@ def train(
     train_loader = shuffled_loader(train_set, batch_size, generator, workers, device, seed_worker)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.1)
-    history, first_epoch, best = resume_run(last, config_name, model, optimizer, schedule, log) if resume else (
+    history, first_epoch, best = resume_run(last, state, model, optimizer, schedule, log) if state else (
         [], 1, -1.0)
 
     def batch_loss(batch) -> torch.Tensor:
@@ -286,10 +333,7 @@ def train(
         config_name=config_name, log=log, curve_keys=("S", "wF", "accuracy", "MAE x10"),
         loss_name="structure loss + aux",
         describe=lambda val: f"val S {val.get('S', float('nan')):.4f}  MAE {val.get('MAE', float('nan')):.4f}  "
-                             f"acc {val['accuracy']:.3f}",
-        args={"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
-              "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
-              "init": None if init is None else str(init), "device": device_name(device), "bf16": bf16},
+                             f"acc {val['accuracy']:.3f}", args=args,
     )
     train_seconds = sum(h["seconds"] for h in history)
     summary = {"config": config_name, "epochs": epochs, "train_seconds": round(train_seconds, 1),
