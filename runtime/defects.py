@@ -128,6 +128,18 @@ def check_not_blank(rgb: np.ndarray, rules: Rules, name: str) -> None:
             "`min_frame_std` in the rules file sets this check (0 turns it off)")
 
 
+def at_or_above(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """prob >= threshold, compared as the rule's float64 value: numpy compares a float32 map in float32, where a
+    pixel at float32(0.7) would count as >= 0.7 though it is below it. Eval's calibration uses it too, so the rule
+    it writes gives inspect the verdicts it reported."""
+    if prob.dtype == np.float32:
+        bound = np.float32(threshold)
+        if float(bound) < threshold:
+            bound = np.nextafter(bound, np.float32(np.inf))
+        return prob >= bound
+    return prob >= threshold
+
+
 def assess(prob: np.ndarray, rules: Rules) -> Assessment:
     """Connected components of prob >= rules.threshold, which of them count as defects, and the verdict.
 
@@ -147,13 +159,8 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
         raise EdgestackError(
             f"no region of interest of the rules ({rules.rois}) meets this {width}x{height} image, so no defect "
             "could count: fix the rules' rois (pixels of this camera's images)")
-    threshold = rules.threshold
-    if prob.dtype == np.float32:  # the float32 that compares as the rule's float64 does: float32(0.7) < 0.7
-        threshold = np.float32(threshold)
-        if float(threshold) < rules.threshold:  # compared in float64 (numpy would compare in float32)
-            threshold = np.nextafter(threshold, np.float32(np.inf))
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        (prob >= threshold).astype(np.uint8), connectivity=8)
+        at_or_above(prob, rules.threshold).astype(np.uint8), connectivity=8)
     inside = labels > 0
     component, scores = labels[inside], prob[inside]
     means = (np.bincount(component, weights=scores, minlength=count) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1))[1:]

@@ -603,3 +603,18 @@ def test_synth_cli_writes_cds2k_layout(tmp_path, capsys):
 
 def _sample64(index):  # module level: worker processes import it by name
     return synthetic.make_sample(synthetic.TRAIN_SEED, index, 64)
+
+
+def test_a_pixel_exactly_at_a_float32_threshold_is_judged_alike_by_calibration_and_inspect():
+    from edgestack.runtime.defects import assess
+    from edgestack.train.metrics import area_rule
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20, 10:20] = 255
+    prob = np.zeros((64, 64), np.float32)
+    prob[10:20, 10:20] = np.float32(0.7)  # a float32 map's 0.7 is just below the rule's 0.7
+    metrics = DefectMetrics(sweep_thresholds=True)
+    metrics.update(prob, mask)
+    rule = metrics.calibrate(1.0)
+    assert rule["threshold"] < 0.7 and rule["recall"] == 1.0  # calibration used to pick 0.7, which inspect misses
+    assert assess(prob, area_rule(rule["threshold"], rule["min_area_px"])).status == "NG"

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, assess
+from edgestack.runtime.defects import Rules, assess, at_or_above
 
 THRESHOLD = Rules.threshold
 MIN_AREA = Rules.min_area_px
@@ -54,7 +54,8 @@ def is_ng(prob: np.ndarray, threshold: float = THRESHOLD, min_area: int = MIN_AR
 def largest_area(prob: np.ndarray, threshold: float) -> int:
     """Pixels in the largest connected area (8-connectivity) of prob >= threshold; 0 if there is none. The rule
     above says NG exactly when this reaches min_area, whatever min_area is."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats((prob >= threshold).astype(np.uint8), connectivity=8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(at_or_above(prob, threshold).astype(np.uint8),
+                                                          connectivity=8)
     return int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
 
 
