@@ -140,12 +140,12 @@ def cmd_infer(args: argparse.Namespace) -> None:
     if engine.meta["postprocess"].get("kind") == "detection":
         from edgestack.runtime.detection import detect, draw_detections
 
-        rgb, detections = detect(engine, args.image, gray_to_rgb=args.gray_to_rgb, min_score=args.min_score)
+        rgb, detections = detect(engine, args.image, args.gray_to_rgb, args.min_score, args.bit_depth)
         write_image(args.out, draw_detections(rgb, detections, len(engine.meta["postprocess"]["classes"])))
         print(f"wrote {args.out}; {len(detections)} detections"
               + "".join(f"\n  {d['label']} {d['score']:.3f} at {d['box']}" for d in detections[:10]))
         return
-    rgb, class_map = segment(engine, args.image, gray_to_rgb=args.gray_to_rgb)
+    rgb, class_map = segment(engine, args.image, args.gray_to_rgb, args.bit_depth)
     write_image(args.out, segmentation_overlay(engine, rgb, class_map))
     classes, counts = __import__("numpy").unique(class_map, return_counts=True)
     top = sorted(zip(counts, classes), reverse=True)[:5]
@@ -311,9 +311,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgestack.train.loop import train
 
     grounding = _is_grounding(args.model, args.config)
-    for flag, given in (("--bf16", args.bf16), ("--bit-depth", args.bit_depth is not None)):
-        if given and (grounding or _is_detector(args.model, args.config)):
-            raise EdgestackError(f"{flag} applies to defectseg only; drop it for vglaw and the detector")
+    if args.bf16 and (grounding or _is_detector(args.model, args.config)):
+        raise EdgestackError("--bf16 applies to defectseg only; drop it for vglaw and the detector")
+    if args.bit_depth is not None and grounding:
+        raise EdgestackError("--bit-depth applies to camera folders; vglaw trains on its synthetic set only")
     defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
                 {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
     for name, value in defaults.items():
@@ -345,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = args.out or f"runs/{args.config or args.model}"
         summary = train_command(args.model, args.config, args.data, out, args.epochs, args.batch_size, args.size,
                                 args.lr, args.synthetic_count, args.seed, args.teacher, args.distill, args.threads,
-                                args.resume)
+                                args.resume, bit_depth=args.bit_depth)
         val = summary["val"]
         print(f"trained {summary['config']}{' with TBD' if args.distill else ''} for {summary['epochs']} epochs in "
               f"{summary['train_seconds']:.0f} s; val mAP {val['mAP']:.4f}, mAP@50 {val['mAP50']:.4f}; {out}/best.pt")
@@ -452,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
     p.add_argument("--min-score", type=fraction, default=0.2,
                    help="detection bundles: draw boxes scoring at least this")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("ground", help="vglaw bundle: box + mask of the defect each --text names, as JSON (+ overlay)")

@@ -12,8 +12,8 @@ from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, palette, read_image, to_tensor
 
 
-def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
-           min_score: float = 0.0) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_score: float = 0.0,
+           bit_depth: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """(RGB image, detections) for one image; each detection: box (x1, y1, x2, y2 pixels), score, class, label.
 
     The image is zero-padded (after normalization) at the bottom and right to the multiples the model needs,
@@ -22,7 +22,7 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
     if not 0 <= min_score <= 1:  # NaN or 7 would drop every detection without a word
         raise EdgestackError(f"min_score must be a number from 0 to 1, got {min_score}")
     post = engine.meta["postprocess"]
-    rgb = read_image(image, gray_to_rgb=gray_to_rgb)
+    rgb = read_image(image, gray_to_rgb, bit_depth)
     name = str(image) if not isinstance(image, np.ndarray) else "image"
     x = to_tensor(rgb, engine.meta["preprocess"], name)
     height, width = x.shape[2:]

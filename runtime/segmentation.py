@@ -10,11 +10,12 @@ from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, overlay, read_image, to_tensor
 
 
-def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
+            bit_depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(RGB image, class map HxW) for one image; preprocessing comes from the bundle's meta.json."""
     require_task(engine, "segmentation")
     post = engine.meta["postprocess"]
-    rgb = read_image(image, gray_to_rgb=gray_to_rgb)
+    rgb = read_image(image, gray_to_rgb, bit_depth)
     name = str(image) if not isinstance(image, np.ndarray) else "image"
     x = to_tensor(rgb, engine.meta["preprocess"], name)  # refuses an image below the model's minimum size first
     for axis, size in zip(("height", "width"), rgb.shape[:2]):  # named by the image, not the graph's input

@@ -102,6 +102,15 @@ def test_infer_cli_writes_overlay(bundle, image_file, tmp_path, capsys):
     assert "top classes" in capsys.readouterr().out
 
 
+def test_infer_reads_a_12_bit_camera_image_with_its_bit_depth(bundle, tmp_path, capsys):
+    image = np.random.default_rng(0).integers(0, 4096, (96, 128, 3), dtype=np.uint16)  # 12-bit data, 16-bit file
+    cv2.imwrite(str(tmp_path / "mono12.png"), image)
+    assert main(["infer", str(bundle), str(tmp_path / "mono12.png"), "--out", str(tmp_path / "o.png")]) == 2
+    assert "Pass the camera's bit depth: --bit-depth 12" in capsys.readouterr().err
+    assert main(["infer", str(bundle), str(tmp_path / "mono12.png"), "--out", str(tmp_path / "o.png"),
+                 "--bit-depth", "12"]) == 0
+
+
 def write_case(folder, case):
     path = folder / (f"{case}.tiff" if case == "float" else f"{case}.png")
     if case == "corrupt":

@@ -166,3 +166,21 @@ def test_a_teacher_checkpoint_of_another_model_is_refused_by_name(tmp_path):
                                              "a detector checkpoint"):
         detection.train_command("detector-student", None, "synthetic", tmp_path / "run", 1, 8, 64, 2e-3, 8, 0,
                                 str(teacher), "tbd", 1)
+
+
+def test_the_detector_trains_on_a_12_bit_camera_folder_with_its_bit_depth(tmp_path):
+    import cv2
+
+    from edgestack.errors import EdgestackError
+    from edgestack.train.synthetic import write_synthetic
+
+    folder = tmp_path / "line"
+    write_synthetic(folder, 10, size=64)
+    for path in folder.glob("*/Image/*.png"):  # as a 12-bit camera stores them: 16-bit files, values < 4096
+        cv2.imwrite(str(path), cv2.imread(str(path)).astype(np.uint16) << 4)
+    common = dict(model_name="detector-student", config=None, data=str(folder), epochs=1, batch_size=4, size=64,
+                  lr=2e-3, synthetic_count=0, seed=0, teacher=None, distill=None, threads=1, log=lambda m: None)
+    with pytest.raises(EdgestackError, match="--bit-depth 12"):  # the hint the detector used to refuse
+        detection.train_command(out=tmp_path / "dark", **common)
+    summary = detection.train_command(out=tmp_path / "run", bit_depth=12, **common)
+    assert summary["data"]["bit_depth"] == 12 and summary["data"]["count"] == 10

@@ -309,10 +309,10 @@ def save_checkpoint(path: Path, model: Detector, config_name: str, extra: dict[s
 def train_command(
     model_name: str, config: str | None, data: str, out: str | Path, epochs: int, batch_size: int, size: int,
     lr: float, synthetic_count: int, seed: int, teacher: str | None, distill: str | None, threads: int,
-    resume: bool = False, log: Callable[[str], None] = print,
+    resume: bool = False, log: Callable[[str], None] = print, bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """`edgestack train detector-...`: train (OUT/last.pt after every epoch), evaluate mAP on the validation split,
-    write OUT/best.pt (the final weights) + summary.json."""
+    write OUT/best.pt (the final weights) + summary.json. `bit_depth`: of a folder's 16-bit camera images."""
     from edgestack.train.evaluate import load_trained
 
     spec, config_name = resolve(model_name, config)
@@ -325,7 +325,7 @@ def train_command(
     out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
     teacher_model = load_trained(spec.name, None, teacher)[0] if teacher else None
-    train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count)
+    train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count, bit_depth=bit_depth)
     model, history = train_detector(spec.configs[config_name], train_set, epochs, batch_size, lr, seed,
                                     teacher_model, log, last, resume, config_name)
     images = np.stack(val_set.images)
