@@ -91,9 +91,14 @@ class _Buffer:
             return False
         cudart = import_cudart()
         self.free()
-        self.device = cuda_check(cudart.cudaMalloc(nbytes), "cudaMalloc")
-        self.host = cuda_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
-        self.capacity = nbytes
+        # Locals until both exist: free() skips a buffer of capacity 0, so a lone device block is released here.
+        device = cuda_check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+        try:
+            host = cuda_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        except EdgestackError:
+            cuda_check(cudart.cudaFree(device), "cudaFree")
+            raise
+        self.device, self.host, self.capacity = device, host, nbytes
         return True
 
     def host_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -196,6 +201,8 @@ class TensorRTBackend:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
+            if self.stream is None:  # closed while this call waited for the lock
+                raise EdgestackError("this TensorRT engine is closed; load the bundle again to run it")
             return self._run(feed)
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

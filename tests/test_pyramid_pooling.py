@@ -66,12 +66,53 @@ def test_custom_op_runs_the_reference_and_has_gradients():
         ((1, 8, 9, 9), (4, 2, 7), (4, 2), [1, 2, 3, 6], "weight must be"),
         ((1, 8, 9, 9), (4, 2, 8), (4, 3), [1, 2, 3, 6], "bias must be"),
         ((1, 8, 9, 9), (4, 2, 8), (4, 2), [1, 0, 3, 6], "bins must be"),
+        ((1, 8, 0, 9), (4, 2, 8), (4, 2), [1, 2, 3, 6], "H, W >= 1"),
+        ((1, 8, 9, 0), (4, 2, 8), (4, 2), [1, 2, 3, 6], "H, W >= 1"),
     ],
 )
 def test_bad_shapes_raise_clear_errors(x_shape, w_shape, b_shape, bins, message):
     x, weight, bias = torch.randn(x_shape), torch.randn(w_shape), torch.randn(b_shape)
     with pytest.raises(EdgestackError, match=message):
         torch.ops.edgestack.pyramid_pooling(x, weight, bias, bins, True)
+
+
+# A 'meta' tensor beside CPU ones stands in for a CPU tensor beside CUDA ones, whose address the kernel would
+# read as a device pointer.
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"x": torch.int64}, "must be floating point"),
+        ({"bias": torch.bool}, "must be floating point"),
+        ({"weight": "meta"}, "weight is on meta but x is on cpu"),
+        ({"bias": "meta"}, "bias is on meta but x is on cpu"),
+    ],
+)
+def test_bad_dtypes_and_devices_raise_clear_errors(changes, message):
+    tensors = {"x": torch.randn(1, 8, 9, 9), "weight": torch.randn(4, 2, 8), "bias": torch.randn(4, 2)}
+    tensors |= {name: tensors[name].to(target) for name, target in changes.items()}
+    with pytest.raises(EdgestackError, match=message):
+        torch.ops.edgestack.pyramid_pooling(*tensors.values(), [1, 2, 3, 6], True)
+
+
+# fp32 folded weights with an fp16 model's x (as autocast gives them), or a wider bias: x's dtype out, on every
+# path (the reference used to fail on the mix, or widen its output past what torch.compile's fake says).
+@pytest.mark.parametrize("x_dtype, weight_dtype, bias_dtype", [(torch.bfloat16, torch.float32, torch.float32),
+                                                               (torch.float32, torch.float32, torch.float64),
+                                                               (torch.float32, torch.float16, torch.float16)])
+def test_weights_of_another_float_dtype_give_xs_dtype(x_dtype, weight_dtype, bias_dtype):
+    x = torch.randn(1, 8, 9, 9, dtype=x_dtype)
+    weight, bias = torch.randn(4, 2, 8, dtype=weight_dtype), torch.randn(4, 2, dtype=bias_dtype)
+    out = torch.ops.edgestack.pyramid_pooling(x, weight, bias, [1, 2, 3, 6], True)
+    want = torch.ops.edgestack.pyramid_pooling(x, weight.to(x_dtype), bias.to(x_dtype), [1, 2, 3, 6], True)
+    assert out.dtype == x_dtype and torch.equal(out, want)
+    torch.library.opcheck(torch.ops.edgestack.pyramid_pooling, (x, weight, bias, [1, 2, 3, 6], True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_custom_op_passes_opcheck():
+    x = torch.randn(1, 4, 7, 5, requires_grad=True)
+    weight, bias = torch.randn(2, 2, 4), torch.randn(2, 2)
+    torch.library.opcheck(torch.ops.edgestack.pyramid_pooling, (x, weight, bias, [1, 3], True))
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,7 @@ def test_region_bias_buffer_is_the_official_mask():
         (((1, 8, 8, 12),) * 3 + ((1, 8, 8, 1),), {"num_heads": 5}, "not divisible"),
         (((1, 12, 8, 12),) * 3 + ((1, 12, 8, 1),), {}, "multiples of window_size"),
         (((1, 8, 8, 12),) * 3 + ((1, 8, 8, 1),), {"shift_size": 4, "window_size": 4}, "shift_size"),
+        (((1, 8, 8, 0),) * 3 + ((1, 8, 8, 1),), {}, "C=0"),
     ],
 )
 def test_op_rejects_bad_shapes(shapes, kwargs, message):
@@ -99,6 +100,50 @@ def test_op_rejects_bad_shapes(shapes, kwargs, message):
         torch.ops.edgestack.window_masked_attention(
             *tensors, args["num_heads"], args["window_size"], args["shift_size"], 0.0, -100.0
         )
+
+
+# A 'meta' tensor beside CPU ones stands in for a CPU tensor beside CUDA ones: the kernel would read its address
+# as a device pointer.
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"k": torch.float64}, "share one floating-point dtype"),
+        ({"q": torch.int64, "k": torch.int64, "v": torch.int64}, "share one floating-point dtype"),
+        ({"mask": torch.bool}, "mask must be floating point"),
+        ({"mask": torch.int32}, "mask must be floating point"),
+        ({"mask": "meta"}, "mask is on meta but q is on cpu"),
+        ({"v": "meta"}, "v is on meta but q is on cpu"),
+    ],
+)
+def test_op_rejects_bad_dtypes_and_devices(changes, message):
+    tensors = {"q": torch.randn(1, 8, 8, 12), "k": torch.randn(1, 8, 8, 12), "v": torch.randn(1, 8, 8, 12)}
+    tensors["mask"] = torch.ones(1, 8, 8, 1)
+    tensors |= {name: tensors[name].to(target) for name, target in changes.items()}
+    with pytest.raises(EdgestackError, match=message):
+        torch.ops.edgestack.window_masked_attention(*tensors.values(), 3, 4, 2, 0.0, -100.0)
+
+
+# The fake (torch.compile's view of the op) must give the real outputs' shapes and dtypes, mask_out in the mask's
+# dtype, also for an empty batch with a shift. The AOT-compiled check takes ~15 s, so it runs for the first case.
+@pytest.mark.parametrize(
+    "batch,dtype,mask_dtype,compiled",
+    [
+        (1, torch.float32, torch.float32, True),
+        (1, torch.float32, torch.float16, False),
+        (1, torch.float64, torch.float32, False),
+        (0, torch.float32, torch.float32, False),
+    ],
+)
+def test_op_passes_opcheck(batch, dtype, mask_dtype, compiled):
+    q, k, v = (torch.randn(batch, 8, 8, 12, dtype=dtype) for _ in range(3))
+    mask = make_mask("random", batch, 8, 8, mask_dtype, "cpu")
+    op = torch.ops.edgestack.window_masked_attention
+    checks = ["test_schema", "test_autograd_registration", "test_faketensor"]
+    if compiled:
+        checks.append("test_aot_dispatch_dynamic")
+    torch.library.opcheck(op, (q.requires_grad_(), k, v, mask, 3, 4, 2, 0.0, -100.0), test_utils=checks)
+    out, mask_out = op(q, k, v, mask, 3, 4, 2, 0.0, -100.0)
+    assert out.shape == q.shape and mask_out.dtype == mask_dtype
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,21 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bins
         )
     if tuple(bias.shape) != tuple(weight.shape[:2]):
         raise EdgestackError(f"pyramid_pooling: bias must be [{nbins}, {weight.shape[1]}], got {tuple(bias.shape)}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise EdgestackError(f"pyramid_pooling: x must have H, W >= 1 to upsample to, got shape {tuple(x.shape)}")
+    # Floats only; weight and bias may be wider than x (fp32 folded weights of an fp16 model, autocast), the
+    # output is x's dtype on every path.
+    if not (x.is_floating_point() and weight.is_floating_point() and bias.is_floating_point()):
+        raise EdgestackError(
+            f"pyramid_pooling: x, weight and bias must be floating point, got {x.dtype}, {weight.dtype}, "
+            f"{bias.dtype}; cast them with .float() or .half()"
+        )
+    # The CUDA kernel reads every tensor through raw pointers on x's device.
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.device != x.device:
+            raise EdgestackError(
+                f"pyramid_pooling: {name} is on {t.device} but x is on {x.device}; move all inputs to one device"
+            )
 
 
 @torch.library.custom_op("edgestack::pyramid_pooling", mutates_args=())
@@ -46,7 +61,8 @@ def pyramid_pooling(
     check_inputs(x, weight, bias, bins)
     if _kernel_applies(x, weight, bins):
         return _kernel(x, weight, bias, bins, align_corners)
-    return reference.pyramid_pooling(x, weight, bias, bins, align_corners)
+    # In x's dtype, as the kernel and the fake give it (a wider weight would widen the reference's output).
+    return reference.pyramid_pooling(x, weight.to(x.dtype), bias.to(x.dtype), bins, align_corners)
 
 
 def _kernel_applies(x, weight, bins) -> bool:
@@ -63,7 +79,7 @@ def _kernel_applies(x, weight, bins) -> bool:
 def _kernel(x, weight, bias, bins, align_corners):
     lib = loader.library()
     x, weight = x.contiguous(), weight.contiguous()
-    bias = bias.to(weight.dtype).contiguous()
+    bias = bias.to(weight.dtype).contiguous()  # the kernel reads bias in weight's dtype
     b, c, h, w = x.shape
     nbins, reduced = weight.shape[:2]
     bins_c = (ctypes.c_int * nbins)(*bins)

@@ -44,6 +44,26 @@ def check_inputs(q, k, v, mask, num_heads: int, window_size: int, shift_size: in
     b, h, w, c = q.shape
     if tuple(mask.shape) != (b, h, w, 1):
         raise EdgestackError(f"window_masked_attention: mask must be [{b},{h},{w},1], got {tuple(mask.shape)}")
+    if not q.is_floating_point() or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise EdgestackError(
+            "window_masked_attention: q, k, v must share one floating-point dtype (fp32 or fp16 for the CUDA "
+            f"kernel), got {q.dtype}, {k.dtype}, {v.dtype}; cast all three with .float() or .half()"
+        )
+    # The contract's mask is float: a bool/int mask would change mask_out's dtype between the paths.
+    if not mask.is_floating_point():
+        raise EdgestackError(
+            f"window_masked_attention: mask must be floating point (1 valid, 0 invalid), got {mask.dtype}; "
+            "pass mask.to(q.dtype)"
+        )
+    # The CUDA kernel reads every tensor through raw pointers on q's device.
+    for name, t in (("k", k), ("v", v), ("mask", mask)):
+        if t.device != q.device:
+            raise EdgestackError(
+                f"window_masked_attention: {name} is on {t.device} but q is on {q.device}; move all inputs to one "
+                "device"
+            )
+    if c < 1:
+        raise EdgestackError("window_masked_attention: q, k, v have C=0 channels; give them num_heads or more")
     if num_heads < 1 or c % num_heads:
         raise EdgestackError(f"window_masked_attention: C={c} is not divisible by num_heads={num_heads}")
     if window_size < 1 or h % window_size or w % window_size:
@@ -67,16 +87,14 @@ def window_masked_attention(
     masked_bias: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_inputs(q, k, v, mask, num_heads, window_size, shift_size)
-    if _kernel_applies(q, k, v, num_heads, window_size, shift_size):
+    if _kernel_applies(q, num_heads, window_size, shift_size):
         return _kernel(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
     return _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias)
 
 
-def _kernel_applies(q, k, v, num_heads, window_size, shift_size) -> bool:
+def _kernel_applies(q, num_heads, window_size, shift_size) -> bool:
     """CUDA kernel for fp32/fp16 CUDA tensors within its limits (head_dim <= 64); else the reference."""
     if not (q.is_cuda and q.numel() and q.dtype in (torch.float32, torch.float16)) or not loader.available():
-        return False
-    if k.dtype != q.dtype or v.dtype != q.dtype:
         return False
     b, h, w, c = q.shape
     return loader.library().edgestack_window_attention_check(b, h, w, c, num_heads, window_size, shift_size) == 0

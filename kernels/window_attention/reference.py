@@ -61,7 +61,8 @@ def window_masked_attention(
         region = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]
         region = _partition(region, window_size).squeeze(-1)  # [nW, N]
         region_bias = (region[:, :, None] != region[:, None, :]).to(q.dtype) * masked_bias  # [nW, N, N]
-        logits = logits.reshape(b, -1, num_heads, tokens, tokens) + region_bias[None, :, None]
+        # Window count spelled out: with B = 0, -1 would be ambiguous.
+        logits = logits.reshape(b, region.shape[0], num_heads, tokens, tokens) + region_bias[None, :, None]
         logits = logits.reshape(-1, num_heads, tokens, tokens)
     key_bias = torch.where(mask_windows == 0, masked_bias, 0.0).to(q.dtype)  # [B*nW, N, 1]
     logits = logits + key_bias.transpose(1, 2)[:, None]
