@@ -175,9 +175,11 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
         r = np.asarray(rules.rois)[:, :, None]
         in_roi = ((x0 < r[:, 2]) & (r[:, 0] < x1) & (y0 < r[:, 3]) & (r[:, 1] < y1)).any(axis=0)
     # The first rule each component fails, in the order above (-1: it counts).
+    # A defect exactly at a minimum counts: px * mm_per_px**2 rounds (10 px at 0.3 mm/px is 0.8999... mm2), so
+    # mm2 is compared with a relative margin far below one pixel's share; scores as at_or_above compares them.
     failed = np.select([areas < rules.min_area_px,
-                        areas_mm2 < rules.min_area_mm2 if rules.min_area_mm2 is not None else False,
-                        peaks < rules.min_score, ~in_roi], [0, 1, 2, 3], default=-1)
+                        areas_mm2 < rules.min_area_mm2 * (1 - 1e-9) if rules.min_area_mm2 is not None else False,
+                        ~at_or_above(peaks, rules.min_score), ~in_roi], [0, 1, 2, 3], default=-1)
     counts = failed < 0
     strongest = np.argsort(-peaks, kind="stable")  # ties keep raster order
     listed = np.concatenate([strongest[counts[strongest]], strongest[~counts[strongest]]])[:rules.max_listed]
@@ -186,7 +188,7 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
         if failed[i] == 0:
             return f"area {areas[i]} px < min_area_px {rules.min_area_px}"
         if failed[i] == 1:
-            return f"area {areas_mm2[i]:.3g} mm2 < min_area_mm2 {rules.min_area_mm2}"
+            return f"area {areas_mm2[i]:.6g} mm2 < min_area_mm2 {rules.min_area_mm2}"
         if failed[i] == 2:
             return f"score {peaks[i]:.3f} < min_score {rules.min_score}"
         return "outside every region of interest"
@@ -203,7 +205,9 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
         defects.append(defect)
     counted = int(counts.sum())
     if counted > rules.max_count:
-        return Assessment("NG", f"{counted} defect(s) > max_count {rules.max_count} (threshold {rules.threshold}, "
-                                f"min_area_px {rules.min_area_px}, min_score {rules.min_score})",
+        applied = [f"threshold {rules.threshold}", f"min_area_px {rules.min_area_px}"] + (
+            [f"min_area_mm2 {rules.min_area_mm2} at {rules.mm_per_px} mm/px"] if rules.min_area_mm2 is not None
+            else []) + [f"min_score {rules.min_score}"] + ([f"rois {rules.rois}"] if rules.rois else [])
+        return Assessment("NG", f"{counted} defect(s) > max_count {rules.max_count} ({', '.join(applied)})",
                           defects, counted, count - 1)
     return Assessment("OK", None, defects, counted, count - 1)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from dataclasses import fields, replace
 
 import cv2
@@ -93,8 +94,8 @@ def assess_one_by_one(prob, rules):
         mm2 = area * rules.mm_per_px**2 if rules.mm_per_px else None
         if area < rules.min_area_px:
             why = f"area {area} px < min_area_px {rules.min_area_px}"
-        elif rules.min_area_mm2 is not None and mm2 < rules.min_area_mm2:
-            why = f"area {mm2:.3g} mm2 < min_area_mm2 {rules.min_area_mm2}"
+        elif rules.min_area_mm2 is not None and mm2 < rules.min_area_mm2 and not math.isclose(mm2, rules.min_area_mm2):
+            why = f"area {mm2:.6g} mm2 < min_area_mm2 {rules.min_area_mm2}"
         elif scores.max() < rules.min_score:
             why = f"score {scores.max():.3f} < min_score {rules.min_score}"
         elif rules.rois and not any(x < r[2] and r[0] < x + w and y < r[3] and r[1] < y + h for r in rules.rois):
@@ -128,6 +129,18 @@ def test_assess_matches_each_component_judged_on_its_own(dtype):
                 assert d["mean_score"] == pytest.approx(e["mean_score"], rel=1e-6)
                 assert d["area_mm2"] == pytest.approx(e["area_mm2"]) and d.get("ignored") == e.get("ignored")
                 assert type(d["area_px"]) is int and type(d["max_score"]) is float  # JSON-ready
+
+
+def test_a_defect_exactly_at_the_mm2_minimum_counts_and_the_verdict_names_every_rule_applied():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:7, 5:10] = 0.9  # 10 px at 0.3 mm/px: 0.9 mm2, which the float product makes 0.8999999999999999
+    rules = Rules(mm_per_px=0.3, min_area_mm2=0.9, min_area_px=1, rois=[[0, 0, 20, 20]])
+    found = assess(prob, rules)
+    assert found.status == "NG" and found.counted == 1  # was OK: "area 0.9 mm2 < min_area_mm2 0.9"
+    assert found.rule == ("1 defect(s) > max_count 0 (threshold 0.5, min_area_px 1, min_area_mm2 0.9 at 0.3 mm/px, "
+                          "min_score 0.5, rois [[0, 0, 20, 20]])")
+    prob[5, 5] = 0  # 9 px: 0.81 mm2, below by a pixel
+    assert assess(prob, rules).defects[0]["ignored"] == "area 0.81 mm2 < min_area_mm2 0.9"
 
 
 def test_a_noisy_map_lists_the_counted_defects_first_and_counts_every_component():
