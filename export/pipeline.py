@@ -6,6 +6,7 @@ every check passed, so a failed export never leaves a half-written bundle.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -110,12 +111,28 @@ def check_out_folder(out: Path) -> None:
         raise EdgestackError(f"--out {out} is a {'link' if out.is_symlink() else 'file'}; the bundle replaces "
                              "--out, so name a new folder or an earlier bundle")
     if out.is_dir() and any(out.iterdir()):
-        try:
-            bundle_format.read_meta(out, verify=False)
-        except EdgestackError:
+        recorded = _bundle_entries(out)
+        if recorded is None:
             raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no valid {bundle_format.META}); "
-                                 "the bundle replaces --out, so name a new folder or an earlier bundle") from None
+                                 "the bundle replaces --out, so name a new folder or an earlier bundle")
+        others = sorted(path.name for path in out.iterdir() if path.name not in recorded)
+        if others:  # fine-tuned weights, bench/ results: the replaced folder would take them along
+            raise EdgestackError(f"--out {out} is an earlier bundle but also holds {', '.join(others[:5])}"
+                                 f"{' ...' if len(others) > 5 else ''}, which the new bundle would delete; move them "
+                                 "out of it (bench/ results describe the old bundle) or name another --out")
     make_folder(out.parent, "folder of --out")
+
+
+def _bundle_entries(folder: Path) -> set[str] | None:
+    """The names in `folder` that its meta.json accounts for (its files, sub-bundles, meta.json, report.md), or
+    None when it holds no bundle's meta.json. Any schema version: an earlier edgestack's bundle is replaced too."""
+    try:
+        meta = json.loads((folder / bundle_format.META).read_text())
+        files = meta["files"]
+        return {bundle_format.META, bundle_format.REPORT} | {Path(name).parts[0] for name in files} | {
+            graph["folder"] for graph in meta.get("graphs", {}).values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @contextmanager

@@ -217,6 +217,16 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(bundle, tmp_path, m
         assert message in capsys.readouterr().err
     assert (work / "notes.txt").read_text() == "keep me" and (work / "runs" / "line3" / "best.pt").is_file()
     shutil.copytree(bundle, work / "earlier")  # an earlier bundle is replaced, as a re-export should
+    (work / "earlier" / "best.pt").write_bytes(b"fine-tuned")  # ... but not what else was put in it
+    (work / "earlier" / "bench").mkdir()
+    assert main(["export", "pspnet-r18", "--out", "earlier", "--bench-runs", "0"]) == 2
+    assert "is an earlier bundle but also holds bench, best.pt, which the new bundle would delete" in \
+        capsys.readouterr().err
+    assert (work / "earlier" / "best.pt").read_bytes() == b"fine-tuned"
+    shutil.rmtree(work / "earlier" / "bench")
+    (work / "earlier" / "best.pt").unlink()
+    meta = json.loads((work / "earlier" / "meta.json").read_text())
+    (work / "earlier" / "meta.json").write_text(json.dumps(meta | {"schema_version": 1}))  # an older edgestack's
     assert main(["export", "pspnet-r18", "--out", "earlier", "--bench-runs", "0"]) == 0
 
 
