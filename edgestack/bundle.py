@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,42 @@ def sha256(path: Path) -> str:
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write a file whole or not at all (temp file + rename), so a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:  # a full disk: no half-written .tmp left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_meta(bundle: Path, meta: dict[str, Any]) -> None:
     """meta.json, signed with the sha256 of its content: an edit by hand (a preprocessing mean, a class list)
     would change every result in silence, so it is refused on load like a changed model file."""
+    write_atomic(bundle / META, _signed_meta(meta))
+
+
+def _signed_meta(meta: dict[str, Any]) -> bytes:
     signed = {key: value for key, value in meta.items() if key != META_SHA256}
     signed[META_SHA256] = _content_sha256(signed)
-    write_atomic(bundle / META, (json.dumps(signed, indent=2, sort_keys=False) + "\n").encode())
+    return (json.dumps(signed, indent=2, sort_keys=False) + "\n").encode()
+
+
+def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path]) -> None:
+    """Put new versions of bundle files (name -> a file anywhere) in place, with a meta.json recording them.
+    Everything is copied beside its place and meta.json written before the first rename, so a failure (a full
+    disk) leaves the bundle as it was; the renames themselves cannot fail half-way."""
+    staged = {name: bundle / f"{name}.tmp" for name in [*files, META]}
+    try:
+        for name, source in files.items():
+            shutil.copyfile(source, staged[name])
+            meta["files"][name] = sha256(staged[name])
+        staged[META].write_bytes(_signed_meta(meta))
+        for name, path in staged.items():
+            path.replace(bundle / name)
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _content_sha256(meta: dict[str, Any]) -> str:

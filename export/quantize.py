@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -205,19 +204,17 @@ def quantize(
         figures = _compare(meta, bundle / bundle_format.PORTABLE_ONNX, quantized,
                            model_feeds(bundle, meta, eval_images, seed))
         qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(quantized)).graph.node)
-        shutil.move(str(quantized), bundle / bundle_format.INT8_ONNX)
-
-    record = {
-        "file": bundle_format.INT8_ONNX,
-        "calibration": {"source": source, "samples": len(images), "size": list(size), "method": "MinMax"},
-        "quantization": {"format": "QDQ", "activations": "int8 symmetric, per tensor",
-                         "weights": "int8 symmetric, per channel", "bias": "float", "ops": QUANTIZED_OPS,
-                         "qdq_nodes": qdq, "onnxruntime": onnxruntime.__version__},
-        "parity_vs_fp32": {"images": len(eval_images), "source": eval_source, **figures},
-    }
-    meta["int8"] = record
-    meta["files"][bundle_format.INT8_ONNX] = bundle_format.sha256(bundle / bundle_format.INT8_ONNX)
-    bundle_format.write_meta(bundle, meta)
+        record = {
+            "file": bundle_format.INT8_ONNX,
+            "calibration": {"source": source, "samples": len(images), "size": list(size), "method": "MinMax"},
+            "quantization": {"format": "QDQ", "activations": "int8 symmetric, per tensor",
+                             "weights": "int8 symmetric, per channel", "bias": "float", "ops": QUANTIZED_OPS,
+                             "qdq_nodes": qdq, "onnxruntime": onnxruntime.__version__},
+            "parity_vs_fp32": {"images": len(eval_images), "source": eval_source, **figures},
+        }
+        meta["int8"] = record
+        # The int8 model and the meta.json that records it, both or neither (a full disk leaves the old ones).
+        bundle_format.replace_files(bundle, meta, {bundle_format.INT8_ONNX: quantized})
     from edgestack.export.report import update_int8_section
 
     update_int8_section(bundle, meta)
