@@ -87,8 +87,10 @@ def bench_bundle(
                 if progress:
                     progress(f"{backend} batch {batch} {height}x{width}")
                 feed = random_inputs(engine, batch, height, width)
-                record = {"model": model, "backend": backend, "device": engine.backend.device, "batch": batch,
-                          "height": height, "width": width}
+                # The backend that ran (auto resolves to one), and how: a record says what it measured.
+                record = {"model": model, "backend": engine.backend.name, "device": engine.backend.device,
+                          "batch": batch, "height": height, "width": width, "warmup": warmup} | (
+                    {"requested": backend} if backend != engine.backend.name else {})
                 try:
                     record |= time_calls(lambda e=engine, f=feed: e(**f), warmup, runs)
                     record["throughput_per_s"] = batch / (record["median_ms"] / 1e3)
@@ -119,8 +121,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['backend']} | | {r.get('batch', '')} | | failed: {r['error'][:120]} |"
-                         " | | |")
+            size = f"{r['height']}x{r['width']}" if "height" in r else ""
+            lines.append(f"| {r['model']} | {r['backend']} | {r.get('device', '')} | {r.get('batch', '')} | {size} | "
+                         f"failed: {r['error'][:120]} | | | |")
             continue
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['device']} | {r['batch']} | {r['height']}x{r['width']} | "
@@ -157,8 +160,10 @@ def write_results(records: list[dict[str, Any]], out_dir: str | Path, title: str
     paths = [out_dir / "latency.json", out_dir / "latency.md", out_dir / "latency.png"]
     paths[0].write_text(json.dumps({"title": title, "environment": env, "results": records,
                                     "speedups": speedups(records)}, indent=2) + "\n")
+    timed = next((r for r in records if "median_ms" in r), None)
+    how = f"; {timed['warmup']} warm-up and {timed['runs']} timed runs per case" if timed else ""
     paths[1].write_text(f"# {title}\n\n{env['processor']}, {env['cpu_count']} CPUs, torch {env['torch']}, "
-                        f"onnxruntime {env['onnxruntime']}\n\n{markdown_table(records)}\n")
+                        f"onnxruntime {env['onnxruntime']}{how}\n\n{markdown_table(records)}\n")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ok = [r for r in records if "median_ms" in r]
     for model, backend in dict.fromkeys((r["model"], r["backend"]) for r in ok):

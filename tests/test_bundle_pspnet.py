@@ -13,6 +13,7 @@ from edgestack import bundle as bundle_format
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
 from edgestack.runtime import load
+from edgestack.runtime.bench import markdown_table
 
 
 @pytest.fixture(scope="module")
@@ -232,14 +233,20 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(bundle, tmp_path, m
 
 def test_bench_writes_json_markdown_and_plot(bundle, tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", str(bundle), "--backends", "torch,onnxruntime", "--sizes", "97x97",
+    assert main(["bench", str(bundle), "--backends", "torch,auto", "--sizes", "97x97",
                  "--batches", "1,2", "--warmup", "1", "--runs", "3", "--out", str(out)]) == 0
     data = json.loads((out / "latency.json").read_text())
     rows = data["results"]
+    # auto is recorded as the backend it chose (onnxruntime here), with what was asked for beside it.
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "onnxruntime") for n in (1, 2)}
+    assert [r.get("requested") for r in rows] == [None, None, "auto", "auto"]
     for r in rows:
-        assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3
-    assert "| onnxruntime |" in (out / "latency.md").read_text()
+        assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3 and r["warmup"] == 1
+    table = (out / "latency.md").read_text()
+    assert "| onnxruntime |" in table and "1 warm-up and 3 timed runs per case" in table
+    failed = {"model": "m", "backend": "tensorrt", "device": "cuda", "batch": 2, "height": 97, "width": 131,
+              "error": "RuntimeError: out of memory"}
+    assert "| m | tensorrt | cuda | 2 | 97x131 | failed: RuntimeError: out of memory |" in markdown_table([failed])
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
