@@ -10,7 +10,7 @@ import threading
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, make_folder
 
 BIT_DEPTH_HELP = "the camera's bit depth (10, 12, 14) when its images are stored as 16-bit files"
 RULES_HELP = ("rules file (JSON or TOML): threshold, min_area_px, min_area_mm2, mm_per_px, min_score, max_count, "
@@ -163,9 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     except ValueError:
         raise EdgestackError(f"--batches {args.batches!r} must be comma-separated integers, e.g. 1,4") from None
     console = _console()
+    out = Path(args.out) if args.out else Path(args.bundle) / "bench"
+    make_folder(out, "results folder")  # before the cases run, not after
     records = bench_bundle(args.bundle, args.backends.split(","), batches, sizes, args.warmup, args.runs,
                            progress=lambda m: console.print(f"[dim]{m}[/dim]"))
-    out = Path(args.out) if args.out else Path(args.bundle) / "bench"
     paths = write_results(records, out, f"{meta['model']['config']} latency")
     console.print(markdown_table(records))
     console.print("wrote " + ", ".join(str(p) for p in paths))
@@ -280,7 +281,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     record = quantize(args.bundle, args.calib, args.samples, sizes[0], bit_depth=args.bit_depth)
     figures = record["parity_vs_fp32"]
     print(f"wrote {Path(args.bundle) / record['file']} ({record['quantization']['qdq_nodes']} Q/DQ nodes); "
-          f"vs fp32 on {figures['images']} images: rel L2 {figures['rel_l2']:.3g}"
+          f"vs fp32 on {figures['images']} images ({figures['source']}): rel L2 {figures['rel_l2']:.3g}"
           + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32")
                     if k in figures))
 

@@ -151,6 +151,8 @@ def quantize(
             raise EdgestackError(f"calibration size {size[0]}x{size[1]}: {problem}; choose another --size")
 
     if calib is None:
+        if bit_depth is not None:
+            raise EdgestackError("--bit-depth is for a --calib folder of 16-bit camera images; pass --calib too")
         images = synthetic_images(samples, size, seed)
         eval_images, eval_source = synthetic_images(EVAL_IMAGES, size, seed + 1), "synthetic (other seed)"
         source = "synthetic images (no --calib folder given): scales fit made-up data; calibrate on real images"

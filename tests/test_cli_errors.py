@@ -32,6 +32,8 @@ CASES = [
     (["bench", "{psp}", "--sizes", ",,"], "sizes ',,' must look like"),
     (["bench", "{psp}", "--runs", "0"], "argument --runs: '0' is not a whole number > 0"),
     (["bench", "{psp}", "--backends", "tensorrt", "--out", "{tmp}/b"], "no case ran; the first failure"),
+    (["bench", "{psp}", "--out", "{image}"], "cannot create the results folder {image}"),
+    (["quantize", "{psp}", "--bit-depth", "12"], "--bit-depth is for a --calib folder of 16-bit camera images"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--overlap", "100000"], "tile overlap 100000 px"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{tmp}/r", "--batch", "0"], "argument --batch: '0' is not"),
     (["inspect", "{image}", "--bundle", "{ds}", "--out", "{image}/r"], "cannot use {image}/r as a run folder"),
