@@ -215,8 +215,16 @@ def quantize(
             "parity_vs_fp32": {"images": len(eval_images), "source": eval_source, **figures},
         }
         meta["int8"] = record
+        # A plan built from the int8 model being replaced would run scales that meta.json no longer describes.
+        stale_plan = meta.get("tensorrt", {}).get("source") == bundle_format.INT8_ONNX
+        if stale_plan:
+            del meta["tensorrt"], meta["files"][bundle_format.PLAN]
         # The int8 model and the meta.json that records it, both or neither (a full disk leaves the old ones).
         bundle_format.replace_files(bundle, meta, {bundle_format.INT8_ONNX: quantized})
+    if stale_plan:
+        (bundle / bundle_format.PLAN).unlink(missing_ok=True)
+        progress(f"removed {bundle_format.PLAN}, built from the earlier int8 model; rebuild it with `edgestack build "
+                 f"{bundle} --precision int8`")
     from edgestack.export.report import update_int8_section
 
     update_int8_section(bundle, meta)

@@ -101,8 +101,14 @@ def test_cli_quantize_on_a_folder_of_real_images(bundle, tmp_path, capsys):
     for i in range(3):
         cv2.imwrite(str(images / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 255, (80, 120, 3), np.uint8), (9, 9), 3))
     (images / "notes.txt").write_text("not an image")
+    (copy / "model.plan").write_bytes(b"an int8 plan of the earlier int8 model")  # as `edgestack build` records it
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["files"]["model.plan"] = bundle_format.sha256(copy / "model.plan")
+    bundle_format.write_meta(copy, meta | {"tensorrt": {"source": "model.int8.onnx", "precision": "int8"}})
     assert main(["quantize", str(copy), "--calib", str(images), "--samples", "2", "--size", "97x97"]) == 0
-    assert "argmax_agreement" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "argmax_agreement" in output and "removed model.plan, built from the earlier int8 model" in output
+    assert not (copy / "model.plan").exists() and "tensorrt" not in load(copy, backend="onnxruntime").meta
     meta = json.loads((copy / "meta.json").read_text())
     assert meta["int8"]["calibration"]["samples"] == 2
     assert meta["int8"]["parity_vs_fp32"]["source"] == f"1 held-out images of {images}"
