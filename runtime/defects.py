@@ -15,6 +15,7 @@ inspection; 0 turns this check off.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ import cv2
 import numpy as np
 
 from edgestack.errors import EdgestackError, EngineOutputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,15 @@ def load_rules(path: str | Path | None) -> Rules:
     if unknown:
         raise EdgestackError(f"rules file {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return Rules(**data)
+        rules = Rules(**data)
     except TypeError as exc:
         raise EdgestackError(f"rules file {path}: {exc}") from None
+    if rules.min_area_mm2 is not None and rules.min_area_mm2 / rules.mm_per_px**2 < rules.min_area_px:
+        # Both minimums apply: a file written in mm2 alone still has the 16 px default, which may be the larger.
+        log.warning("rules file %s: min_area_mm2 %g is %.1f px at %g mm/px, below min_area_px %d, which decides; "
+                    "set min_area_px too if smaller defects must count", path, rules.min_area_mm2,
+                    rules.min_area_mm2 / rules.mm_per_px**2, rules.mm_per_px, rules.min_area_px)
+    return rules
 
 
 @dataclass

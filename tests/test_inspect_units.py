@@ -195,13 +195,16 @@ def test_blank_frames_get_no_verdict_and_the_check_can_be_turned_off():
         Rules(min_frame_std=-1)
 
 
-def test_rules_file_and_its_errors(tmp_path):
+def test_rules_file_and_its_errors(tmp_path, caplog):
     path = tmp_path / "rules.json"
     path.write_text(json.dumps({"threshold": 0.4, "min_area_px": 5, "rois": [[0, 0, 10, 10]]}))
     assert load_rules(path) == Rules(threshold=0.4, min_area_px=5, rois=[[0, 0, 10, 10]])
     toml = tmp_path / "rules.toml"
-    toml.write_text("max_count = 2\nmm_per_px = 0.05\nmin_area_mm2 = 0.5\n")
-    assert load_rules(toml).max_count == 2
+    toml.write_text("max_count = 2\nmm_per_px = 0.05\nmin_area_mm2 = 0.5\n")  # 200 px: the mm2 rule decides
+    assert load_rules(toml).max_count == 2 and not caplog.records
+    toml.write_text("mm_per_px = 0.5\nmin_area_mm2 = 0.5\n")  # 2 px, but the default 16 px still applies
+    load_rules(toml)
+    assert "min_area_mm2 0.5 is 2.0 px at 0.5 mm/px, below min_area_px 16, which decides" in caplog.text
     for content, message in [
         ({"thresh": 0.5}, "unknown keys"),
         ({"threshold": 1.5}, "threshold must be"),
