@@ -87,6 +87,18 @@ def test_plain_layout_and_binarisation(tmp_path):
     assert (loaded[10:21] == 255).all() and loaded[:10].max() == 0 and loaded[21:].max() == 0
 
 
+def test_names_pair_whatever_their_unicode_normal_form(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20] = 255
+    # "Kratzer_é": the image's name typed on Linux (NFC), the mask's copied through macOS (NFD: e + accent)
+    cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))[1].tofile(str(tmp_path / "image" / "Kratzer_\u00e9.png"))
+    cv2.imencode(".png", mask)[1].tofile(str(tmp_path / "mask" / "Kratzer_e\u0301.png"))
+    scan = scan_folder(tmp_path)
+    assert len(scan.records) == 1 and scan.records[0].mask is not None and not scan.skipped
+
+
 def test_bad_files_are_skipped_and_reported(cds2k, caplog):
     root, counts = cds2k
     positive = root / "Positive"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,12 +53,13 @@ class FolderScan:
 
 
 def _images(folder: Path, scan: FolderScan) -> dict[str, Path]:
-    """Image files under `folder` by path relative to it, without suffix (so x.jpg pairs with x.png); of two
-    files with one name (x.png and x.jpg), the second is skipped: both would pair with one mask."""
+    """Image files under `folder` by path relative to it, without suffix (so x.jpg pairs with x.png), in Unicode
+    NFC (a name copied through macOS is NFD: "é" as e + accent, which would not pair with the same name typed
+    elsewhere); of two files with one name (x.png and x.jpg), the second is skipped: both would pair with one mask."""
     images: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            key = str(path.relative_to(folder).with_suffix(""))
+            key = unicodedata.normalize("NFC", str(path.relative_to(folder).with_suffix("")))
             if key in images:
                 scan.skip(path, f"{images[key].name} has the same name; rename one of them")
             else:
