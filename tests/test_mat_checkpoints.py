@@ -41,8 +41,11 @@ def stand_in_module(monkeypatch, name):
 def easydict(monkeypatch):
     """A stand-in `dnnlib.util.EasyDict`, so pickle writes the official global name."""
     class EasyDict(dict):
-        def __getattr__(self, name):
-            return self[name]
+        def __getattr__(self, name):  # as dnnlib's: AttributeError, which pickle on Python 3.10 relies on
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
 
     EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
     stand_in_module(monkeypatch, "dnnlib.util").EasyDict = EasyDict
