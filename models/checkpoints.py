@@ -20,6 +20,12 @@ _NESTED_KEYS = ("state_dict", "model", "model_state", "G_ema", "generator")
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors by name from a .safetensors or a torch .pt/.pth (weights_only), unwrapping common nestings."""
+    return state_dict_of(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """What a .safetensors or a torch .pt/.pth file holds, read without running code (torch: weights_only); a
+    training checkpoint's dict keeps its other entries (config, epoch) beside the weights."""
     path = Path(path)
     if not path.is_file():
         raise EdgestackError(f"checkpoint {path} does not exist; pass the path of a .pth/.pt/.safetensors file")
@@ -50,6 +56,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Use a state dict saved with torch.save or a "
             ".safetensors file."
         ) from None
+    return loaded
+
+
+def state_dict_of(loaded: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors by name in what read_checkpoint read from `path`, unwrapping common nestings."""
     for key in _NESTED_KEYS:
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

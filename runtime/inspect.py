@@ -389,8 +389,8 @@ class RunWriter:
 
 
 def judged_file(record: dict[str, Any]) -> tuple[int, int] | None:
-    """(size, mtime_ns) of the file a record's verdict judged, as file_signature gives it; None for arrays,
-    frames, and records written before files were recorded."""
+    """(size, mtime_ns) of the image or video file a record's verdict judged, as file_signature gives it; None
+    for arrays, camera frames, and records written before files were recorded."""
     file = record.get("file")
     return (file.get("size"), file.get("mtime_ns")) if isinstance(file, dict) else None
 

@@ -23,7 +23,7 @@ import torch
 
 from edgestack.errors import EdgestackError, make_folder
 from edgestack.models import all_models, resolve
-from edgestack.models.checkpoints import apply_state_dict, read_state_dict
+from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, state_dict_of
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
@@ -51,9 +51,10 @@ def load_trained(
             raise EdgestackError(f"{config_name} has no shipped weights; pass --checkpoint (a last.pt/best.pt)")
         checkpoint = shipped
     path = Path(checkpoint)
-    state = read_state_dict(path)  # a missing, corrupt or non-dict file is a clear error, as for --init
-    if path.suffix == ".pt":  # training checkpoints name their config; read_state_dict has vetted the file
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+    loaded = read_checkpoint(path)  # read once, through the loader --init uses: a bad file is a clear error
+    state = state_dict_of(loaded, path)
+    if path.suffix == ".pt":  # training checkpoints name their config
+        saved = loaded.get("config")
         if saved and saved not in spec.configs:
             owner = next((s.name for s in all_models().values() if saved in s.configs), "unknown")
             raise EdgestackError(f"checkpoint {path} holds {saved} weights, of the {owner} model, not {spec.name}; "
