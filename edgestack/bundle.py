@@ -56,14 +56,17 @@ def _signed_meta(meta: dict[str, Any]) -> bytes:
     return (json.dumps(signed, indent=2, sort_keys=False) + "\n").encode()
 
 
-def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path]) -> None:
-    """Put new versions of bundle files (name -> a file anywhere) in place, with a meta.json recording them.
-    Everything is copied beside its place and meta.json written before the first rename, so a failure (a full
-    disk) leaves the bundle as it was; the renames themselves cannot fail half-way."""
+def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | bytes | memoryview]) -> None:
+    """Put new versions of bundle files (name -> a file anywhere, or the content) in place, with a meta.json
+    recording them. Everything is written beside its place and meta.json before the first rename, so a failure
+    (a full disk) leaves the bundle as it was; the renames themselves cannot fail half-way."""
     staged = {name: bundle / f"{name}.tmp" for name in [*files, META]}
     try:
         for name, source in files.items():
-            shutil.copyfile(source, staged[name])
+            if isinstance(source, Path):
+                shutil.copyfile(source, staged[name])
+            else:
+                staged[name].write_bytes(source)
             meta["files"][name] = sha256(staged[name])
         staged[META].write_bytes(_signed_meta(meta))
         for name, path in staged.items():

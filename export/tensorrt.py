@@ -244,7 +244,6 @@ def build_engine(
             f"TensorRT could not build a plan from {source} (see its log above); try a larger --workspace or a "
             "smaller --profile"
         )
-    bundle_format.write_atomic(bundle / bundle_format.PLAN, memoryview(plan))
     save_timing_cache(config, cache_path, progress)
 
     record = {
@@ -263,8 +262,8 @@ def build_engine(
         "build_seconds": round(time.perf_counter() - started, 1),
     }
     meta["tensorrt"] = record
-    meta["files"][bundle_format.PLAN] = bundle_format.sha256(bundle / bundle_format.PLAN)
-    bundle_format.write_meta(bundle, meta)
+    # plan and meta.json together: a plan on disk that meta.json does not record would stop the bundle loading
+    bundle_format.replace_files(bundle, meta, {bundle_format.PLAN: memoryview(plan)})
     record["parity_vs_onnxruntime"] = verify_plan(bundle, meta, values["opt"])
     bundle_format.write_meta(bundle, meta)
     progress(f"wrote {bundle / bundle_format.PLAN} ({record['build_seconds']} s)")

@@ -329,16 +329,18 @@ def test_a_signal_during_an_onnx_run_is_raised_once_the_run_returns():
     assert reached == [True] and signal.getsignal(signal.SIGTERM) is previous
 
 
-def test_replacing_bundle_files_is_all_or_nothing(tmp_path, monkeypatch):
-    # quantize replaced model.int8.onnx before writing meta.json: a full disk at that moment left a bundle whose
-    # every load failed on the int8 file's sha256.
-    (tmp_path / "model.int8.onnx").write_bytes(b"old int8")
+@pytest.mark.parametrize("name, as_content", [("model.int8.onnx", False), ("model.plan", True)])
+def test_replacing_bundle_files_is_all_or_nothing(tmp_path, monkeypatch, name, as_content):
+    # quantize replaced model.int8.onnx (and build model.plan, given as the serialized bytes) before writing
+    # meta.json: a full disk at that moment left a bundle whose every load failed on the file's sha256.
+    (tmp_path / name).write_bytes(b"old version")
     meta = {"schema_version": bundle_format.SCHEMA_VERSION, "model": {"name": "m", "config": "m"},
-            "files": {"model.int8.onnx": bundle_format.sha256(tmp_path / "model.int8.onnx")}, "graphs": {"g": {}}}
+            "files": {name: bundle_format.sha256(tmp_path / name)}, "graphs": {"g": {}}}
     bundle_format.write_meta(tmp_path, meta)
     before = (tmp_path / "meta.json").read_bytes()
-    new = tmp_path / "new.onnx"
-    new.write_bytes(b"new int8")
+    new_file = tmp_path.parent / f"{tmp_path.name}-new"
+    new_file.write_bytes(b"new version")
+    new = memoryview(b"new version") if as_content else new_file
 
     def disk_full(meta):
         raise OSError(28, "No space left on device")
@@ -346,10 +348,10 @@ def test_replacing_bundle_files_is_all_or_nothing(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(bundle_format, "_signed_meta", disk_full)
         with pytest.raises(OSError, match="No space left"):
-            bundle_format.replace_files(tmp_path, dict(meta, files=dict(meta["files"])), {"model.int8.onnx": new})
-    assert (tmp_path / "model.int8.onnx").read_bytes() == b"old int8"
+            bundle_format.replace_files(tmp_path, dict(meta, files=dict(meta["files"])), {name: new})
+    assert (tmp_path / name).read_bytes() == b"old version"
     assert (tmp_path / "meta.json").read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
-    bundle_format.replace_files(tmp_path, meta, {"model.int8.onnx": new})
-    assert (tmp_path / "model.int8.onnx").read_bytes() == b"new int8" and not list(tmp_path.glob("*.tmp"))
-    assert bundle_format.read_meta(tmp_path)["files"]["model.int8.onnx"] == bundle_format.sha256(new)
+    bundle_format.replace_files(tmp_path, meta, {name: new})
+    assert (tmp_path / name).read_bytes() == b"new version" and not list(tmp_path.glob("*.tmp"))
+    assert bundle_format.read_meta(tmp_path)["files"][name] == bundle_format.sha256(new_file)
