@@ -159,6 +159,26 @@ def test_tiled_eval_reports_an_image_too_small_and_evaluates_the_rest(defectseg_
     assert [(Path(name).name, "at least 64x64" in reason) for name, reason in skipped] == [("tiny.png", True)]
 
 
+def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_why(defectseg_bundle, tmp_path):
+    # The only defective part is too small for --tiled: the evaluation of the rest is written, then the
+    # calibration is refused (it raised a bare "calibration needs ..." and lost the written figures' path).
+    folder = tmp_path / "line"
+    for sub in ("Positive/Image", "Positive/GroundTruth", "Negative/Image"):
+        (folder / sub).mkdir(parents=True)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:20, 10:20] = 255
+    cv2.imwrite(str(folder / "Positive" / "Image" / "tiny.png"), np.full((40, 40, 3), 90, np.uint8))
+    cv2.imwrite(str(folder / "Positive" / "GroundTruth" / "tiny.png"), mask)
+    cv2.imwrite(str(folder / "Negative" / "Image" / "good.png"), np.full((128, 128, 3), 90, np.uint8))
+    rules_path = tmp_path / "rules.json"
+    with pytest.raises(EdgestackError, match=r"no image of a defective part in .*line was evaluated \(1 skipped, "
+                                             r"listed in .*results.json\).*rules.json not written"):
+        evaluate_defects(data=str(folder), out=tmp_path / "eval", bundle=defectseg_bundle, backend="onnxruntime",
+                         tiled=True, target_recall=0.9, rules_out=rules_path)
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert report["results"]["negatives"] == 1 and report["calibration"] is None and not rules_path.exists()
+
+
 def test_an_unreachable_target_recall_writes_no_rules(defectseg_bundle, tmp_path):
     # A defect the model cannot see (a flat image): no threshold finds it, so no rules file claims it would.
     folder = tmp_path / "line"

@@ -174,6 +174,34 @@ def test_a_cds2k_folder_whose_positives_are_all_unusable_is_refused(cds2k):
         scan_folder(root)
 
 
+def test_a_folder_without_any_defect_is_refused_for_training_and_calibration(tmp_path):
+    # image/ + mask/ with every mask empty (good parts only): training would learn that nothing is ever a defect,
+    # and --target-recall has no defect to calibrate on; both are refused before any work. Eval alone is fine
+    # (false rejects on good parts).
+    from edgestack.train.datasets import load_datasets
+    from edgestack.train.evaluate import evaluate_defects
+
+    for sub in ("image", "mask"):
+        (tmp_path / "line" / sub).mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "line" / "image" / f"p{i}.png"), np.full((64, 64, 3), 90 + i, np.uint8))
+        cv2.imwrite(str(tmp_path / "line" / "mask" / f"p{i}.png"), np.zeros((64, 64), np.uint8))
+    scan = scan_folder(tmp_path / "line")
+    assert len(scan.records) == 3 and scan.positives == 0
+    with pytest.raises(EdgestackError, match=r"none of the 3 usable images under .*line has a mask that marks a "
+                                             "defect"):
+        load_datasets(str(tmp_path / "line"), 64)
+    with pytest.raises(EdgestackError, match="--target-recall needs images of defective parts.*no mask under"):
+        evaluate_defects(data=str(tmp_path / "line"), size=64, target_recall=0.9, out=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # refused before evaluating
+    results, _ = evaluate_defects(data=str(tmp_path / "line"), size=64, out=tmp_path / "eval")
+    assert (results["positives"], results["negatives"]) == (0, 3)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[5:15, 5:15] = 255
+    cv2.imwrite(str(tmp_path / "line" / "mask" / "p1.png"), mask)
+    assert scan_folder(tmp_path / "line").positives == 1
+
+
 def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):
     # 12-bit camera data stored as 16-bit PNGs (what inspect takes with --bit-depth 12): the same images as the
     # 8-bit set once scaled by their bit depth; without it every image is refused with that hint, never read dark.

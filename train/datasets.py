@@ -46,6 +46,7 @@ class FolderScan:
     bit_depth: int | None = None  # of 16-bit images whose camera uses fewer bits
     records: list[Record] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    positives: int = 0  # records whose mask marks a defect (counted when the scan reads every pair)
 
     def skip(self, path: Path, reason: str) -> None:
         log.warning("skipping %s: %s", path, reason)
@@ -158,6 +159,7 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
                                         "the mask, or move the image to Negative/Image")
             else:
                 good.append(record)
+                scan.positives += mask is not None and bool(mask.any())
         scan.records = good
     reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
     positives, masks = root / "Positive" / "Image", root / "Positive" / "GroundTruth"
@@ -329,6 +331,9 @@ def load_datasets(
         info = {"data": "synthetic", "seed": synthetic.TRAIN_SEED, "count": synthetic_count, "skipped": []}
     else:
         scan = scan_folder(data, bit_depth=bit_depth)
+        if not scan.positives:  # trained on good parts alone, the model learns that nothing is ever a defect
+            raise EdgestackError(f"none of the {len(scan.records)} usable images under {scan.root} has a mask that "
+                                 "marks a defect (white pixels); add images of defective parts with their masks")
         pairs = []
         for i, record in enumerate(scan.records):
             pairs.append(resize_pair(*load_pair(record, bit_depth), size))

@@ -70,7 +70,8 @@ def load_trained(
 Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, image, mask, what the sample holds
 
 
-def _samples(data: str, count: int, bit_depth: int | None = None) -> tuple[Iterator[Sample], list]:
+def _samples(data: str, count: int, bit_depth: int | None = None) -> tuple[Iterator[Sample], list, int | None]:
+    """(samples, skipped, positives: how many samples mark a defect, None where unknown before generating)."""
     refuse_bit_depth_for_synthetic(data, bit_depth)
     if data == "synthetic":
         def gen():
@@ -78,14 +79,14 @@ def _samples(data: str, count: int, bit_depth: int | None = None) -> tuple[Itera
                 s = synthetic.make_sample(synthetic.HELDOUT_SEED, i)
                 yield (f"synthetic/{synthetic.HELDOUT_SEED}/{i}", s.image, (s.mask if s.positive else None),
                        {"kinds": s.info["defects"], "texture": s.info["texture"]})
-        return gen(), []
+        return gen(), [], None
     scan = scan_folder(data, bit_depth=bit_depth)
 
     def read():
         for record in scan.records:
             image, mask = load_pair(record, bit_depth)
             yield str(record.image), image, mask, {}
-    return read(), scan.skipped
+    return read(), scan.skipped, scan.positives
 
 
 def by_kind_and_texture(per_image: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -278,7 +279,10 @@ def evaluate_defects(
             return predict(forward, image, size)
         scale = f"{size}x{size}"
     metrics = DefectMetrics(threshold, min_area, sweep_thresholds=True, rules=line_rules)
-    samples, skipped = _samples(data, count, bit_depth)
+    samples, skipped, positives = _samples(data, count, bit_depth)
+    if target_recall is not None and positives == 0:
+        raise EdgestackError(f"--target-recall needs images of defective parts with their masks; no mask under "
+                             f"{data} marks a defect, so there is no recall to calibrate")
     out = Path(out) if out else Path("runs") / f"eval-{config_name}"
     make_folder(out, "results folder")  # before the evaluation, not after it
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
@@ -297,7 +301,7 @@ def evaluate_defects(
         kept = sorted(kept + [(badness, (image, mask, prob, label))], key=lambda k: -k[0])[:worst]
     results = metrics.results()
     title = f"{config_name} on {data} ({source}, {scale})"
-    calibration = metrics.calibrate(target_recall) if target_recall is not None else None
+    calibration = metrics.calibrate(target_recall) if target_recall is not None and results["positives"] else None
     trade_off = [metrics.calibrate(t) for t in RECALL_TARGETS] if results["positives"] else []
     report = {"title": title, "config": config_name, "checkpoint": source, "data": data,
               "size": None if tiled else size, "tiled": tiled, "results": results, "by_area": metrics.by_area(),
@@ -311,6 +315,10 @@ def evaluate_defects(
                                           report["by_kind_and_texture"], calibration, trade_off,
                                           report["by_contrast"]))
     worst_grid([case for _, case in kept], paths["worst"])
+    if target_recall is not None and calibration is None:  # every positive was skipped: the figures are kept
+        raise EdgestackError(f"--target-recall: no image of a defective part in {data} was evaluated "
+                             f"({len(skipped)} skipped, listed in {paths['json']}), so there is no recall to "
+                             f"calibrate{'; ' + str(rules_out) + ' not written' if rules_out else ''}")
     if rules_out is not None:
         if not calibration["reachable"]:
             raise EdgestackError(
