@@ -7,7 +7,9 @@ Binds to loopback unless told otherwise. Request bodies and image dimensions are
 header is read before any pixel is decoded, so decompression bombs are refused cheaply). One engine
 serves every request; inference runs in worker threads behind the inspector's lock. At most `max_pending`
 requests are in progress (read, queued or running): beyond that a request gets 503 with Retry-After at once,
-so a burst of large images cannot exhaust memory or push every verdict past the line's deadline. With a run folder,
+so a burst cannot push every verdict past the line's deadline. Of those, IMAGES_AT_ONCE are decoded and
+inspected at a time (each takes tens of bytes per pixel while it is), the others wait as their encoded bodies:
+memory stays near max_pending * max_bytes + IMAGES_AT_ONCE images of max_pixels. With a run folder,
 every authorised request's result (ERROR for a refused image) is in results.jsonl, fsync'd before the
 response is sent, as for `edgestack inspect`; the summary is written when the service stops.
 """
@@ -33,6 +35,7 @@ from edgestack.runtime.inspect import SUMMARY_EVERY_S, Inspector, RunWriter, err
 
 log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 200
+IMAGES_AT_ONCE = 2  # one in the engine (behind the inspector's lock), one being prepared or recorded
 
 
 class Metrics:
@@ -124,6 +127,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     metrics = Metrics()
     meta = inspector.engine.meta
     pending = 0  # requests past authentication and not yet answered; only the event loop touches it
+    images_at_once = asyncio.Semaphore(IMAGES_AT_ONCE)
 
     def record(result: dict[str, Any], image: np.ndarray | None = None, prob: np.ndarray | None = None) -> None:
         if writer:
@@ -201,8 +205,13 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             return await reject(400, "disconnected", "the client disconnected before its image arrived", item_id)
         if body is None:
             return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
-        try:
-            image = decode_upload(bytes(body), max_pixels, inspector.gray_to_rgb, inspector.bit_depth)
+        async with images_at_once:  # a decoded image and its maps are tens of bytes per pixel: a few at a time
+            return await inspect_image(bytes(body), item_id)
+
+    async def inspect_image(body: bytes, item_id: str):
+        try:  # in a worker thread: a large PNG takes seconds to decode, which must not stall the other requests
+            image = await run_in_threadpool(decode_upload, body, max_pixels, inspector.gray_to_rgb,
+                                            inspector.bit_depth)
         except EdgestackError as exc:
             status = 413 if "limit" in str(exc) else 400
             return await reject(status, "too_large" if status == 413 else "bad_image", str(exc), item_id)

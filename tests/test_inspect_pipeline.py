@@ -499,6 +499,41 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
     assert [e["id"] for e in errors] == ["boom"]
 
 
+def test_service_inspects_two_images_at_a_time_however_many_are_pending(inspector, monkeypatch):
+    # Each inspection holds tens of bytes per pixel; with all --max-pending requests inspecting at once, a burst
+    # of large images needed max_pending times that. The rest wait as their encoded bodies.
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import IMAGES_AT_ONCE, create_app
+
+    inspect, lock = inspector.inspect, threading.Lock()
+    running, most = [0], [0]
+
+    def counted(image, item_id):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+        try:
+            return inspect(image, item_id)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(inspector, "inspect", counted)
+    image = encoded(synthetic_images(1, 128, seed=4)[0].image)
+    answers = []
+    with TestClient(create_app(inspector, max_pending=8)) as client:
+        posts = [threading.Thread(target=lambda i=i: answers.append(client.post(f"/v1/inspect?id=p{i}",
+                                                                                 content=image).status_code))
+                 for i in range(6)]
+        for post in posts:
+            post.start()
+        for post in posts:
+            post.join(60)
+    assert answers == [200] * 6 and most[0] == IMAGES_AT_ONCE == 2
+
+
 def test_an_engine_failure_on_one_item_is_its_error_and_the_run_goes_on(inspector, tmp_path, monkeypatch, caplog):
     write_folder(tmp_path / "in", 3)
     probability, calls = inspector.probability, []
