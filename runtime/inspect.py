@@ -176,11 +176,15 @@ class Inspector:
     def _prefetched(self, items: Iterator[Item | None], done: dict[str, tuple[int, int] | None],
                     note: Callable[[str], None]):
         """Decode items in a background thread into a bounded queue: (item, image or None, error or None).
-        A None from the source is a poll with nothing new: a chance to see the stop. An item `done` (id -> the
-        file version its verdict judged) is skipped; a file changed since is reported, never passed silently."""
+        A None from the source is a poll with nothing new: a chance to see the stop. An item `done` in an earlier
+        run (id -> the file version its verdict judged) is skipped; a file changed since is reported, never passed
+        silently. An id seen twice in this run is reported and its second item not inspected."""
         slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         changed: set[Path] = set()  # files changed since their verdicts: none of their items (frames) is inspected
+        # Taken here: the writer adds this run's verdicts to `done` while the reader runs ahead of it, so whether
+        # a repeated id was seen there would depend on timing.
+        earlier, this_run = dict(done), set()
 
         def produce():
             try:
@@ -191,8 +195,12 @@ class Inspector:
                         continue
                     if item.path in changed:  # the rest of a video found changed
                         continue
-                    if item.id in done:
-                        judged = done[item.id]
+                    if item.id in this_run:
+                        note(f"{item.id}: a second item with this id in one run, so it was NOT inspected; give "
+                             "each part its own id")
+                        continue
+                    if item.id in earlier:
+                        judged = earlier[item.id]
                         if judged is not None and item.path is not None \
                                 and file_signature(item.path) not in (None, judged):
                             changed.add(item.path)
@@ -200,6 +208,7 @@ class Inspector:
                                  "name?), so it was NOT inspected; a line must write each image or video under a "
                                  "new file name")
                         continue
+                    this_run.add(item.id)
                     try:
                         slots.put((item, item.load(), None))
                     except EdgestackError as exc:

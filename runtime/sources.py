@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,26 @@ def _image_item(path: Path, item_id: str, gray_to_rgb: bool, bit_depth: int | No
 
 
 def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> Iterator[Item]:
-    """Arrays, or (id, array) pairs. Anonymous arrays get ids with the session's start time, as camera frames:
-    a later batch into the same run folder must not take its items for ones already inspected."""
+    """Arrays, or (id, array) pairs; an id is a non-empty string or an int (a serial number, kept as its digits).
+    Anonymous arrays get ids with the session's start time, as camera frames: a later batch into the same run
+    folder must not take its items for ones already inspected."""
     session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
     for index, entry in enumerate(arrays):
-        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]:
-            item_id, array = entry
+        item_id = f"item-{session}-{index:06d}"
+        if not (isinstance(entry, tuple) and len(entry) == 2):
+            yield Item(item_id, lambda a=entry: read_image(a, gray_to_rgb, bit_depth))
+            continue
+        given, array = entry
+        if isinstance(given, str) and given or isinstance(given, int) and not isinstance(given, bool):
+            yield Item(str(given), lambda a=array: read_image(a, gray_to_rgb, bit_depth))
         else:
-            item_id, array = f"item-{session}-{index:06d}", entry
-        yield Item(item_id, lambda a=array: read_image(a, gray_to_rgb, bit_depth))
+            yield Item(item_id, partial(_refuse, f"the id {given!r} ({type(given).__name__}) of (id, image) pair "
+                                                 f"number {index} is not a non-empty string or an int; give each "
+                                                 "part its serial number or name"))
+
+
+def _refuse(message: str) -> np.ndarray:
+    raise EdgestackError(message)
 
 
 def _frame_item(item_id: str, bgr: np.ndarray, path: Path | None = None,

@@ -124,6 +124,25 @@ def test_iterator_source_and_error_items(inspector, tmp_path):
         list(inspector.run(arrays[0]))  # not 128 rows of an image
 
 
+def test_part_ids_given_with_arrays_are_checked_and_never_judged_twice_in_a_run(inspector, tmp_path):
+    # A repeated id was inspected or dropped depending on how far the reader had run ahead of the writer: now
+    # the second item is never inspected and is reported, wherever it comes.
+    good = plain_frame(128, 128, 120)
+    for gap in (1, 10):
+        run = tmp_path / f"gap{gap}"
+        items = [(f"SN-{i}", good) for i in range(12)]
+        items.insert(gap, ("SN-0", plain_frame(128, 128, 90)))
+        assert [r["id"] for r in inspector.run(items, run)] == [f"SN-{i}" for i in range(12)]
+        assert len(records(run)) == 12 and records(run)[0]["id"] == "SN-0"
+        assert (run / "skipped.txt").read_text().count("SN-0: a second item with this id in one run") == 1
+    # A serial number as an int keeps its digits; an empty or other id is that item's error, naming it.
+    results = list(inspector.run([(4711, good), ("", good), (None, good)]))
+    assert results[0]["id"] == "4711" and results[0]["status"] != "ERROR"
+    assert [r["status"] for r in results[1:]] == ["ERROR", "ERROR"]
+    assert "the id '' (str) of (id, image) pair number 1 is not a non-empty string or an int" in results[1]["error"]
+    assert "the id None (NoneType) of (id, image) pair number 2" in results[2]["error"]
+
+
 def test_inspect_checks_an_array_as_run_does(inspector):
     frame = plain_frame(128, 128, 120)
     assert inspector.inspect(frame.astype(np.float32) / 255)[0]["status"] == "OK"  # float 0..1, not "blank"
