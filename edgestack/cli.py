@@ -409,15 +409,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_ground(args: argparse.Namespace) -> None:
     from edgestack.runtime.grounding import Grounder, draw_grounding
-    from edgestack.runtime.images import write_image
+    from edgestack.runtime.images import read_image, write_image
 
     grounder = Grounder(args.bundle, backend=args.backend)
     print(f"backend: {grounder.description}", file=sys.stderr)
-    results = grounder.ground(args.image, args.text, gray_to_rgb=args.gray_to_rgb)  # logs prompt warnings
+    rgb = read_image(args.image, args.gray_to_rgb, args.bit_depth)
+    results = grounder.ground(rgb, args.text)  # logs prompt warnings
     if args.out:
-        from edgestack.runtime.images import read_image
-
-        write_image(args.out, draw_grounding(read_image(args.image, args.gray_to_rgb), results))
+        write_image(args.out, draw_grounding(rgb, results))
     print(json.dumps({"image": str(args.image), "results": [r.as_dict() for r in results]}
                      | ({"overlay": str(args.out)} if args.out else {}), indent=2))
 
@@ -465,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=image_file, help="overlay PNG with every prompt's box and mask")
     p.add_argument("--backend", default="auto")
     p.add_argument("--gray-to-rgb", action="store_true", help="accept grayscale images by replicating the channel")
+    p.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     p.set_defaults(func=cmd_ground)
 
     p = sub.add_parser("bench", help="latency of a bundle on every backend: JSON + markdown + PNG")

@@ -83,15 +83,17 @@ class Grounder:
             self._cache.popitem(last=False)
         return prompt, *entry, False
 
-    def preprocess(self, image: ImageLike, gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB image, model input at the graph's size)."""
-        rgb = read_image(image, gray_to_rgb=gray_to_rgb)
+    def preprocess(self, image: ImageLike, gray_to_rgb: bool = False,
+                   bit_depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB image, model input at the graph's size); `bit_depth`: of a 16-bit camera image, as read_image."""
+        rgb = read_image(image, gray_to_rgb=gray_to_rgb, bit_depth=bit_depth)
         height, width = self.size
         resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         return rgb, to_tensor(resized, self.meta["preprocess"])
 
-    def ground(self, image: ImageLike, texts: str | list[str], gray_to_rgb: bool = False) -> list[Grounding]:
-        """One Grounding per prompt, all prompts of the image in one vision batch.
+    def ground(self, image: ImageLike, texts: str | list[str], gray_to_rgb: bool = False,
+               bit_depth: int | None = None) -> list[Grounding]:
+        """One Grounding per prompt, all prompts of the image in one vision batch (`bit_depth`: as read_image).
 
         A prompt that cannot be encoded raises EdgestackError before anything runs, naming that prompt."""
         if isinstance(texts, str):
@@ -110,7 +112,7 @@ class Grounder:
                 encoded.append(self.encode(text))
             except EdgestackError as exc:
                 raise EdgestackError(f"prompt {i + 1} of {len(texts)}: {exc}") from None
-        rgb, x = self.preprocess(image, gray_to_rgb)
+        rgb, x = self.preprocess(image, gray_to_rgb, bit_depth)
         count = len(texts)
         out = self.vision_engine(np.repeat(x, count, axis=0), np.concatenate([e[1] for e in encoded]),
                                  np.concatenate([e[2] for e in encoded]))

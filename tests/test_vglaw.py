@@ -4,6 +4,7 @@ two-graph export with its prompt cache."""
 import json
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -336,6 +337,17 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
         capsys.readouterr().err
     with pytest.raises(EdgestackError, match="prompts must be a string or a list of strings, got int"):
         Grounder(path, backend="onnxruntime").ground(sample.image, 5)
+    # A 12-bit camera frame stored as 16-bit: refused without --bit-depth (the refusal names it), grounded with it
+    # as its 8-bit original is.
+    cv2.imwrite(str(tmp_path / "frame12.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR).astype(np.uint16) * 16)
+    command = ["ground", "--bundle", str(path), "--image", str(tmp_path / "frame12.png"), "--text",
+               "the largest stain", "--backend", "onnxruntime"]
+    assert main(command) == 2 and "--bit-depth 12" in capsys.readouterr().err
+    assert main([*command, "--bit-depth", "12"]) in (0, None)
+    twelve_bit = json.loads(capsys.readouterr().out)["results"][0]["box"]
+    np.testing.assert_allclose(twelve_bit, report["results"][0]["box"], atol=1.0)
+    direct = Grounder(path, backend="onnxruntime").ground(tmp_path / "frame12.png", "the largest stain", bit_depth=12)
+    assert direct[0].box == twelve_bit
 
 
 @pytest.mark.parametrize("command", [["infer", "{b}", "frame.png", "--out", "o.png"], ["quantize", "{b}"],
