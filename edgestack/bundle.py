@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def refuse_several_graphs(bundle: str | Path, meta: dict[str, Any], advice: str)
 
 def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     """meta.json of a bundle; with `verify`, every file it lists must exist and match its sha256."""
+    if not isinstance(bundle, (str, os.PathLike)):
+        raise EdgestackError(f"a bundle is the path of its folder (str or Path), got {type(bundle).__name__}")
     bundle = Path(bundle)
     meta_path = bundle / META
     if not meta_path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any
 
 import cv2
@@ -19,8 +20,8 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_scor
     The image is zero-padded (after normalization) at the bottom and right to the multiples the model needs,
     so boxes stay in the image's own pixel coordinates."""
     require_task(engine, "detection")
-    if not 0 <= min_score <= 1:  # NaN or 7 would drop every detection without a word
-        raise EdgestackError(f"min_score must be a number from 0 to 1, got {min_score}")
+    if not isinstance(min_score, Real) or not 0 <= min_score <= 1:  # NaN or 7 would drop every detection unsaid
+        raise EdgestackError(f"min_score must be a number from 0 to 1, got {min_score!r}")
     post = engine.meta["postprocess"]
     rgb = read_image(image, gray_to_rgb, bit_depth)
     name = str(image) if not isinstance(image, np.ndarray) else "image"

@@ -165,7 +165,8 @@ def _host_array(name: str, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise EdgestackError(f"input {name!r} cannot be read as an array ({type(value).__name__}: {exc}); pass a "
-                             "numpy array or a torch tensor of numbers") from None
+                             "numpy array or a torch tensor of numbers (bfloat16 has no numpy type: .float() "
+                             "it first)") from None
     if array.dtype.kind not in "biuf":
         raise EdgestackError(f"input {name!r} has dtype {array.dtype}; pass a numpy array or a torch tensor of numbers")
     return array
@@ -216,8 +217,8 @@ def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cu
     `cuda_graph` replays each input shape's work as a captured CUDA graph."""
     check_backends([backend])
     options = {"rebuild": rebuild, "cuda_graph": cuda_graph}
-    bundle = Path(bundle)
     meta = bundle_format.read_meta(bundle, verify=True)
+    bundle = Path(bundle)
     bundle_format.refuse_several_graphs(bundle, meta, f"load one of them, or for {meta['model']['name']} use "
                                                       "edgestack.runtime.grounding.Grounder / `edgestack ground`")
     if backend != "auto":

@@ -21,6 +21,8 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | No
     `bit_depth`: the camera's bit depth when 16-bit pixels hold fewer significant bits (10, 12, 14)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise EdgestackError(f"image {path} is a folder; pass one image file (`edgestack inspect` takes folders)")
         if not path.is_file():
             raise EdgestackError(f"image {path} does not exist; check the path")
         return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path), gray_to_rgb, bit_depth)

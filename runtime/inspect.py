@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from datetime import datetime, timezone
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ class Inspector:
         self.tile = tuple(meta["default_size"])
         self.multiple = max(meta["axes"].get("height", {}).get("multiple_of", 1),
                             meta["axes"].get("width", {}).get("multiple_of", 1))
-        if batch < 1:
-            raise EdgestackError(f"batch must be at least 1 tile per engine call, got {batch}")
+        for name, value, least in (("batch", batch, 1), ("prefetch", prefetch, 1), ("overlap", overlap, 0)):
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < least:
+                raise EdgestackError(f"{name} must be a whole number of at least {least}, got {value!r} (batch: "
+                                     "tiles per engine call, prefetch: images decoded ahead, overlap: tile px)")
         if not 0 <= overlap < min(self.tile) // 2:
             raise EdgestackError(f"tile overlap {overlap} px must be in 0..{min(self.tile) // 2 - 1} for this model's "
                                  f"{self.tile[0]}x{self.tile[1]} tiles")

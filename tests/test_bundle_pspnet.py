@@ -79,6 +79,10 @@ def test_engine_checks_inputs(bundle):
         engine()
     with pytest.raises(EdgestackError, match="input 'image' cannot be read as an array"):
         engine([[[[0.0]]], [[[0.0, 1.0]]]])  # ragged
+    with pytest.raises(EdgestackError, match=r"input 'image' cannot be read .*bfloat16 has no numpy type: \.float"):
+        engine(torch.zeros((1, 3, 97, 97), dtype=torch.bfloat16))
+    with pytest.raises(EdgestackError, match="a bundle is the path of its folder .*got NoneType"):
+        load(None)
     with pytest.raises(EdgestackError, match="input 'image' has dtype <U1"):
         engine(np.full((1, 3, 97, 97), "x"))
     for raw in (np.full((1, 3, 97, 97), 128, np.uint8), np.ones((1, 3, 97, 97), bool)):  # pixel levels: 255x off

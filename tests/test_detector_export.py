@@ -115,8 +115,8 @@ def test_infer_draws_boxes(bundle, tmp_path):
     assert json.loads((path / "meta.json").read_text())["postprocess"]["kind"] == "detection"
     with pytest.raises(EdgestackError, match="image is 150x1025; this detector takes at most 1024x1024: downscale"):
         detect(engine, np.zeros((1025, 150, 3), np.uint8))  # not the padded 1056 it used to name
-    for min_score in (float("nan"), 7.0, -0.1):  # each dropped every detection without a word
-        with pytest.raises(EdgestackError, match="min_score must be a number from 0 to 1"):
+    for min_score in (float("nan"), 7.0, -0.1, "0.5"):  # each dropped every detection without a word, or raised
+        with pytest.raises(EdgestackError, match="min_score must be a number from 0 to 1"):  # a TypeError
             detect(engine, image, min_score=min_score)
 
 

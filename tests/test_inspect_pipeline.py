@@ -24,6 +24,7 @@ import pytest
 from edgestack.errors import EdgestackError
 from edgestack.runtime import sources
 from edgestack.runtime.defects import Rules
+from edgestack.runtime.images import read_image
 from edgestack.runtime.inspect import Inspector
 from edgestack.train.synthetic import make_sample
 
@@ -141,6 +142,17 @@ def test_part_ids_given_with_arrays_are_checked_and_never_judged_twice_in_a_run(
     assert [r["status"] for r in results[1:]] == ["ERROR", "ERROR"]
     assert "the id '' (str) of (id, image) pair number 1 is not a non-empty string or an int" in results[1]["error"]
     assert "the id None (NoneType) of (id, image) pair number 2" in results[2]["error"]
+
+
+def test_inspector_options_are_checked_when_made_not_at_the_first_image(bundle, tmp_path):
+    # batch=2.5 failed every inspect() with a TypeError; prefetch=0 made the read-ahead queue unbounded.
+    for option, value in (("batch", 2.5), ("batch", 0), ("prefetch", 0), ("prefetch", -1), ("overlap", 1.5),
+                          ("batch", True)):
+        with pytest.raises(EdgestackError, match=f"{option} must be a whole number of at least"):
+            Inspector(bundle, backend="onnxruntime", **{option: value})
+    assert Inspector(bundle, backend="onnxruntime", batch=np.int64(2), prefetch=1).batch == 2
+    with pytest.raises(EdgestackError, match="is a folder; pass one image file"):
+        read_image(tmp_path)
 
 
 def test_inspect_checks_an_array_as_run_does(inspector):
