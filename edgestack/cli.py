@@ -350,7 +350,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                 args.resume, bit_depth=args.bit_depth)
         val = summary["val"]
         print(f"trained {summary['config']}{' with TBD' if args.distill else ''} for {summary['epochs']} epochs in "
-              f"{summary['train_seconds']:.0f} s; val mAP {val['mAP']:.4f}, mAP@50 {val['mAP50']:.4f}; {out}/best.pt")
+              f"{summary['train_seconds']:.0f} s; val {_map_text(val)}; {out}/best.pt")
         return
     if args.teacher or args.distill:
         raise EdgestackError("--teacher/--distill apply to the detector only")
@@ -363,6 +363,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
           f"{best['accuracy']:.3f}; checkpoints in {args.out or f'runs/{args.config or args.model}'}")
+
+
+def _map_text(figures: dict) -> str:
+    if figures["mAP"] is None:
+        return f"no mAP (its {figures['images']} images hold no defect box to find)"
+    return f"mAP {figures['mAP']:.4f}, mAP@50 {figures['mAP50']:.4f}"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -383,8 +389,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                  f"not {args.data!r}")
         results, path = eval_command(args.model, args.config, args.checkpoint, args.out or
                                      f"runs/eval-{args.config or args.model}", args.size, args.count, args.threads)
-        print(f"{results['config']}: mAP {results['mAP']:.4f}, mAP@50 {results['mAP50']:.4f} on {results['images']} "
-              f"held-out images ({results['boxes']} boxes); harmony {results['harmony']}; wrote {path}")
+        print(f"{results['config']}: {_map_text(results)} on {results['images']} held-out images ({results['boxes']} "
+              f"boxes); harmony {results['harmony']}; wrote {path}")
         return
 
     if _is_grounding(args.model, args.config):

@@ -12,6 +12,8 @@ from edgestack.errors import EdgestackError
 from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, palette, read_image, to_tensor
 
+MIN_BOX_SIDE = 1.0  # px; as training's: a thinner box is no defect one can see
+
 
 def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_score: float = 0.0,
            bit_depth: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -37,16 +39,24 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_scor
     padded[:, :, :height, :width] = x
     out = engine(padded)
     count = int(out[post["count"]][0])
-    boxes = out[post["boxes"]][0, :count].copy()
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    boxes, inside = clip_to_image(out[post["boxes"]][0, :count], height, width)
     detections = [
         {"box": [round(float(v), 1) for v in box], "score": float(score), "class": int(cls),
          "label": post["classes"][int(cls)]}
-        for box, score, cls in zip(boxes, out[post["scores"]][0, :count], out[post["labels"]][0, :count])
-        if score >= min_score
+        for box, score, cls, keep in zip(boxes, out[post["scores"]][0, :count], out[post["labels"]][0, :count],
+                                         inside)
+        if keep and score >= min_score
     ]
     return rgb, detections
+
+
+def clip_to_image(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [N, 4] x1 y1 x2 y2 clipped to the image, which of them are still a box in it). A box in the padding
+    (or off the image) clips to a sliver on its edge: no detection in the image."""
+    boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes, (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
 
 
 def draw_detections(rgb: np.ndarray, detections: list[dict[str, Any]], num_classes: int) -> np.ndarray:

@@ -127,6 +127,39 @@ def test_a_few_training_steps_plain_and_distilled_stay_finite():
     assert 0.0 <= results["mAP"] <= results["mAP50"] <= 1.0 and results["boxes"] == 1
 
 
+class DetectsGivenBoxes(torch.nn.Module):
+    """Stands in for a trained detector in `evaluate`: detects exactly the boxes given for each image."""
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes, self.seen = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes], 0
+
+    def forward(self, batch):
+        given = self.boxes[self.seen: self.seen + len(batch)]
+        out = torch.zeros(len(batch), 100, 4)
+        for i, b in enumerate(given):
+            out[i, : len(b)] = b
+        counts = torch.tensor([len(b) for b in given])
+        return out, torch.full((len(batch), 100), 0.9), torch.zeros(len(batch), 100, dtype=torch.long), counts
+
+    def predict(self, batch):
+        boxes, scores, _, _ = self.forward(batch)
+        self.seen += len(batch)
+        return boxes, scores[..., None]
+
+
+def test_map_scores_boxes_as_infer_reports_them_and_is_none_without_ground_truth():
+    # Defects running off the frame: the model's boxes reach past it, infer clips them to exactly the truth, and
+    # evaluate scored the unclipped ones as misses (mAP 0). A validation split without boxes gave COCOeval's -1.
+    truth = [np.array([[0, 10, 30, 40]], np.float32), np.array([[100, 100, 128, 128]], np.float32)]
+    past_the_edge = [[[-40, 10, 30, 40]], [[100, 100, 170, 170], [130, 0, 160, 20]]]  # the last: off the image
+    images = np.zeros((2, 128, 128, 3), np.uint8)
+    results = detection.evaluate(DetectsGivenBoxes(past_the_edge), images, truth)
+    assert (results["mAP"], results["mAP50"], results["detections"]) == (1.0, 1.0, 2)
+    nothing_to_find = detection.evaluate(DetectsGivenBoxes(past_the_edge), images, [np.zeros((0, 4))] * 2)
+    assert nothing_to_find["mAP"] is None and nothing_to_find["mAP50"] is None
+
+
 def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
     from edgestack.errors import EdgestackError
 
@@ -143,11 +176,26 @@ def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
     assert state["epoch"] == 1 and len(state["history"]) == 1 and not (out / "best.pt").exists()
     with pytest.raises(EdgestackError, match="pass --resume to continue that run"):
         detection.train_command(epochs=3, log=lambda m: None, **common)
-    with pytest.raises(EdgestackError, match="was trained without TBD"):
+    with pytest.raises(EdgestackError, match=r"was trained with other options \(distill None -> tbd; teacher None "
+                                             "-> detector-teacher"):
         teacher = tmp_path / "teacher.pt"
         detection.save_checkpoint(teacher, Detector(**_config("detector-teacher")), "detector-teacher", {})
         detection.train_command(epochs=3, resume=True, log=lambda m: None,
                                 **(common | {"teacher": str(teacher), "distill": "tbd"}))
+    with pytest.raises(EdgestackError, match=r"was trained with other options \(lr 0.002 -> 0.01\)"):
+        detection.train_command(epochs=3, resume=True, log=lambda m: None, **(common | {"lr": 1e-2}))
+    # A stop while last.pt is being written leaves the previous epoch's file, not a damaged one.
+    before = (out / "last.pt").read_bytes()
+
+    def interrupted(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            detection.save_checkpoint(out / "last.pt", Detector(**_config("detector-student")), "x", {})
+    assert (out / "last.pt").read_bytes() == before and not list(out.glob("*.tmp"))
     messages = []
     summary = detection.train_command(epochs=2, resume=True, log=messages.append, **common)
     assert messages[0] == f"resumed {out / 'last.pt'} after epoch 1" and messages[1].startswith("epoch 2/2")
@@ -155,6 +203,17 @@ def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
     assert torch.load(out / "best.pt", weights_only=True)["config"] == "detector-student"
     with pytest.raises(EdgestackError, match="already holds 2 epoch"):
         detection.train_command(epochs=2, resume=True, log=lambda m: None, **common)
+    for damaged, why in ((b"not a checkpoint", "not a readable torch file"),
+                         ((out / "best.pt").read_bytes()[:3000], "could not be read"),
+                         (None, "not the state of an edgestack training run")):
+        if damaged is None:
+            torch.save({"weights": torch.zeros(1)}, out / "last.pt")
+        else:
+            (out / "last.pt").write_bytes(damaged)
+        with pytest.raises(EdgestackError, match=f"{out / 'last.pt'}.*{why}"):
+            detection.train_command(epochs=3, resume=True, log=lambda m: None, **common)
+    with pytest.raises(EdgestackError, match="--size 100 must be a multiple of 32"):  # as train and the bundle
+        detection.eval_command("detector-student", None, str(out / "best.pt"), tmp_path / "eval", 100, 4, 1)
 
 
 def test_a_teacher_checkpoint_of_another_model_is_refused_by_name(tmp_path):

@@ -25,14 +25,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgestack.bundle import sha256
 from edgestack.errors import EdgestackError
 from edgestack.models import resolve
 from edgestack.models.detector.model import STRIDES, Detector, decode, flatten, points
+from edgestack.runtime.detection import MIN_BOX_SIDE, clip_to_image
 from edgestack.train import synthetic, tbd
 from edgestack.train.datasets import DefectDataset, load_datasets, to_tensors
-from edgestack.train.loop import check_epochs_left, check_finite_loss, run_folder, run_state
+from edgestack.train.loop import (
+    check_epochs_left,
+    check_finite_loss,
+    run_folder,
+    save_checkpoint_file,
+    starting_state,
+)
 
-MIN_BOX_SIDE = 1.0
 MIN_COMPONENT_PIXELS = 4  # smaller mask components are anti-aliasing specks, not defects one can box
 CENTRE_RADIUS = 1.5  # in strides
 LEVEL_RANGES = ((0.0, 32.0), (32.0, 64.0), (64.0, math.inf))  # max(l, t, r, b) handled by each level
@@ -160,13 +167,14 @@ def train_detector(
     teacher: Detector | None = None,
     log: Callable[[str], None] = print,
     last: Path | None = None,
-    resume: bool = False,
+    state: dict[str, Any] | None = None,
     config_name: str = "",
+    args: dict[str, Any] | None = None,
 ) -> tuple[Detector, list[dict[str, float]]]:
     """Train a detector from scratch on `data` (images + masks); with `teacher`, add TBD. Returns (model, history).
 
-    With `last`, the whole training state is saved there after every epoch, so an interrupted run loses at most
-    one epoch; `resume` continues from it."""
+    With `last`, the whole training state (and the run's options, `args`) is saved there after every epoch, so
+    an interrupted run loses at most one epoch; `state` (loop.starting_state's, of `last`) continues it."""
     torch.manual_seed(seed)
     model = Detector(**config).train()
     params = list(model.parameters())
@@ -184,8 +192,8 @@ def train_detector(
                              "lower --batch-size or add images")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total))
     history, done = [], 0
-    if resume:
-        history, done = _resume(last, config_name, distill, model, optimizer, scheduler)
+    if state is not None:
+        history, done = _resume(last, state, distill, model, optimizer, scheduler)
         log(f"resumed {last} after epoch {done}")
     check_epochs_left(epochs, done, last)
     for epoch in range(done, epochs):
@@ -214,17 +222,16 @@ def train_detector(
                   **{k: v / len(loader) for k, v in sums.items()}}
         history.append(record)
         if last is not None:
-            torch.save({"state_dict": model.state_dict(), "config": config_name, "epoch": epoch + 1,
-                        "history": history, "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "distill": distill.state_dict() if distill is not None else None}, last)
+            save_checkpoint_file({"state_dict": model.state_dict(), "config": config_name, "epoch": epoch + 1,
+                                  "history": history, "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "args": args or {},
+                                  "distill": distill.state_dict() if distill is not None else None}, last)
         log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     return model.eval(), history
 
 
-def _resume(last: Path, config_name: str, distill, model, optimizer, scheduler) -> tuple[list[dict], int]:
-    """Load a detector run's state from `last`; returns (history, epochs done)."""
-    state = run_state(last, config_name)
+def _resume(last: Path, state: dict[str, Any], distill, model, optimizer, scheduler) -> tuple[list[dict], int]:
+    """Load a detector run's `state` (of `last`); returns (history, epochs done)."""
     if (state["distill"] is None) != (distill is None):
         raise EdgestackError(f"{last} was trained {'without' if state['distill'] is None else 'with'} TBD; "
                              "resume it with the same --teacher/--distill")
@@ -249,7 +256,8 @@ def _batches(images: np.ndarray, batch_size: int):
 
 
 def evaluate(model: Detector, images: np.ndarray, boxes: list[np.ndarray], batch_size: int = 32) -> dict[str, Any]:
-    """COCO box mAP (0.5:0.95) and mAP@50 of the model's final (NMS) detections, plus the harmony table."""
+    """COCO box mAP (0.5:0.95) and mAP@50 of the model's final (NMS) detections, clipped to the image as
+    `edgestack infer` reports them, plus the harmony table; mAP None when there is no box to find."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -260,8 +268,9 @@ def evaluate(model: Detector, images: np.ndarray, boxes: list[np.ndarray], batch
             det_boxes, det_scores, det_classes, count = model(batch)
             pre_boxes, pre_scores = model.predict(batch)
             for i in range(len(batch)):
-                for box, score, cls in zip(det_boxes[i, : count[i]], det_scores[i, : count[i]],
-                                           det_classes[i, : count[i]]):
+                clipped, inside = clip_to_image(det_boxes[i, : count[i]].numpy(), *batch.shape[2:])
+                for box, score, cls in zip(clipped[inside], det_scores[i, : count[i]][inside],
+                                           det_classes[i, : count[i]][inside]):
                     x1, y1, x2, y2 = box.tolist()
                     detections.append({"image_id": start + i, "category_id": int(cls) + 1, "score": float(score),
                                        "bbox": [x1, y1, x2 - x1, y2 - y1]})
@@ -280,7 +289,9 @@ def evaluate(model: Detector, images: np.ndarray, boxes: list[np.ndarray], batch
                        "annotations": annotations, "categories": [{"id": 1, "name": "defect"}]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
-        if detections:
+        if not annotations:  # COCOeval's -1 ("no ground truth") would read as a score
+            ap = ap50 = None
+        elif detections:
             evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
             evaluator.evaluate()
             evaluator.accumulate()
@@ -303,7 +314,13 @@ def harmony_table(easy_ious: torch.Tensor) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, model: Detector, config_name: str, extra: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": config_name, **extra}, path)
+    save_checkpoint_file({"state_dict": model.state_dict(), "config": config_name, **extra}, path)
+
+
+def check_size(size: int) -> None:
+    """Training and evaluation sizes: square, a multiple of the coarsest stride, at least two of it."""
+    if size % STRIDES[-1] or size < 2 * STRIDES[-1]:
+        raise EdgestackError(f"--size {size} must be a multiple of {STRIDES[-1]} and at least {2 * STRIDES[-1]}")
 
 
 def train_command(
@@ -316,18 +333,22 @@ def train_command(
     from edgestack.train.evaluate import load_trained
 
     spec, config_name = resolve(model_name, config)
-    if size % STRIDES[-1]:
-        raise EdgestackError(f"--size {size} must be a multiple of {STRIDES[-1]}")
+    check_size(size)
     if (teacher is None) != (distill is None):
         raise EdgestackError("distillation needs both --teacher CKPT and --distill tbd")
     if distill not in (None, "tbd"):
         raise EdgestackError(f"unknown --distill {distill!r}; the one method is `tbd`")
     out, last = run_folder(out, resume)
     torch.set_num_threads(threads)
-    teacher_model = load_trained(spec.name, None, teacher)[0] if teacher else None
+    teacher_model, teacher_config, _ = load_trained(spec.name, None, teacher) if teacher else (None, None, None)
+    # What the run is: a resume with other options (data, lr, another teacher) is refused before the data loads.
+    args = {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
+            "synthetic_count": synthetic_count, "seed": seed, "bit_depth": bit_depth, "distill": distill,
+            "teacher": teacher_config, "teacher_sha256": sha256(Path(teacher)) if teacher else None}
+    state = starting_state(last, config_name, args, resume)
     train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count, bit_depth=bit_depth)
     model, history = train_detector(spec.configs[config_name], train_set, epochs, batch_size, lr, seed,
-                                    teacher_model, log, last, resume, config_name)
+                                    teacher_model, log, last, state, config_name, args)
     images = np.stack(val_set.images)
     val = evaluate(model, images, [boxes_from_mask(m) for m in val_set.masks])
     summary = {"config": config_name, "distill": distill, "teacher": teacher, "data": info, "epochs": epochs,
@@ -344,6 +365,7 @@ def eval_command(
     """`edgestack eval detector-... --data synthetic`: COCO mAP + harmony table on the held-out seed."""
     from edgestack.train.evaluate import load_trained
 
+    check_size(size)
     torch.set_num_threads(threads)
     model, config_name, source = load_trained(model_name, config, checkpoint)
     images, boxes = heldout(count, size)

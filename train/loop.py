@@ -7,6 +7,7 @@ tensors and builtins — state_dict, config name, epoch, optimizer, scheduler, m
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgestack.bundle import write_atomic
 from edgestack.errors import EdgestackError, EngineOutputError, make_folder
 from edgestack.models import resolve
+from edgestack.models.checkpoints import read_checkpoint
 from edgestack.train.datasets import load_datasets, seed_worker
 from edgestack.train.losses import boundary_weight, structure_loss
 from edgestack.train.metrics import DefectMetrics
@@ -122,9 +125,20 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, max_warmup: in
         0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))))
 
 
+def save_checkpoint_file(checkpoint: dict[str, Any], path: Path) -> None:
+    """torch.save, whole or not at all: a stop (Ctrl-C, SIGTERM) or a full disk mid-save must not leave a
+    damaged last.pt in place of the run's previous epochs."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomic(path, buffer.getbuffer())
+
+
 def run_state(last: Path, config_name: str) -> dict[str, Any]:
-    """A run's saved state (last.pt), refused when it belongs to another config."""
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    """A run's saved state (last.pt), refused when it is damaged, not a run's state, or of another config."""
+    state = read_checkpoint(last)  # a damaged file is a one-line error naming it
+    if not isinstance(state, dict) or not {"state_dict", "config", "epoch", "optimizer"} <= state.keys():
+        raise EdgestackError(f"{last} is not the state of an edgestack training run (no config, epoch and optimizer "
+                             "state); start a new run with another --out")
     if state.get("config") != config_name:
         raise EdgestackError(f"{last} is a {state.get('config')} run; pass {state.get('config')} to resume it")
     return state
@@ -152,7 +166,7 @@ def starting_state(last: Path, config_name: str, args: dict[str, Any], resume: b
     state = None
     if resume:
         state = run_state(last, config_name)
-        saved = state["args"]  # an option that an older run did not record counts as unchanged
+        saved = state.get("args", {})  # an option that an older run did not record counts as unchanged
         changed = [f"{key} {saved[key]} -> {value}" for key, value in args.items()
                    if key not in RESUME_MAY_CHANGE and saved.get(key, value) != value]
         if changed:
@@ -230,9 +244,9 @@ def run_epochs(
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
             "best": best, "args": args,
         }
-        torch.save(checkpoint, last)
+        save_checkpoint_file(checkpoint, last)
         if improved:
-            torch.save(checkpoint, out / "best.pt")
+            save_checkpoint_file(checkpoint, out / "best.pt")
         plot_curves(history, out / "curves.png", keys=curve_keys, loss_name=loss_name)
     return history
 
