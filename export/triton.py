@@ -119,15 +119,40 @@ def write_repository(
     parse_config(text)
 
     model_dir = repo / name
+    if model_dir.resolve() in (bundle.resolve(), *bundle.resolve().parents) or \
+            bundle.resolve() in model_dir.resolve().parents:  # replacing it would delete the bundle being copied
+        raise EdgestackError(f"the model folder {model_dir} is the bundle {bundle}, or holds it or lies in it; "
+                             "choose another --repo or --name")
     if model_dir.exists() or model_dir.is_symlink():
         if not replace:
             raise EdgestackError(f"{model_dir} exists; pass --replace to replace it, or --name to add this model "
                                  "under another name")
         if model_dir.is_symlink() or not model_dir.is_dir():
             raise EdgestackError(f"{model_dir} is not a model folder (a file or a link); remove it or choose --name")
-        shutil.rmtree(model_dir)
+    # Written whole beside its place, then swapped in: a failure (a full disk, a missing plugin library) leaves
+    # the repository's model folder as it was.
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = repo / f".{name}.staging"  # made with the umask's mode, as the model folder would be (the server
+    shutil.rmtree(staging, ignore_errors=True)  # often runs as another user); one left by a crash is ours
+    staging.mkdir()
+    try:
+        _write_model_folder(staging, bundle, meta, fmt, text)
+        if model_dir.exists():
+            old = staging.with_name(staging.name + ".replaced")
+            model_dir.rename(old)
+            staging.rename(model_dir)
+            shutil.rmtree(old)
+        else:
+            staging.rename(model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model_dir
+
+
+def _write_model_folder(model_dir: Path, bundle: Path, meta: dict[str, Any], fmt: str, text: str) -> None:
     version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True)
+    version_dir.mkdir()
     source = bundle_format.PLAN if fmt == "plan" else bundle_format.PORTABLE_ONNX
     shutil.copyfile(bundle / source, version_dir / ("model.plan" if fmt == "plan" else "model.onnx"))
     if fmt == "plan" and meta["tensorrt"].get("plugins"):
@@ -140,4 +165,3 @@ def write_repository(
         shutil.copyfile(plugins, model_dir / PLUGIN_LIBRARY)
         shutil.copyfile(plugins.parent / AUTOLOAD_LIBRARY, model_dir / AUTOLOAD_LIBRARY)  # finds the other beside it
     (model_dir / "config.pbtxt").write_text(text)
-    return model_dir

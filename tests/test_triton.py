@@ -108,6 +108,33 @@ def test_a_model_folder_is_replaced_only_when_asked_and_then_whole(bundle, tmp_p
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"]
 
 
+def test_replacing_never_deletes_the_bundle_or_the_old_folder_before_the_new_one_is_whole(bundle, tmp_path,
+                                                                                         capsys, monkeypatch):
+    # `triton artifacts/pspnet-r18 --repo artifacts --replace`: the default name is the config's, so the model
+    # folder was the bundle itself, deleted before its model was copied.
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(bundle, artifacts / "pspnet-r18")
+    before = sorted(p.name for p in (artifacts / "pspnet-r18").iterdir())
+    inside, holding = (artifacts / "pspnet-r18", ["--name", "x"]), (tmp_path, ["--name", "artifacts"])
+    for repo, name in ((artifacts, []), inside, holding):
+        assert main(["triton", str(artifacts / "pspnet-r18"), "--repo", str(repo), "--cpu", "--replace", *name]) == 2
+        assert "is the bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in (artifacts / "pspnet-r18").iterdir()) == before
+    # A failure while writing the new folder (a full disk) leaves the old one as it was, and no staging folder.
+    repo = tmp_path / "models"
+    model_dir = write_repository(bundle, repo, cpu=True)
+    old = (model_dir / "config.pbtxt").read_text()
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
+    assert (model_dir / "config.pbtxt").read_text() == old and (model_dir / "1" / "model.onnx").is_file()
+    assert [p.name for p in repo.iterdir()] == ["pspnet-r18"]
+
+
 def test_each_graph_of_a_multi_graph_model_gets_its_own_name(bundle, tmp_path):
     repo = tmp_path / "models"
     for graph in ("text", "vision"):  # vglaw's sub-bundles share one config name
