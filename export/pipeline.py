@@ -111,11 +111,10 @@ def check_out_folder(out: Path) -> None:
         raise EdgestackError(f"--out {out} is a {'link' if out.is_symlink() else 'file'}; the bundle replaces "
                              "--out, so name a new folder or an earlier bundle")
     if out.is_dir() and any(out.iterdir()):
-        recorded = _bundle_entries(out)
-        if recorded is None:
+        others = _foreign_entries(out)
+        if others is None:
             raise EdgestackError(f"--out {out} holds files and is no edgestack bundle (no valid {bundle_format.META}); "
                                  "the bundle replaces --out, so name a new folder or an earlier bundle")
-        others = sorted(path.name for path in out.iterdir() if path.name not in recorded)
         if others:  # fine-tuned weights, bench/ results: the replaced folder would take them along
             raise EdgestackError(f"--out {out} is an earlier bundle but also holds {', '.join(others[:5])}"
                                  f"{' ...' if len(others) > 5 else ''}, which the new bundle would delete; move them "
@@ -123,16 +122,24 @@ def check_out_folder(out: Path) -> None:
     make_folder(out.parent, "folder of --out")
 
 
-def _bundle_entries(folder: Path) -> set[str] | None:
-    """The names in `folder` that its meta.json accounts for (its files, sub-bundles, meta.json, report.md), or
-    None when it holds no bundle's meta.json. Any schema version: an earlier edgestack's bundle is replaced too."""
+def _foreign_entries(folder: Path) -> list[str] | None:
+    """What `folder` holds beyond the bundle its meta.json describes (its files, meta.json, report.md, and its
+    sub-bundles, each checked the same way), as paths relative to it; None when it holds no bundle's meta.json.
+    Any schema version: an earlier edgestack's bundle is replaced too."""
     try:
         meta = json.loads((folder / bundle_format.META).read_text())
-        files = meta["files"]
-        return {bundle_format.META, bundle_format.REPORT} | {Path(name).parts[0] for name in files} | {
-            graph["folder"] for graph in meta.get("graphs", {}).values()}
+        recorded = {bundle_format.META, bundle_format.REPORT} | {Path(name).parts[0] for name in meta["files"]}
+        subs = {graph["folder"] for graph in meta.get("graphs", {}).values()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        if path.name in subs and path.is_dir():  # `edgestack bench` writes into a sub-bundle, as told to
+            inner = _foreign_entries(path)
+            foreign += [f"{path.name}/"] if inner is None else [f"{path.name}/{name}" for name in inner]
+        elif path.name not in recorded:
+            foreign.append(path.name)
+    return foreign
 
 
 @contextmanager

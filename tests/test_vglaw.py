@@ -3,6 +3,7 @@ two-graph export with its prompt cache."""
 
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -286,6 +287,25 @@ def test_two_graph_bundle_parity_and_layout(bundle):
         assert (path / graph / "model.onnx").is_file()
     with pytest.raises(EdgestackError, match="graphs"):
         load(path)
+
+
+def test_a_re_export_refuses_to_delete_what_was_put_in_a_sub_bundle(bundle, tmp_path):
+    # `edgestack bench` writes into a sub-bundle (as its refusal of the top folder says); a re-export deleted that
+    # and fine-tuned weights kept beside a graph, where the same files at the top were refused.
+    from edgestack.export.pipeline import check_out_folder
+
+    path, _ = bundle
+    copy = tmp_path / "vglaw"
+    shutil.copytree(path, copy)
+    check_out_folder(copy)  # an earlier bundle as exported: replaced
+    (copy / "text" / "bench").mkdir()
+    (copy / "vision" / "my-finetuned.safetensors").write_bytes(b"weights")
+    with pytest.raises(EdgestackError, match="also holds text/bench, vision/my-finetuned.safetensors, which the new "
+                                             "bundle would delete"):
+        check_out_folder(copy)
+    (copy / "vision" / "meta.json").write_text("{}")  # a sub-bundle that is no bundle any more: named, kept
+    with pytest.raises(EdgestackError, match="also holds text/bench, vision/, which"):
+        check_out_folder(copy)
 
 
 def test_grounder_matches_pytorch_and_caches_prompts(bundle, model, tmp_path):
