@@ -94,6 +94,12 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         lines.append("  check that --model/--config match the checkpoint")
         raise EdgestackError("\n".join(lines))
+    # A diverged run's weights load fine and fail much later (export parity, every verdict NaN): named here.
+    non_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if non_finite:
+        raise EdgestackError(f"checkpoint {source} holds NaN or Inf values in {len(non_finite)} tensor(s) ("
+                             f"{', '.join(non_finite[:5])}{' ...' if len(non_finite) > 5 else ''}): the training that "
+                             "wrote it diverged; use an earlier checkpoint, or train again with a lower --lr")
     model.load_state_dict(state, strict=True)
     return {"checkpoint": source, "tensors": len(state)}
 

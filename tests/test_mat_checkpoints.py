@@ -227,6 +227,17 @@ def test_weights_that_are_not_floating_point_are_refused(edge_pair, tmp_path):
     assert load_checkpoint(target, str(tmp_path / "half.pth"))["tensors"] == len(source.state_dict())
 
 
+def test_weights_of_a_diverged_run_are_refused_naming_the_checkpoint(edge_pair, tmp_path):
+    # NaN weights loaded fine and failed 80 s later as an export "parity check failed", blaming the exporter.
+    target, source = edge_pair
+    state = source.state_dict()
+    state["mapping.fc0.weight"] = torch.full_like(state["mapping.fc0.weight"], float("nan"))
+    torch.save(state, tmp_path / "diverged.pth")
+    with pytest.raises(EdgestackError, match=r"diverged.pth holds NaN or Inf values in 1 tensor\(s\) "
+                                             r"\(mapping.fc0.weight\).*use an earlier checkpoint"):
+        load_checkpoint(target, str(tmp_path / "diverged.pth"))
+
+
 def test_a_pth_that_would_run_code_is_refused_by_name_without_advice_to_disable_the_check(edge_pair, tmp_path):
     marker = tmp_path / "pwned.txt"
 
