@@ -154,7 +154,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from edgestack import bundle as bundle_format
-    from edgestack.runtime.bench import bench_bundle, markdown_table, parse_sizes, write_results
+    from edgestack.runtime.bench import bench_bundle, check_request, markdown_table, parse_sizes, write_results
 
     meta = bundle_format.read_meta(args.bundle)
     sizes = parse_sizes(args.sizes) if args.sizes else [tuple(meta["default_size"])]
@@ -164,7 +164,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise EdgestackError(f"--batches {args.batches!r} must be comma-separated integers, e.g. 1,4") from None
     console = _console()
     out = Path(args.out) if args.out else Path(args.bundle) / "bench"
-    make_folder(out, "results folder")  # before the cases run, not after
+    check_request(args.bundle, args.backends.split(","), batches, sizes, args.warmup, args.runs)  # before the
+    make_folder(out, "results folder")  # folder is made (a re-export would refuse it), before the cases run
     records = bench_bundle(args.bundle, args.backends.split(","), batches, sizes, args.warmup, args.runs,
                            progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     paths = write_results(records, out, f"{meta['model']['config']} latency")

@@ -53,17 +53,10 @@ def random_inputs(engine: Engine, batch: int, height: int, width: int, seed: int
     return feed
 
 
-def bench_bundle(
-    bundle: str | Path,
-    backends: list[str],
-    batches: list[int],
-    sizes: list[tuple[int, int]],
-    warmup: int = 2,
-    runs: int = 10,
-    progress: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """One record per (backend, batch, size); a backend that fails to load or run gets an `error` record.
-    What cannot work anywhere (an unknown backend, a size or batch outside the model's range) is refused first."""
+def check_request(bundle: str | Path, backends: list[str], batches: list[int], sizes: list[tuple[int, int]],
+                  warmup: int, runs: int) -> dict[str, Any]:
+    """The bundle's meta.json, once the request is one that can work somewhere: known backends, one graph, batch
+    and sizes in the model's range, warm-up >= 0 and runs >= 1."""
     meta = read_meta(bundle, verify=False)
     refuse_several_graphs(bundle, meta, "benchmark each sub-bundle")
     check_backends(backends)
@@ -74,6 +67,21 @@ def bench_bundle(
         problem = axis_problem(meta, axis, value)
         if problem:
             raise EdgestackError(f"cannot benchmark {axis} {value}: {problem}")
+    return meta
+
+
+def bench_bundle(
+    bundle: str | Path,
+    backends: list[str],
+    batches: list[int],
+    sizes: list[tuple[int, int]],
+    warmup: int = 2,
+    runs: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per (backend, batch, size); a backend that fails to load or run gets an `error` record.
+    What cannot work anywhere is refused first (check_request)."""
+    meta = check_request(bundle, backends, batches, sizes, warmup, runs)
     records = []
     model = meta["model"]["config"]
     for backend in backends:

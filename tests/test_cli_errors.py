@@ -24,8 +24,9 @@ CASES = [
     (["infer", "{psp}", "{image}", "--out", "{tmp}/o.png", "--backend", "nope"],
      "unknown backend(s) nope; choose from auto, onnxruntime"),
     (["bench", "{psp}", "--backends", "nope"], "unknown backend(s) nope"),
-    (["bench", "{psp}", "--sizes", "0x0"], "cannot benchmark height 0: height=0 is outside"),
-    (["bench", "{psp}", "--batches", "0"], "cannot benchmark batch 0"),
+    (["bench", "{psp}", "--sizes", "0x0", "--out", "{tmp}/bench"], "cannot benchmark height 0: height=0 is outside"),
+    (["bench", "{psp}", "--batches", "0", "--out", "{tmp}/bench"], "cannot benchmark batch 0"),
+    (["bench", "{psp}", "--backends", "nope", "--out", "{tmp}/bench"], "nope"),
     (["bench", "{psp}", "--batches", "x"], "--batches 'x' must be comma-separated integers"),
     (["bench", "{psp}", "--sizes", "473"], "sizes '473' must look like 473x473,375x500"),
     (["bench", "{psp}", "--sizes", "97x97x97"], "sizes '97x97x97' must look like"),
@@ -86,3 +87,4 @@ def test_bad_arguments_exit_2_with_one_clear_line(argv, message, pspnet_bundle, 
     assert code == 2
     error = capsys.readouterr().err
     assert message.format(**names) in error and "Traceback" not in error
+    assert not (tmp_path / "bench").exists()  # a refused bench leaves no results folder (a re-export refuses one)
