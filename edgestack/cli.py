@@ -130,11 +130,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"[bold green]bundle written:[/bold green] {bundle}")
 
 
+def refuse_writing_over_inputs(outputs: list[Path], inputs: dict[str, str]) -> None:
+    """An --out that names an input (`--out frame.png` for `frame.png`) would replace the user's original."""
+    for out in outputs:
+        for flag, given in inputs.items():
+            if out.resolve() == Path(given).resolve():
+                raise EdgestackError(f"--out would write {out} over the {flag} {given}; choose another --out")
+
+
 def cmd_infer(args: argparse.Namespace) -> None:
     from edgestack.runtime import load
     from edgestack.runtime.images import write_image
     from edgestack.runtime.segmentation import segment, segmentation_overlay
 
+    refuse_writing_over_inputs([Path(args.out)], {"input image": args.image})
     engine = load(args.bundle, backend=args.backend)
     print(f"backend: {engine.description}", file=sys.stderr)
     if engine.meta["postprocess"].get("kind") == "detection":
@@ -180,6 +189,9 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     from edgestack.runtime.images import write_image
     from edgestack.runtime.inpaint import inpaint, side_by_side
 
+    out = Path(args.out)
+    compare = out.with_name(out.stem + ".side_by_side.png")
+    refuse_writing_over_inputs([out, compare], {"--image": args.image, "--mask": args.mask})
     engine = load(args.bundle, backend=args.backend)
     print(f"backend: {engine.description}", file=sys.stderr)
     if engine.meta["weights"]["random"]:
@@ -187,8 +199,6 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
               file=sys.stderr)
     rgb, result, hole = inpaint(engine, args.image, args.mask, args.invert_mask, args.seed, args.noise_mode,
                                 args.gray_to_rgb, args.bit_depth)
-    out = Path(args.out)
-    compare = out.with_name(out.stem + ".side_by_side.png")
     write_image(out, result)  # both files only after the whole image is done: nothing half-written
     write_image(compare, side_by_side(rgb, hole, result))
     print(f"wrote {out} and {compare} ({hole.mean():.1%} of the image filled)")
@@ -418,6 +428,8 @@ def cmd_ground(args: argparse.Namespace) -> None:
     from edgestack.runtime.grounding import Grounder, draw_grounding
     from edgestack.runtime.images import read_image, write_image
 
+    if args.out:
+        refuse_writing_over_inputs([Path(args.out)], {"--image": args.image})
     grounder = Grounder(args.bundle, backend=args.backend)
     print(f"backend: {grounder.description}", file=sys.stderr)
     rgb = read_image(args.image, args.gray_to_rgb, args.bit_depth)

@@ -84,7 +84,8 @@ def inpaint(
     rgb = read_image(image, gray_to_rgb, bit_depth)
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_SIDE:
-        raise EdgestackError(f"image is {width}x{height}; inpainting needs at least {MIN_SIDE}x{MIN_SIDE}")
+        name = str(image) if isinstance(image, (str, Path)) else "image array"
+        raise EdgestackError(f"{name} is {width}x{height}; inpainting needs at least {MIN_SIDE}x{MIN_SIDE}")
     hole = read_hole_mask(mask, (height, width), invert_mask)
     res = meta["default_size"][0]
     pad_h, pad_w = -height % res, -width % res

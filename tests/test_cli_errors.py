@@ -71,6 +71,12 @@ CASES = [
     (["serve", "--bundle", "{ds}", "--max-bytes", "0"], "argument --max-bytes: '0' is not a whole number > 0"),
     (["serve", "--bundle", "{ds}", "--token-file", "{tmp}/token-latin1"], "must hold one line of printable ASCII"),
     (["serve", "--bundle", "{ds}", "--port", "99999"], "--port 99999 is not a TCP port"),
+    # An --out naming an input would replace the user's original (a replaced mask then read as a colour image).
+    (["infer", "{psp}", "{image}", "--out", "{image}"], "--out would write {image} over the input image {image}"),
+    (["inpaint", "--bundle", "{psp}", "--image", "{image}", "--mask", "{tmp}/mask.png", "--out", "{tmp}/mask.png"],
+     "--out would write {tmp}/mask.png over the --mask {tmp}/mask.png"),
+    (["ground", "--bundle", "{psp}", "--image", "{image}", "--text", "dent", "--out", "{image}"],
+     "--out would write {image} over the --image {image}"),
 ]
 
 
@@ -88,3 +94,4 @@ def test_bad_arguments_exit_2_with_one_clear_line(argv, message, pspnet_bundle, 
     error = capsys.readouterr().err
     assert message.format(**names) in error and "Traceback" not in error
     assert not (tmp_path / "bench").exists()  # a refused bench leaves no results folder (a re-export refuses one)
+    assert cv2.imread(str(image)).shape == (128, 160, 3)  # never written over
