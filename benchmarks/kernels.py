@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import itertools
 import json
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench
 
 import edgestack.kernels.pyramid_pooling.op  # noqa: F401  (registers the op)
 import edgestack.kernels.window_attention.op  # noqa: F401  (registers the op)
@@ -32,6 +32,8 @@ GRAPH_CALLS = 20
 
 
 def median_us(fn) -> float:
+    from triton.testing import do_bench  # imported here: --help and the checks in main work without Triton
+
     return do_bench(fn, warmup=100, rep=500, return_mode="median") * 1e3
 
 
@@ -154,6 +156,8 @@ def main() -> None:
         parser.error("pass --out DIR (or --profile)")
     if not torch.cuda.is_available() or not loader.available():
         raise SystemExit("needs a CUDA GPU and a built libedgestack_kernels.so")
+    if not args.profile and importlib.util.find_spec("triton") is None:
+        raise SystemExit("needs Triton for device-event timing (triton.testing.do_bench): pip install triton")
     torch.manual_seed(0)
     cases = [
         window_attention_case("window attention 64x64 C180 h6 win8 shift4", 1, 64, 64, 180, 6, 8, 4),

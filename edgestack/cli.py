@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -593,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or `synthetic`")
     p.add_argument("--epochs", type=positive(int), required=True)
     p.add_argument("--config", help="config (default: the model's default, defectseg-s)")
-    p.add_argument("--out", help="run folder for last.pt, best.pt, curves.png (default: runs/CONFIG)")
+    p.add_argument("--out", help="run folder for last.pt, best.pt and curves.png (detector: summary.json) "
+                                 "(default: runs/CONFIG)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="defectseg: start from these weights (checkpoint or .safetensors; `shipped` for "
                                   "the config's shipped weights) to fine-tune instead of training from scratch")
@@ -683,9 +685,13 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
     try:
         with _sigterm_as_interrupt():
             args.func(args)
+            sys.stdout.flush()  # a closed pipe is seen here, not at exit as "Exception ignored ..."
     except EdgestackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output left (`edgestack doctor --json | head`): not a file problem
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 1
     except OSError as exc:  # a path the command could not read or write, outside the checks above
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; check the path, its permissions and the free space",

@@ -5,6 +5,7 @@ import importlib.machinery
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import types
 
@@ -99,3 +100,13 @@ def test_human_readable_table(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok ") and "machine" in lines[0]
     assert any(line.split()[:2] == ["ok", "onnxruntime"] for line in lines)
+
+
+def test_a_reader_that_leaves_early_is_no_file_error():
+    # `edgestack doctor --json | head`: the closed pipe was reported as "error: Broken pipe; check the path, its
+    # permissions and the free space".
+    proc = subprocess.Popen([sys.executable, "-m", "edgestack", "doctor", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    error = proc.stderr.read().decode()
+    assert proc.wait(60) == 1 and "error" not in error and "Traceback" not in error
