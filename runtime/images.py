@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,51 @@ def read_image(source: ImageLike, gray_to_rgb: bool = False, bit_depth: int | No
     return _rgb8(image, name, gray_to_rgb, bit_depth)
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera or phone sets instead of rotating the pixels
+
+
+def decode_file(buffer: np.ndarray) -> np.ndarray | None:
+    """The pixels of an image file's bytes (any depth and channels, as stored; None when undecodable), turned
+    upright as a viewer shows them: a mask drawn on the displayed photo then fits it, and a defect's box is where
+    the user sees it. Every image, mask and upload is read through here, so all of them are turned alike."""
+    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    return None if pixels is None else upright(pixels, exif_orientation(buffer))
+
+
+def exif_orientation(buffer: np.ndarray) -> int:
+    """The EXIF orientation (1..8) of an image file's bytes; 1 (as stored) when it has none or no EXIF."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # "corrupt EXIF", "possible decompression bomb": OpenCV decoded it already
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(buffer.tobytes())) as image:  # reads the header; decodes no pixels
+                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # whatever PIL cannot parse, OpenCV decoded: read it as stored
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """`pixels` (H, W[, C]) as shown under EXIF `orientation`: 2-4 mirror or turn half-way, 5-8 also swap the axes."""
+    turned = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # upside down
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # mirrored along the main diagonal
+        6: lambda a: np.rot90(a, -1),  # stored turned a quarter left: turn it right
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),  # mirrored along the other diagonal
+        8: lambda a: np.rot90(a, 1),  # stored turned a quarter right: turn it left
+    }[orientation](pixels)
+    return np.ascontiguousarray(turned)
+
+
 def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
                  bit_depth: int | None = None) -> np.ndarray:
     """RGB uint8 HxWx3 from the bytes of an image file (PNG/JPEG/BMP/TIFF; 8 or 16 bit; gray, RGB or RGBA)."""
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    image = decode_file(buffer)
     if image is None:
         raise EdgestackError(f"image {name} could not be decoded (corrupt or not an image); use PNG/JPEG/BMP/TIFF")
     if _tiff_has_more_pages(buffer):  # OpenCV decodes the first page only: a part on page 2 would pass unseen

@@ -18,7 +18,7 @@ import numpy as np
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.runtime.engine import Engine, require_task
-from edgestack.runtime.images import ImageLike, read_image
+from edgestack.runtime.images import ImageLike, decode_file, read_image
 
 MIN_SIDE = 32
 
@@ -31,7 +31,7 @@ def read_hole_mask(mask: ImageLike, shape: tuple[int, int], invert: bool = False
         if not path.is_file():
             raise EdgestackError(f"mask {path} does not exist; check the path")
         data = np.fromfile(str(path), np.uint8)
-        mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        mask = decode_file(data)
         if mask is None:
             raise EdgestackError(f"mask {path} could not be decoded; use a PNG with 0 = hole, 255 = keep")
         if mask.ndim == 3:

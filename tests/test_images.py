@@ -1,5 +1,7 @@
 """Reading images: bit depths, channel orders and grayscale, from files, arrays and service uploads."""
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -91,3 +93,36 @@ def test_a_multi_page_tiff_is_refused_not_judged_by_its_first_page(tmp_path, byt
     refused = "not a readable image" if bigtiff and byteorder == ">" else "TIFF with several pages"
     with pytest.raises(EdgestackError, match=refused):
         decode_upload(lot.read_bytes(), max_pixels=10_000)
+
+
+def _with_orientation(pixels: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_files_are_read_upright_as_a_viewer_shows_them(orientation, tmp_path):
+    # A phone photo stored sideways with an EXIF orientation: a mask drawn on it as displayed was refused as the
+    # wrong size, or (square) filled the wrong place; boxes were in the stored frame. Image, upload, hole mask
+    # and training mask are all turned alike, as PIL's exif_transpose turns them.
+    from PIL import Image, ImageOps
+
+    from edgestack.runtime.inpaint import read_hole_mask
+    from edgestack.train.datasets import read_mask
+
+    pixels = np.random.default_rng(orientation).integers(0, 255, (30, 50, 3), np.uint8)
+    data = _with_orientation(pixels, orientation)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    assert np.array_equal(decode_image(data, "photo.png"), shown)
+    assert np.array_equal(decode_upload(data, 10_000), shown)
+    hole = np.zeros((30, 50), np.uint8)
+    hole[:, :5] = 255  # the stored left edge
+    (tmp_path / "mask.png").write_bytes(_with_orientation(hole, orientation))
+    shown_mask = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "mask.png")))
+    assert np.array_equal(read_mask(tmp_path / "mask.png"), shown_mask)
+    assert np.array_equal(read_hole_mask(tmp_path / "mask.png", shown.shape[:2]), shown_mask < 128)

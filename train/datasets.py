@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.images import check_bit_depth, read_image
+from edgestack.runtime.images import check_bit_depth, decode_file, read_image
 from edgestack.train import synthetic
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def read_mask(path: Path) -> np.ndarray:
     """A 0/255 uint8 mask; EdgestackError if unreadable or not binary. Labels are read as they are drawn: 0/255,
     0/1, or 16-bit 0/white (4095 for a 12-bit tool); colour masks by their brightest channel (alpha ignored)."""
     data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    labels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    labels = decode_file(data)
     if labels is None or labels.dtype not in (np.uint8, np.uint16):
         raise EdgestackError(f"mask {path} could not be read as an 8- or 16-bit image; save masks as PNG")
     values = labels[..., :3].max(axis=2) if labels.ndim == 3 else labels
