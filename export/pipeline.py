@@ -25,8 +25,8 @@ from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError, make_folder
 from edgestack.export import onnx_export, parity
 from edgestack.export.report import write_graphs_report, write_report
-from edgestack.models import resolve
-from edgestack.models.checkpoints import load_checkpoint
+from edgestack.models import resolve_recorded
+from edgestack.models.checkpoints import load_checkpoint, read_checkpoint, recorded_config
 
 
 def _meets(figures: dict[str, float], tolerance: dict[str, float]) -> bool:
@@ -50,7 +50,10 @@ def export_bundle(
 
     A model with several deployable graphs (`extras["graphs"]`: name -> (spec, wrapper)) becomes a folder of
     sub-bundles, one per graph, each a complete bundle of its own, under a meta.json that lists them."""
-    spec, config_name = resolve(model_name, config)
+    # A training checkpoint names its config: `export detector --checkpoint teacher/best.pt` exports the teacher.
+    recorded = recorded_config(read_checkpoint(checkpoint)) if checkpoint and Path(checkpoint).suffix in (
+        ".pt", ".pth") else None
+    spec, config_name = resolve_recorded(model_name, config, recorded, str(checkpoint))
     cfg = spec.configs[config_name]
     out = Path(out) if out else Path("artifacts") / model_name
     check_out_folder(out)

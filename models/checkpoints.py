@@ -59,6 +59,12 @@ def read_checkpoint(path: str | Path) -> Any:
     return loaded
 
 
+def recorded_config(loaded: Any) -> str | None:
+    """The config name an edgestack training checkpoint (last.pt, best.pt) records beside its weights, or None."""
+    config = loaded.get("config") if isinstance(loaded, dict) else None
+    return config if isinstance(config, str) else None
+
+
 def state_dict_of(loaded: Any, path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors by name in what read_checkpoint read from `path`, unwrapping common nestings."""
     for key in _NESTED_KEYS:

@@ -109,3 +109,20 @@ def resolve(name: str, config: str | None = None) -> tuple[ModelSpec, str]:
             f"unknown config {config!r} for model {spec.name!r}. Choose one of: {', '.join(spec.configs)}"
         )
     return spec, config
+
+
+def resolve_recorded(name: str, config: str | None, recorded: str | None, source: str) -> tuple[ModelSpec, str]:
+    """resolve(), for the weights in `source`, a training checkpoint that records its config `recorded` (None
+    when the file records none): that config, unless it is another model's or the user named another config."""
+    spec, resolved = resolve(name, config)
+    if recorded is None:
+        return spec, resolved
+    if recorded not in spec.configs:
+        owner = next((s.name for s in all_models().values() if recorded in s.configs), "unknown")
+        raise EdgestackError(f"checkpoint {source} holds {recorded} weights, of the {owner} model, not {spec.name}; "
+                             f"pass a {spec.name} checkpoint")
+    named = config if config not in (None, spec.name) else (name if name in spec.configs else None)
+    if named not in (None, recorded):
+        raise EdgestackError(f"checkpoint {source} holds {recorded} weights, not {named}; name {recorded} (or the "
+                             f"model, {spec.name}) instead")
+    return spec, recorded

@@ -227,6 +227,35 @@ def test_a_teacher_checkpoint_of_another_model_is_refused_by_name(tmp_path):
                                 str(teacher), "tbd", 1)
 
 
+def test_weights_are_read_as_the_config_they_record_or_whose_tensors_they_are(tmp_path, capsys):
+    # A teacher's best.pt was exported as the default student (a 2.4 KB dump of mismatched keys), and a teacher's
+    # weights.safetensors could not be a --teacher: both were built as detector-student.
+    from safetensors.torch import save_file
+
+    from edgestack.cli import main
+    from edgestack.errors import EdgestackError
+    from edgestack.models import resolve_recorded
+    from edgestack.train.evaluate import load_trained
+
+    teacher = Detector(**_config("detector-teacher"))
+    detection.save_checkpoint(tmp_path / "teacher" / "best.pt", teacher, "detector-teacher", {})
+    save_file(teacher.state_dict(), tmp_path / "weights.safetensors")
+    assert resolve_recorded("detector", None, "detector-teacher", "best.pt")[1] == "detector-teacher"
+    assert resolve_recorded("detector", None, None, "w.safetensors")[1] == "detector-student"  # the default
+    for name, config in (("detector-student", None), ("detector", "detector-student")):
+        with pytest.raises(EdgestackError, match="holds detector-teacher weights, not detector-student; name "
+                                                 "detector-teacher"):
+            resolve_recorded(name, config, "detector-teacher", "best.pt")
+    for path in (tmp_path / "teacher" / "best.pt", tmp_path / "weights.safetensors"):
+        model, config, _ = load_trained("detector", None, path)
+        assert config == "detector-teacher" and model.fpn_channels == teacher.fpn_channels
+    with pytest.raises(EdgestackError, match="does not fit this model config"):  # named: no guessing
+        load_trained("detector-student", None, tmp_path / "weights.safetensors")
+    assert main(["export", "detector-student", "--checkpoint", str(tmp_path / "teacher" / "best.pt"), "--out",
+                 str(tmp_path / "bundle")]) == 2
+    assert "holds detector-teacher weights, not detector-student" in capsys.readouterr().err
+
+
 def test_the_detector_trains_on_a_12_bit_camera_folder_with_its_bit_depth(tmp_path):
     import cv2
 

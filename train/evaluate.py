@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from edgestack.errors import EdgestackError, make_folder
-from edgestack.models import all_models, resolve
-from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, state_dict_of
+from edgestack.models import resolve, resolve_recorded
+from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, recorded_config, state_dict_of
 from edgestack.runtime.defects import load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
@@ -53,18 +53,19 @@ def load_trained(
     path = Path(checkpoint)
     loaded = read_checkpoint(path)  # read once, through the loader --init uses: a bad file is a clear error
     state = state_dict_of(loaded, path)
-    if path.suffix == ".pt":  # training checkpoints name their config
-        saved = loaded.get("config")
-        if saved and saved not in spec.configs:
-            owner = next((s.name for s in all_models().values() if saved in s.configs), "unknown")
-            raise EdgestackError(f"checkpoint {path} holds {saved} weights, of the {owner} model, not {spec.name}; "
-                                 f"pass a {spec.name} checkpoint")
-        if saved and config and config not in (saved, spec.name):
-            raise EdgestackError(f"{path} holds {saved} weights; drop --config {config} or pass --config {saved}")
-        config_name = saved or config_name
+    recorded = recorded_config(loaded)
+    spec, config_name = resolve_recorded(model_name, config, recorded, str(path))
+    if recorded is None and config in (None, spec.name) and model_name == spec.name:
+        # No config named anywhere (a bundle's weights.safetensors): the one whose tensors these are.
+        config_name = next((name for name in [config_name, *spec.configs] if _fits(spec, name, state)), config_name)
     model = spec.build(spec.configs[config_name])
-    apply_state_dict(model, state, str(path))
+    apply_state_dict(model, state, str(path))  # with a config that fits none, the mismatches listed
     return model.eval(), config_name, str(path)
+
+
+def _fits(spec, config_name: str, state: dict[str, torch.Tensor]) -> bool:
+    expected = {k: v.shape for k, v in spec.build(spec.configs[config_name]).state_dict().items()}
+    return expected == {k.removeprefix("module."): v.shape for k, v in state.items()}
 
 
 Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, image, mask, what the sample holds
