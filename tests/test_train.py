@@ -202,6 +202,28 @@ def test_a_folder_without_any_defect_is_refused_for_training_and_calibration(tmp
     assert scan_folder(tmp_path / "line").positives == 1
 
 
+def test_a_defect_that_vanishes_at_the_training_size_is_reported_not_learnt_as_good(tmp_path):
+    # A 2 px scratch on a 512 px image has no pixel left at --size 64 (nearest-neighbour mask): it trained and
+    # validated as a good part, with nothing in the skipped list.
+    from edgestack.train.datasets import load_datasets
+
+    for sub in ("image", "mask"):
+        (tmp_path / "line" / sub).mkdir(parents=True)
+    for name, rows in (("good", slice(0, 0)), ("scratch", slice(100, 102)), ("stain", slice(100, 300))):
+        mask = np.zeros((512, 512), np.uint8)
+        mask[rows, 50:450] = 255
+        cv2.imwrite(str(tmp_path / "line" / "image" / f"{name}.png"), np.full((512, 512, 3), 90, np.uint8))
+        cv2.imwrite(str(tmp_path / "line" / "mask" / f"{name}.png"), mask)
+    train_set, val_set, info = load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0)
+    assert info["count"] == 2 and [Path(p).name for p, _ in info["skipped"]] == ["scratch.png"]
+    assert "its defect (800 px of 512x512) vanishes at --size 64; train at a larger --size" in info["skipped"][0][1]
+    assert load_datasets(str(tmp_path / "line"), 512, val_fraction=0.0)[2]["count"] == 3
+    (tmp_path / "line" / "image" / "stain.png").unlink()
+    (tmp_path / "line" / "mask" / "stain.png").unlink()
+    with pytest.raises(EdgestackError, match="every defect under .*line vanishes when its image is resized to --size"):
+        load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0)
+
+
 def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):
     # 12-bit camera data stored as 16-bit PNGs (what inspect takes with --bit-depth 12): the same images as the
     # 8-bit set once scaled by their bit depth; without it every image is refused with that hint, never read dark.

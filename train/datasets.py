@@ -336,9 +336,19 @@ def load_datasets(
                                  "marks a defect (white pixels); add images of defective parts with their masks")
         pairs = []
         for i, record in enumerate(scan.records):
-            pairs.append(resize_pair(*load_pair(record, bit_depth), size))
+            image, mask = load_pair(record, bit_depth)
+            small = resize_pair(image, mask, size)
+            if mask is not None and mask.any() and not small[1].any():  # it would teach "no defect here"
+                scan.skip(record.image, f"its defect ({int(np.count_nonzero(mask))} px of {image.shape[1]}x"
+                                        f"{image.shape[0]}) vanishes at --size {size}; train at a larger --size, or "
+                                        "on crops around the part")
+            else:
+                pairs.append(small)
             if progress:
                 progress(i + 1, len(scan.records))
+        if not any(mask.any() for _, mask in pairs):
+            raise EdgestackError(f"every defect under {scan.root} vanishes when its image is resized to --size {size}; "
+                                 "train at a larger --size, or on crops around the parts")
         info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped,
                 "bit_depth": bit_depth}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
