@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="defectseg: bfloat16 autocast in training (~1.6x faster on "
                                                        "CPUs with AVX512-BF16/AMX and Ampere+ GPUs; refused "
                                                        "where bf16 would be emulated)")
-    p.add_argument("--bit-depth", type=int, help="defectseg: " + BIT_DEPTH_HELP)
+    p.add_argument("--bit-depth", type=int, help="defectseg and detector folders: " + BIT_DEPTH_HELP)
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)
