@@ -38,7 +38,10 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write a file whole or not at all (temp file + rename), so a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power loss must not leave an empty file in place
         tmp.replace(path)
     except BaseException:  # a full disk: no half-written .tmp left behind
         tmp.unlink(missing_ok=True)

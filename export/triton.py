@@ -132,16 +132,18 @@ def write_repository(
     # Written whole beside its place, then swapped in: a failure (a full disk, a missing plugin library) leaves
     # the repository's model folder as it was.
     repo.mkdir(parents=True, exist_ok=True)
-    staging = repo / f".{name}.staging"  # made with the umask's mode, as the model folder would be (the server
-    shutil.rmtree(staging, ignore_errors=True)  # often runs as another user); one left by a crash is ours
+    # In the repository (often its own mount, so a rename from outside could fail) under a dot name; made with
+    # the umask's mode, as the model folder would be (the server often runs as another user).
+    staging, old = repo / f".{name}.staging", repo / f".{name}.replaced"
+    for leftover in (staging, old):  # what a crash left of an earlier run: ours
+        shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir()
     try:
         _write_model_folder(staging, bundle, meta, fmt, text)
         if model_dir.exists():
-            old = staging.with_name(staging.name + ".replaced")
             model_dir.rename(old)
             staging.rename(model_dir)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(model_dir)
     except BaseException:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Real
+import math
 from typing import Any
 
 import cv2
@@ -22,7 +22,11 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_scor
     The image is zero-padded (after normalization) at the bottom and right to the multiples the model needs,
     so boxes stay in the image's own pixel coordinates."""
     require_task(engine, "detection")
-    if not isinstance(min_score, Real) or not 0 <= min_score <= 1:  # NaN or 7 would drop every detection unsaid
+    try:  # a number of any kind (a numpy or torch scalar too), not a string
+        least = math.nan if isinstance(min_score, (str, bytes)) else float(min_score)
+    except (TypeError, ValueError):
+        least = math.nan
+    if not 0 <= least <= 1:  # NaN or 7 would drop every detection without a word
         raise EdgestackError(f"min_score must be a number from 0 to 1, got {min_score!r}")
     post = engine.meta["postprocess"]
     rgb = read_image(image, gray_to_rgb, bit_depth)
@@ -45,7 +49,7 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_scor
          "label": post["classes"][int(cls)]}
         for box, score, cls, keep in zip(boxes, out[post["scores"]][0, :count], out[post["labels"]][0, :count],
                                          inside)
-        if keep and score >= min_score
+        if keep and score >= least
     ]
     return rgb, detections
 

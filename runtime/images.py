@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +59,18 @@ def decode_file(buffer: np.ndarray) -> np.ndarray | None:
 
 
 def exif_orientation(buffer: np.ndarray) -> int:
-    """The EXIF orientation (1..8) of an image file's bytes; 1 (as stored) when it has none or no EXIF."""
+    """The EXIF orientation (1..8) that OpenCV leaves to us in an image file's bytes; 1 (as stored) when there is
+    none. OpenCV turns TIFFs itself, even unchanged, and leaves JPEG, PNG and WebP as stored."""
+    head = buffer[:12].tobytes()
+    if not (head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG") or head[8:12] == b"WEBP"):
+        return 1
+    if head.startswith(b"\x89PNG") and b"eXIf" not in buffer.tobytes():  # PIL would decode every pixel to look
+        return 1
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():  # "corrupt EXIF", "possible decompression bomb": OpenCV decoded it already
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(buffer.tobytes())) as image:  # reads the header; decodes no pixels
-                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        with Image.open(io.BytesIO(buffer.tobytes())) as image:  # a JPEG's header and EXIF segment only
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # whatever PIL cannot parse, OpenCV decoded: read it as stored
         return 1
     return orientation if orientation in range(1, 9) else 1

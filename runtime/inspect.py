@@ -69,6 +69,11 @@ class Inspector:
         gray_to_rgb: bool = False,
         bit_depth: int | None = None,
     ):
+        for name, value, least in (("batch", batch, 1), ("prefetch", prefetch, 1), ("overlap", overlap, 0)):
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < least:
+                raise EdgestackError(f"{name} must be a whole number of at least {least}, got {value!r} (batch: "
+                                     "tiles per engine call, prefetch: images decoded ahead, overlap: tile px)")
+        batch, prefetch, overlap = int(batch), int(prefetch), int(overlap)  # numpy ints are not JSON (run.json)
         self.engine = defect_engine(bundle, backend)
         meta = self.engine.meta
         self.rules = rules or Rules()
@@ -76,10 +81,6 @@ class Inspector:
         self.tile = tuple(meta["default_size"])
         self.multiple = max(meta["axes"].get("height", {}).get("multiple_of", 1),
                             meta["axes"].get("width", {}).get("multiple_of", 1))
-        for name, value, least in (("batch", batch, 1), ("prefetch", prefetch, 1), ("overlap", overlap, 0)):
-            if not isinstance(value, Integral) or isinstance(value, bool) or value < least:
-                raise EdgestackError(f"{name} must be a whole number of at least {least}, got {value!r} (batch: "
-                                     "tiles per engine call, prefetch: images decoded ahead, overlap: tile px)")
         if not 0 <= overlap < min(self.tile) // 2:
             raise EdgestackError(f"tile overlap {overlap} px must be in 0..{min(self.tile) // 2 - 1} for this model's "
                                  f"{self.tile[0]}x{self.tile[1]} tiles")

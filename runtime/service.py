@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -127,7 +128,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     metrics = Metrics()
     meta = inspector.engine.meta
     pending = 0  # requests past authentication and not yet answered; only the event loop touches it
-    images_at_once = asyncio.Semaphore(IMAGES_AT_ONCE)
+    # One per event loop: an asyncio semaphore belongs to the loop it first waits in, and an app may be served by
+    # more than one in turn (an embedder restarting it, test clients).
+    semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def record(result: dict[str, Any], image: np.ndarray | None = None, prob: np.ndarray | None = None) -> None:
         if writer:
@@ -205,6 +208,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             return await reject(400, "disconnected", "the client disconnected before its image arrived", item_id)
         if body is None:
             return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
+        images_at_once = semaphores.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(IMAGES_AT_ONCE))
         async with images_at_once:  # a decoded image and its maps are tens of bytes per pixel: a few at a time
             return await inspect_image(bytes(body), item_id)
 

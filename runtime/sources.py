@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,9 @@ def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> 
             yield Item(item_id, lambda a=entry: read_image(a, gray_to_rgb, bit_depth))
             continue
         given, array = entry
-        if isinstance(given, str) and given or isinstance(given, int) and not isinstance(given, bool):
-            yield Item(str(given), lambda a=array: read_image(a, gray_to_rgb, bit_depth))
+        if isinstance(given, str) and given or isinstance(given, Integral) and not isinstance(given, bool):
+            yield Item(str(given) if isinstance(given, str) else str(int(given)),
+                       lambda a=array: read_image(a, gray_to_rgb, bit_depth))
         else:
             yield Item(item_id, partial(_refuse, f"the id {given!r} ({type(given).__name__}) of (id, image) pair "
                                                  f"number {index} is not a non-empty string or an int; give each "

@@ -120,6 +120,7 @@ def test_infer_draws_boxes(bundle, tmp_path):
     for min_score in (float("nan"), 7.0, -0.1, "0.5"):  # each dropped every detection without a word, or raised
         with pytest.raises(EdgestackError, match="min_score must be a number from 0 to 1"):  # a TypeError
             detect(engine, image, min_score=min_score)
+    assert detect(engine, image, min_score=np.float32(0.0))[1] == detect(engine, image)[1]  # any scalar number
 
 
 def test_infer_names_the_command_a_defect_bundle_needs(defectseg_bundle, tmp_path, capsys):

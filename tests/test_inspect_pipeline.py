@@ -137,9 +137,9 @@ def test_part_ids_given_with_arrays_are_checked_and_never_judged_twice_in_a_run(
         assert len(records(run)) == 12 and records(run)[0]["id"] == "SN-0"
         assert (run / "skipped.txt").read_text().count("SN-0: a second item with this id in one run") == 1
     # A serial number as an int keeps its digits; an empty or other id is that item's error, naming it.
-    results = list(inspector.run([(4711, good), ("", good), (None, good)]))
-    assert results[0]["id"] == "4711" and results[0]["status"] != "ERROR"
-    assert [r["status"] for r in results[1:]] == ["ERROR", "ERROR"]
+    results = list(inspector.run([(4711, good), ("", good), (None, good), (np.int64(4712), good)]))
+    assert [r["id"] for r in results[::3]] == ["4711", "4712"] and results[0]["status"] != "ERROR"
+    assert [r["status"] for r in results[1:3]] == ["ERROR", "ERROR"]
     assert "the id '' (str) of (id, image) pair number 1 is not a non-empty string or an int" in results[1]["error"]
     assert "the id None (NoneType) of (id, image) pair number 2" in results[2]["error"]
 
@@ -150,7 +150,8 @@ def test_inspector_options_are_checked_when_made_not_at_the_first_image(bundle, 
                           ("batch", True)):
         with pytest.raises(EdgestackError, match=f"{option} must be a whole number of at least"):
             Inspector(bundle, backend="onnxruntime", **{option: value})
-    assert Inspector(bundle, backend="onnxruntime", batch=np.int64(2), prefetch=1).batch == 2
+    numpy_ints = Inspector(bundle, backend="onnxruntime", batch=np.int64(2), prefetch=1, overlap=np.int32(16))
+    assert numpy_ints.batch == 2 and json.dumps(numpy_ints.setup())  # run.json takes them
     with pytest.raises(EdgestackError, match="is a folder; pass one image file"):
         read_image(tmp_path)
 
@@ -553,16 +554,19 @@ def test_service_inspects_two_images_at_a_time_however_many_are_pending(inspecto
 
     monkeypatch.setattr(inspector, "inspect", counted)
     image = encoded(synthetic_images(1, 128, seed=4)[0].image)
-    answers = []
-    with TestClient(create_app(inspector, max_pending=8)) as client:
-        posts = [threading.Thread(target=lambda i=i: answers.append(client.post(f"/v1/inspect?id=p{i}",
-                                                                                 content=image).status_code))
-                 for i in range(6)]
-        for post in posts:
-            post.start()
-        for post in posts:
-            post.join(60)
-    assert answers == [200] * 6 and most[0] == IMAGES_AT_ONCE == 2
+    app = create_app(inspector, max_pending=8)
+    for session in range(2):  # the second served under another event loop (an embedder restarting the app)
+        answers = []
+        with TestClient(app) as client:
+            def post_one(item_id, client=client, answers=answers):
+                answers.append(client.post(f"/v1/inspect?id={item_id}", content=image).status_code)
+
+            posts = [threading.Thread(target=post_one, args=(f"s{session}-{i}",)) for i in range(6)]
+            for post in posts:
+                post.start()
+            for post in posts:
+                post.join(60)
+        assert answers == [200] * 6 and most[0] == IMAGES_AT_ONCE == 2
 
 
 def test_an_engine_failure_on_one_item_is_its_error_and_the_run_goes_on(inspector, tmp_path, monkeypatch, caplog):

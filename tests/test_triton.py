@@ -133,6 +133,12 @@ def test_replacing_never_deletes_the_bundle_or_the_old_folder_before_the_new_one
         write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
     assert (model_dir / "config.pbtxt").read_text() == old and (model_dir / "1" / "model.onnx").is_file()
     assert [p.name for p in repo.iterdir()] == ["pspnet-r18"]
+    # What a crash mid-swap leaves (the old folder moved aside) is cleared by the next write, not in its way.
+    monkeypatch.undo()
+    (repo / ".pspnet-r18.replaced" / "1").mkdir(parents=True)
+    write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
+    assert [p.name for p in repo.iterdir()] == ["pspnet-r18"] and "max_batch_size: 2" in \
+        (model_dir / "config.pbtxt").read_text()
 
 
 def test_each_graph_of_a_multi_graph_model_gets_its_own_name(bundle, tmp_path):

@@ -157,6 +157,19 @@ def model():
     return net
 
 
+def test_weights_recording_no_config_that_fit_two_configs_need_one_named(model, tmp_path):
+    # vglaw-s and vglaw-s-static have the same tensors: a static model's weights.safetensors was read as vglaw-s.
+    from safetensors.torch import save_file
+
+    from edgestack.train.evaluate import load_trained
+
+    save_file(model.state_dict(), tmp_path / "weights.safetensors")
+    with pytest.raises(EdgestackError, match="records no config and fits vglaw-s and vglaw-s-static alike; pass "
+                                             "--config"):
+        load_trained("vglaw", None, tmp_path / "weights.safetensors")
+    assert load_trained("vglaw", "vglaw-s-static", tmp_path / "weights.safetensors")[1] == "vglaw-s-static"
+
+
 def test_adaptive_qkv_equals_explicit_per_sample_weights(model):
     """x W_i^T with W_i = W0_i + P Phi_i Q^T materialised per sample == the factored form the block runs."""
     block = model.blocks[2]

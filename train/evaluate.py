@@ -45,27 +45,33 @@ def load_trained(
 ) -> tuple[torch.nn.Module, str, str]:
     """(eval-mode model, config name, weights source); no checkpoint: the config's shipped weights."""
     spec, config_name = resolve(model_name, config)
+    named = config not in (None, spec.name) or model_name != spec.name
     if checkpoint is None:
         shipped = spec.extras.get("default_checkpoint", {}).get(config_name)
         if not shipped or not Path(shipped).is_file():
             raise EdgestackError(f"{config_name} has no shipped weights; pass --checkpoint (a last.pt/best.pt)")
-        checkpoint = shipped
+        checkpoint, named = shipped, True
     path = Path(checkpoint)
     loaded = read_checkpoint(path)  # read once, through the loader --init uses: a bad file is a clear error
     state = state_dict_of(loaded, path)
     recorded = recorded_config(loaded)
     spec, config_name = resolve_recorded(model_name, config, recorded, str(path))
-    if recorded is None and config in (None, spec.name) and model_name == spec.name:
-        # No config named anywhere (a bundle's weights.safetensors): the one whose tensors these are.
-        config_name = next((name for name in [config_name, *spec.configs] if _fits(spec, name, state)), config_name)
+    if recorded is None and not named:  # no config named anywhere (a bundle's weights.safetensors)
+        config_name = _config_of_tensors(spec, state, path, config_name)
     model = spec.build(spec.configs[config_name])
     apply_state_dict(model, state, str(path))  # with a config that fits none, the mismatches listed
     return model.eval(), config_name, str(path)
 
 
-def _fits(spec, config_name: str, state: dict[str, torch.Tensor]) -> bool:
-    expected = {k: v.shape for k, v in spec.build(spec.configs[config_name]).state_dict().items()}
-    return expected == {k.removeprefix("module."): v.shape for k, v in state.items()}
+def _config_of_tensors(spec, state: dict[str, torch.Tensor], path: Path, default: str) -> str:
+    """The one config of `spec` whose tensors `state` holds (names and shapes); `default` when none fits (its
+    load then lists the mismatches); refused when several fit (vglaw-s and vglaw-s-static differ in use only)."""
+    given = {k.removeprefix("module."): v.shape for k, v in state.items()}
+    fitting = [name for name in spec.configs
+               if given == {k: v.shape for k, v in spec.build(spec.configs[name]).state_dict().items()}]
+    if len(fitting) > 1:
+        raise EdgestackError(f"{path} records no config and fits {' and '.join(fitting)} alike; pass --config")
+    return fitting[0] if fitting else default
 
 
 Sample = tuple[str, np.ndarray, np.ndarray | None, dict[str, Any]]  # name, image, mask, what the sample holds
