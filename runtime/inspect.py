@@ -282,7 +282,7 @@ class RunWriter:
             self.started = time.perf_counter()
             self.new = 0
             self._write_csv(records)
-            self.jsonl_file = open(self.jsonl, "a", encoding="utf-8")
+            self.jsonl_file = open(self.jsonl, "ab", buffering=0)  # unbuffered: a failed record is never flushed later
             self.csv_file = open(self.dir / "results.csv", "a", newline="", **TEXT)
             self.csv = csv.DictWriter(self.csv_file, CSV_FIELDS, extrasaction="ignore")
             self.notes = open(self.dir / "skipped.txt", "a", **TEXT)
@@ -347,11 +347,18 @@ class RunWriter:
         if image is not None and prob is not None and (self.overlay == "all" or
                                                        (self.overlay == "ng" and result["status"] == "NG")):
             self._write_overlay(result, image, prob)
+        descriptor = self.jsonl_file.fileno()
+        recorded = os.fstat(descriptor).st_size
         try:
-            self.jsonl_file.write(json.dumps(result) + "\n")
-            self.jsonl_file.flush()
-            os.fsync(self.jsonl_file.fileno())
+            line = memoryview((json.dumps(result) + "\n").encode())
+            while line:  # the OS may take part of it at a time
+                line = line[os.write(descriptor, line):]
+            os.fsync(descriptor)
         except OSError as exc:  # a full disk, a share gone read-only: stop rather than inspect unrecorded
+            try:  # and never let a part of this record reach the file with a later one (the line hears "no verdict")
+                os.ftruncate(descriptor, recorded)
+            except OSError:
+                pass  # a torn last line is dropped when the folder is read again
             raise EdgestackError(
                 f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
                 "or fix the folder, then rerun with the same run folder (unrecorded items are inspected again)"

@@ -25,7 +25,7 @@ from edgestack.errors import EdgestackError
 from edgestack.runtime import sources
 from edgestack.runtime.defects import Rules
 from edgestack.runtime.images import read_image
-from edgestack.runtime.inspect import Inspector
+from edgestack.runtime.inspect import Inspector, RunWriter
 from edgestack.train.synthetic import make_sample
 
 pytestmark = pytest.mark.slow
@@ -527,6 +527,7 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         assert unrecorded.status_code == 500 and "could not record the result of c" in unrecorded.json()["error"]
         monkeypatch.undo()  # the disk has room again: the summary can be written at shutdown
     assert [(r["id"], r["status"]) for r in records(run)][:2] == [("b", "ERROR"), ("a", first["r"].json()["status"])]
+    assert "c" not in {r["id"] for r in records(run)}  # answered 500 "not recorded": never a verdict on disk later
     errors = json.loads((run / "summary.json").read_text())["errors"]  # b's retry is its result
     assert [e["id"] for e in errors] == ["boom"]
 
@@ -617,19 +618,40 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes_it(i
     fsyncs = []
     fsync = os.fsync
 
-    def full_on_second(fd):
-        fsyncs.append(fd)
-        if len(fsyncs) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full_on_second(fd):  # the second result's fsync
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("results.jsonl"):
+            fsyncs.append(fd)
+            if len(fsyncs) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_on_second)
     with pytest.raises(EdgestackError, match="could not record the result of part001.png .*No space left on device"):
         list(inspector.run(tmp_path / "in", tmp_path / "run"))
+    # The result whose recording failed is not on disk: it was reported unrecorded, so it is inspected again
+    # (its line sat in the file's buffer, and reached the file with the next record or at close).
+    assert [r["id"] for r in records(tmp_path / "run")] == ["part000.png"]
     monkeypatch.undo()
     again = list(inspector.run(tmp_path / "in", tmp_path / "run"))
-    assert [r["id"] for r in again] == ["part002.png"]
-    assert sorted(r["id"] for r in records(tmp_path / "run")) == ["part000.png", "part001.png", "part002.png"]
+    assert [r["id"] for r in again] == ["part001.png", "part002.png"]
+    assert [r["id"] for r in records(tmp_path / "run")] == ["part000.png", "part001.png", "part002.png"]
+    # A write the disk takes only part of (full mid-line) leaves no fragment for the next record to join.
+    writes, write = [], os.write
+
+    def full_mid_line(fd, data):
+        writes.append(fd)
+        if len(writes) == 1:
+            write(fd, bytes(data[:10]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_mid_line)
+    writer = RunWriter(tmp_path / "run", "none", inspector.setup())
+    with pytest.raises(EdgestackError, match="could not record the result of torn"):
+        writer.write(again[0] | {"id": "torn"}, None, None)
+    writer.write(again[0] | {"id": "whole"}, None, None)
+    writer.finish()
+    assert [r["id"] for r in records(tmp_path / "run")][-2:] == ["part002.png", "whole"]
 
 
 def free_port():
