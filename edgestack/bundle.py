@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgestack.errors import EdgestackError
+from edgestack.interrupts import interrupts_held
 
 SCHEMA_VERSION = 2  # 2: meta.json carries the sha256 of its own content
 META = "meta.json"
@@ -63,7 +64,8 @@ def _signed_meta(meta: dict[str, Any]) -> bytes:
 def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | bytes | memoryview]) -> None:
     """Put new versions of bundle files (name -> a file anywhere, or the content) in place, with a meta.json
     recording them. Everything is written beside its place and meta.json before the first rename, so a failure
-    (a full disk) leaves the bundle as it was; the renames themselves cannot fail half-way."""
+    (a full disk) leaves the bundle as it was; Ctrl-C and SIGTERM wait for the renames (only a power loss or
+    SIGKILL in those microseconds leaves new files under the old meta.json, which then refuses to load)."""
     staged = {name: bundle / f"{name}.tmp" for name in [*files, META]}
     try:
         for name, source in files.items():
@@ -73,12 +75,36 @@ def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | by
                 staged[name].write_bytes(source)
             meta["files"][name] = sha256(staged[name])
         staged[META].write_bytes(_signed_meta(meta))
-        for name, path in staged.items():
-            path.replace(bundle / name)
+        with interrupts_held():
+            for name, path in staged.items():
+                path.replace(bundle / name)
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)
         raise
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the folder `staging` in `target`'s place, whole: the old `target` is renamed aside and deleted only once
+    the new one has its name, Ctrl-C and SIGTERM wait for the renames, and a failed rename puts the old one back.
+    So `target` is the old folder or the new one, never a part of either (a killed export left half a bundle)."""
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)  # what a kill between the renames left: ours by name
+    swapped = False
+    try:
+        with interrupts_held():
+            if target.exists():
+                target.rename(old)
+            try:
+                staging.rename(target)
+            except BaseException:
+                if old.exists():
+                    old.rename(target)
+                raise
+            swapped = True
+    finally:
+        if swapped:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _content_sha256(meta: dict[str, Any]) -> str:

@@ -7,9 +7,6 @@ through the op's reference, registered as a Python op, so both flavours are exec
 from __future__ import annotations
 
 import functools
-import signal
-import threading
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 
 from edgestack.errors import EdgestackError
 from edgestack.export.onnx_ops import PLUGIN_DOMAIN
+from edgestack.interrupts import interrupts_held
 from edgestack.kernels import custom_ops
 
 _EXTENSIONS_DOMAIN = "ai.onnx.contrib"
@@ -108,23 +106,3 @@ def run_torch(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[
 def run_onnx(session: ort.InferenceSession, names: list[str], inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     with interrupts_held():
         return session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})
-
-
-@contextmanager
-def interrupts_held():
-    """Ctrl-C and SIGTERM wait until the block ends. The plugins flavour's custom nodes are Python functions
-    that onnxruntime calls from C++: a KeyboardInterrupt raised in one crosses C++ and aborts the process (no
-    "interrupted", the export's staging folder left behind). Outside the main thread nothing can be held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda number, frame: held.append(number)) for number in signals}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(held):  # now raised where Python can unwind
-            signal.raise_signal(number)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -140,23 +139,21 @@ def _foreign_entries(folder: Path) -> list[str] | None:
         if path.name in subs and path.is_dir():  # `edgestack bench` writes into a sub-bundle, as told to
             inner = _foreign_entries(path)
             foreign += [f"{path.name}/"] if inner is None else [f"{path.name}/{name}" for name in inner]
-        elif path.name not in recorded:
+        elif path.name not in recorded and path.name.removesuffix(".tmp") not in recorded:  # .tmp: a killed write's
             foreign.append(path.name)
     return foreign
 
 
 @contextmanager
 def _staging(out: Path):
-    """A temporary folder beside `out` (whose parent check_out_folder made), moved into place only when the block
-    finishes without an error."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """A temporary folder beside `out` (whose parent check_out_folder made), swapped into place only when the block
+    finishes without an error (bundle.replace_folder)."""
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed export left: ours by name
+    staging.mkdir()
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes it private; a bundle is meant to be shared
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        staging.rename(out)
+        bundle_format.replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -134,18 +134,12 @@ def write_repository(
     repo.mkdir(parents=True, exist_ok=True)
     # In the repository (often its own mount, so a rename from outside could fail) under a dot name; made with
     # the umask's mode, as the model folder would be (the server often runs as another user).
-    staging, old = repo / f".{name}.staging", repo / f".{name}.replaced"
-    for leftover in (staging, old):  # what a crash left of an earlier run: ours
-        shutil.rmtree(leftover, ignore_errors=True)
+    staging = repo / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)  # what a crash left of an earlier run: ours by name
     staging.mkdir()
     try:
         _write_model_folder(staging, bundle, meta, fmt, text)
-        if model_dir.exists():
-            model_dir.rename(old)
-            staging.rename(model_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(model_dir)
+        bundle_format.replace_folder(staging, model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

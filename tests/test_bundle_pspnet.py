@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -262,6 +263,39 @@ def test_export_with_a_wrong_checkpoint_leaves_no_bundle(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_re_export_swaps_the_whole_bundle_in_even_when_stopped(tmp_path, monkeypatch):
+    # The old bundle was deleted file by file before the new one took its name: a kill then left a part of it
+    # without meta.json, which the next export refused as "no edgestack bundle".
+    import signal
+
+    from edgestack.export.pipeline import _foreign_entries, _staging
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "old").write_text("old")
+    (tmp_path / ".bundle.staging").mkdir()  # what a killed export left
+    with pytest.raises(RuntimeError):
+        with _staging(out) as staging:
+            (staging / "new").write_text("new")
+            raise RuntimeError("the parity check failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and (out / "old").is_file()
+    rename = Path.rename
+
+    def stopped_midway(self, target):  # Ctrl-C between the two renames: held until both are done
+        signal.raise_signal(signal.SIGINT)
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        with _staging(out) as staging:
+            (staging / "new").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and [p.name for p in out.iterdir()] == ["new"]
+    # A killed write's leftover beside a recorded file is the bundle's own, not something to keep.
+    (out / "meta.json").write_text(json.dumps({"files": {"new": "x"}}))
+    (out / "meta.json.tmp").write_text("{")
+    assert _foreign_entries(out) == []
+
+
 def test_checkpoint_roundtrip_and_misshaped_keys_listed(tmp_path):
     from edgestack.models import resolve
     from edgestack.models.checkpoints import load_checkpoint
@@ -313,7 +347,7 @@ def test_a_signal_during_an_onnx_run_is_raised_once_the_run_returns():
     import signal
     import time
 
-    from edgestack.export.parity import interrupts_held
+    from edgestack.interrupts import interrupts_held
 
     class Stop(Exception):
         pass

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
-from edgestack.train import synthetic
+from edgestack.train import loop, synthetic
 from edgestack.train.datasets import (
     DefectDataset,
     Record,
@@ -566,7 +566,13 @@ def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch, capsys):
     root, _ = cds2k
     out = tmp_path / "run"
     args = ["train", "defectseg-s", "--data", str(root), "--size", "64", "--batch-size", "4", "--out", str(out)]
+    saved, save = [], loop.save_checkpoint_file
+    monkeypatch.setattr(loop, "save_checkpoint_file", lambda checkpoint, path: saved.append(path.name) or
+                        save(checkpoint, path))
     assert main(args + ["--epochs", "1"]) == 0
+    assert saved == ["best.pt", "last.pt"]  # a stop between them must not leave last.pt naming a best.pt not written
+    monkeypatch.undo()
+    native_bf16_cpu(monkeypatch, True)
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["config"] == "defectseg-s" and state["epoch"] == 1 and "accuracy" in state["metrics"]
     assert {"state_dict", "optimizer", "scheduler", "history"} <= set(state)

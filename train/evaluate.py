@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from edgestack.bundle import write_atomic
 from edgestack.errors import EdgestackError, make_folder
 from edgestack.models import resolve, resolve_recorded
 from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, recorded_config, state_dict_of
@@ -338,7 +339,7 @@ def evaluate_defects(
         rule = {"threshold": chosen.threshold, "min_area_px": chosen.min_area_px, "min_score": chosen.min_score}
         try:
             paths["rules"].parent.mkdir(parents=True, exist_ok=True)
-            paths["rules"].write_text(json.dumps(rule, indent=2) + "\n")
+            write_atomic(paths["rules"], (json.dumps(rule, indent=2) + "\n").encode())  # the old rules or the new
         except OSError as exc:
             raise EdgestackError(f"cannot write the rules file {rules_out}: {exc.strerror}; pass a writable path "
                                  "to --rules-out") from None

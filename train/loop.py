@@ -244,9 +244,9 @@ def run_epochs(
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
             "best": best, "args": args,
         }
-        save_checkpoint_file(checkpoint, last)
-        if improved:
+        if improved:  # before last.pt, which records this epoch as the best: a stop between them must not lose it
             save_checkpoint_file(checkpoint, out / "best.pt")
+        save_checkpoint_file(checkpoint, last)
         plot_curves(history, out / "curves.png", keys=curve_keys, loss_name=loss_name)
     return history
 
