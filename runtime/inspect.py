@@ -173,9 +173,15 @@ class Inspector:
                     if writer:
                         writer.write(result, image, prob)
                     yield result
-        finally:
+        except BaseException:
             if writer:
-                writer.finish()
+                try:
+                    writer.finish()
+                except EdgestackError as exc:  # the error that ended the run (a full disk: which result) stays
+                    log.error("%s", exc)      # the one raised
+            raise
+        if writer:
+            writer.finish()
 
     def _prefetched(self, items: Iterator[Item | None], done: dict[str, tuple[int, int] | None],
                     note: Callable[[str], None]):
