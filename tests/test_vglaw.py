@@ -268,7 +268,7 @@ def test_resuming_with_other_options_is_refused(tmp_path):
     resumed.mkdir()
     args = {"data": "synthetic-referring", "batch_size": 8, "lr": 4e-4, "epochs": 1, "weight_decay": 1e-4,
             "train_count": 16, "seed": 0, "device": "cpu"}
-    torch.save({"config": "vglaw-s", "epoch": 1, "args": args}, resumed / "last.pt")
+    torch.save({"config": "vglaw-s", "epoch": 1, "args": args, "state_dict": {}, "optimizer": {}}, resumed / "last.pt")
     with pytest.raises(EdgestackError, match=r"other options \(lr 0.0004 -> 0.001; train_count 16 -> 32\)"):
         train("vglaw-s", resumed, epochs=2, batch_size=8, lr=1e-3, train_count=32, val_count=4, resume=True, **QUIET)
 
