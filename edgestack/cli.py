@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -304,8 +305,9 @@ def cmd_triton(args: argparse.Namespace) -> None:
 
     model_dir = write_repository(args.bundle, args.repo, args.name, args.max_batch, args.instances, args.format,
                                  args.cpu, args.replace)
-    print(f"wrote {model_dir}; serve with `tritonserver --model-repository {args.repo}`"
-          + "".join(f" --backend-config=tensorrt,plugins={p}" for p in model_dir.glob(AUTOLOAD_LIBRARY)))
+    command = ["tritonserver", "--model-repository", args.repo] + [
+        f"--backend-config=tensorrt,plugins={p}" for p in model_dir.glob(AUTOLOAD_LIBRARY)]
+    print(f"wrote {model_dir}; serve with `{shlex.join(command)}`")  # quoted: a path may hold spaces
 
 
 def _is_detector(name: str, config: str | None) -> bool:

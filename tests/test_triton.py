@@ -80,10 +80,10 @@ def test_write_onnx_repository(bundle, tmp_path):
 
 
 def test_cli_triton(bundle, tmp_path, capsys):
-    repo = tmp_path / "models"
+    repo = tmp_path / "line 3 models"  # the printed command quotes it, so it can be pasted
     assert main(["triton", str(bundle), "--repo", str(repo), "--name", "seg", "--max-batch", "4",
                  "--instances", "3"]) == 0
-    assert f"tritonserver --model-repository {repo}" in capsys.readouterr().out
+    assert f"`tritonserver --model-repository '{repo}'`" in capsys.readouterr().out
     config = parse((repo / "seg" / "config.pbtxt").read_text())
     assert config.max_batch_size == 4 and config.instance_group[0].count == 3
     assert (repo / "seg" / "1" / "model.onnx").is_file()
