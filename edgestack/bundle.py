@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,25 @@ def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | by
         raise
 
 
-def replace_folder(staging: Path, target: Path) -> None:
-    """Put the folder `staging` in `target`'s place, whole: the old `target` is renamed aside and deleted only once
-    the new one has its name, Ctrl-C and SIGTERM wait for the renames, and a failed rename puts the old one back.
+@contextmanager
+def folder_replaced(target: Path) -> Iterator[Path]:
+    """A staging folder beside `target` (whose parent must exist), put in `target`'s place whole when the block
+    finishes without an error and removed when it does not. Beside it, so the rename stays on one file system
+    (a Triton repository is often its own mount); what a killed run left there is ours by name."""
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()  # the umask's mode, as `target` would have (a bundle or a model folder is meant to be shared)
+    try:
+        yield staging
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put the folder `staging` in `target`'s place: the old `target` is renamed aside and deleted only once the
+    new one has its name, Ctrl-C and SIGTERM wait for the renames, and a failed rename puts the old one back.
     So `target` is the old folder or the new one, never a part of either (a killed export left half a bundle)."""
     old = target.with_name(f".{target.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)  # what a kill between the renames left: ours by name

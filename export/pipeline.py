@@ -10,7 +10,6 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def export_bundle(
                  "outputs are meaningless until you pass trained weights")
     model.eval()
 
-    with _staging(out) as staging:
+    with bundle_format.folder_replaced(out) as staging:  # out's parent check_out_folder made
         extra_files = {}
         for name, source in spec.extras.get("bundle_files", {}).items():
             shutil.copyfile(source, staging / name)
@@ -142,21 +141,6 @@ def _foreign_entries(folder: Path) -> list[str] | None:
         elif path.name not in recorded and path.name.removesuffix(".tmp") not in recorded:  # .tmp: a killed write's
             foreign.append(path.name)
     return foreign
-
-
-@contextmanager
-def _staging(out: Path):
-    """A temporary folder beside `out` (whose parent check_out_folder made), swapped into place only when the block
-    finishes without an error (bundle.replace_folder)."""
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)  # what a killed export left: ours by name
-    staging.mkdir()
-    try:
-        yield staging
-        bundle_format.replace_folder(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _builder() -> dict[str, Any]:

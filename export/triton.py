@@ -132,17 +132,8 @@ def write_repository(
     # Written whole beside its place, then swapped in: a failure (a full disk, a missing plugin library) leaves
     # the repository's model folder as it was.
     repo.mkdir(parents=True, exist_ok=True)
-    # In the repository (often its own mount, so a rename from outside could fail) under a dot name; made with
-    # the umask's mode, as the model folder would be (the server often runs as another user).
-    staging = repo / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)  # what a crash left of an earlier run: ours by name
-    staging.mkdir()
-    try:
+    with bundle_format.folder_replaced(model_dir) as staging:
         _write_model_folder(staging, bundle, meta, fmt, text)
-        bundle_format.replace_folder(staging, model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return model_dir
 
 

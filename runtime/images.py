@@ -64,12 +64,13 @@ def exif_orientation(buffer: np.ndarray) -> int:
     head = buffer[:12].tobytes()
     if not (head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG") or head[8:12] == b"WEBP"):
         return 1
-    if head.startswith(b"\x89PNG") and b"eXIf" not in buffer.tobytes():  # PIL would decode every pixel to look
+    data = buffer.tobytes()
+    if head.startswith(b"\x89PNG") and b"eXIf" not in data:  # PIL would decode every pixel to look
         return 1
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(buffer.tobytes())) as image:  # a JPEG's header and EXIF segment only
+        with Image.open(io.BytesIO(data)) as image:  # a JPEG's header and EXIF segment only
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # whatever PIL cannot parse, OpenCV decoded: read it as stored
         return 1

@@ -84,8 +84,7 @@ def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> 
             continue
         given, array = entry
         if isinstance(given, str) and given or isinstance(given, Integral) and not isinstance(given, bool):
-            yield Item(str(given) if isinstance(given, str) else str(int(given)),
-                       lambda a=array: read_image(a, gray_to_rgb, bit_depth))
+            yield Item(str(given), lambda a=array: read_image(a, gray_to_rgb, bit_depth))
         else:
             yield Item(item_id, partial(_refuse, f"the id {given!r} ({type(given).__name__}) of (id, image) pair "
                                                  f"number {index} is not a non-empty string or an int; give each "

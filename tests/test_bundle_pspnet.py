@@ -268,14 +268,14 @@ def test_a_re_export_swaps_the_whole_bundle_in_even_when_stopped(tmp_path, monke
     # without meta.json, which the next export refused as "no edgestack bundle".
     import signal
 
-    from edgestack.export.pipeline import _foreign_entries, _staging
+    from edgestack.export.pipeline import _foreign_entries
 
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "old").write_text("old")
     (tmp_path / ".bundle.staging").mkdir()  # what a killed export left
     with pytest.raises(RuntimeError):
-        with _staging(out) as staging:
+        with bundle_format.folder_replaced(out) as staging:
             (staging / "new").write_text("new")
             raise RuntimeError("the parity check failed")
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and (out / "old").is_file()
@@ -287,7 +287,7 @@ def test_a_re_export_swaps_the_whole_bundle_in_even_when_stopped(tmp_path, monke
 
     monkeypatch.setattr(Path, "rename", stopped_midway)
     with pytest.raises(KeyboardInterrupt):
-        with _staging(out) as staging:
+        with bundle_format.folder_replaced(out) as staging:
             (staging / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and [p.name for p in out.iterdir()] == ["new"]
     # A killed write's leftover beside a recorded file is the bundle's own, not something to keep.
