@@ -107,11 +107,20 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
     if image.dtype not in (np.uint8, np.uint16):  # signed TIFFs: OpenCV's colour conversions refuse them
         raise EdgestackError(f"image {name} holds signed {image.dtype} pixels; save it as an unsigned 8- or 16-bit "
                              "PNG or TIFF")
+    if image.ndim == 3 and image.shape[2] == 4 and _png_gray_with_alpha(buffer):
+        image = image[:, :, 0]  # OpenCV spreads gray over BGR: it is gray, and a gray image is taken only as such
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return _rgb8(image, name, gray_to_rgb, bit_depth)
+
+
+PNG_GRAY_WITH_ALPHA = 4  # the colour type in a PNG's header (byte 25): 0 gray, 2 RGB, 3 palette, 4 gray+alpha, 6 RGBA
+
+
+def _png_gray_with_alpha(buffer: np.ndarray) -> bool:
+    return buffer[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and buffer.size > 25 and buffer[25] == PNG_GRAY_WITH_ALPHA
 
 
 def _tiff_has_more_pages(buffer: np.ndarray) -> bool:

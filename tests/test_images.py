@@ -76,6 +76,20 @@ def test_rgba_gray_and_float(tmp_path):
         decode_image(b"", "empty.png")
 
 
+def test_a_gray_png_with_alpha_is_gray(tmp_path):
+    """OpenCV spreads a gray+alpha PNG over BGRA; it is still a gray camera's image and needs --gray-to-rgb."""
+    from PIL import Image
+
+    gray = np.random.default_rng(2).integers(0, 256, (12, 9), dtype=np.uint8)
+    path = tmp_path / "gray_alpha.png"
+    Image.fromarray(np.dstack([gray, np.full_like(gray, 200)]), "LA").save(path)
+    with pytest.raises(EdgestackError, match="grayscale"):
+        read_image(path)
+    with pytest.raises(EdgestackError, match="grayscale"):
+        decode_upload(path.read_bytes(), max_pixels=10_000)
+    np.testing.assert_array_equal(read_image(path, gray_to_rgb=True), np.repeat(gray[..., None], 3, axis=2))
+
+
 @pytest.mark.parametrize("byteorder,bigtiff", [("<", False), (">", False), ("<", True), (">", True)])
 def test_a_multi_page_tiff_is_refused_not_judged_by_its_first_page(tmp_path, byteorder, bigtiff):
     import tifffile  # scikit-image's TIFF writer: both byte orders and BigTIFF
