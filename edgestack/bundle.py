@@ -87,26 +87,27 @@ def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | by
 
 
 @contextmanager
-def folder_replaced(target: Path) -> Iterator[Path]:
-    """A staging folder beside `target` (whose parent must exist), put in `target`'s place whole when the block
-    finishes without an error and removed when it does not. Beside it, so the rename stays on one file system
-    (a Triton repository is often its own mount); what a killed run left there is ours by name."""
-    staging = target.with_name(f".{target.name}.staging")
+def folder_replaced(target: Path, beside: Path | None = None) -> Iterator[Path]:
+    """A staging folder, put in `target`'s place whole when the block finishes without an error and removed when
+    it does not. It is `.NAME.staging` beside `beside` (default `target`, whose parent must exist), so the rename
+    stays on one file system (a Triton repository is often its own mount); what a killed run left there is ours by
+    name, as is the old folder moved aside to `.NAME.replaced` during the swap."""
+    beside = beside or target
+    staging = beside.with_name(f".{beside.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()  # the umask's mode, as `target` would have (a bundle or a model folder is meant to be shared)
     try:
         yield staging
-        _swap_in(staging, target)
+        _swap_in(staging, target, beside.with_name(f".{beside.name}.replaced"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    """Put the folder `staging` in `target`'s place: the old `target` is renamed aside and deleted only once the
+def _swap_in(staging: Path, target: Path, old: Path) -> None:
+    """Put the folder `staging` in `target`'s place: the old `target` is renamed to `old` and deleted only once the
     new one has its name, Ctrl-C and SIGTERM wait for the renames, and a failed rename puts the old one back.
     So `target` is the old folder or the new one, never a part of either (a killed export left half a bundle)."""
-    old = target.with_name(f".{target.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)  # what a kill between the renames left: ours by name
     swapped = False
     try:

@@ -7,6 +7,7 @@ dims leave it out, and the model's other dynamic axes are -1.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -129,12 +130,24 @@ def write_repository(
                                  "under another name")
         if model_dir.is_symlink() or not model_dir.is_dir():
             raise EdgestackError(f"{model_dir} is not a model folder (a file or a link); remove it or choose --name")
-    # Written whole beside its place, then swapped in: a failure (a full disk, a missing plugin library) leaves
-    # the repository's model folder as it was.
+    # Written whole, then swapped in: a failure (a full disk, a missing plugin library) leaves the repository's
+    # model folder as it was.
     repo.mkdir(parents=True, exist_ok=True)
-    with bundle_format.folder_replaced(model_dir) as staging:
+    with bundle_format.folder_replaced(model_dir, _staged_beside(repo, name)) as staging:
         _write_model_folder(staging, bundle, meta, fmt, text)
     return model_dir
+
+
+def _staged_beside(repo: Path, name: str) -> Path:
+    """Where a model folder is staged: Triton takes every folder of its repository for a model, dot-named ones
+    too, so a polling server would load a half-written `.NAME.staging`, and one left by a kill would stop a
+    starting server (a model that fails to load ends tritonserver by default). Beside the repository, then, as
+    `.REPO.NAME.staging`; inside it only when its parent is another file system (the repository is a mount) or
+    not writable, where a rename could not move the folder in."""
+    repo = repo.resolve()
+    if os.access(repo.parent, os.W_OK) and repo.parent.stat().st_dev == repo.stat().st_dev:
+        return repo.parent / f"{repo.name}.{name}"
+    return repo / name
 
 
 def _write_model_folder(model_dir: Path, bundle: Path, meta: dict[str, Any], fmt: str, text: str) -> None:

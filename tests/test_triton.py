@@ -133,12 +133,36 @@ def test_replacing_never_deletes_the_bundle_or_the_old_folder_before_the_new_one
         write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
     assert (model_dir / "config.pbtxt").read_text() == old and (model_dir / "1" / "model.onnx").is_file()
     assert [p.name for p in repo.iterdir()] == ["pspnet-r18"]
-    # What a crash mid-swap leaves (the old folder moved aside) is cleared by the next write, not in its way.
+    # What a kill mid-write or mid-swap leaves (the staging folder, the old folder moved aside) lies beside the
+    # repository, not in it, and is cleared by the next write, not in its way.
     monkeypatch.undo()
-    (repo / ".pspnet-r18.replaced" / "1").mkdir(parents=True)
+    leftovers = [tmp_path / ".models.pspnet-r18.staging", tmp_path / ".models.pspnet-r18.replaced"]
+    for leftover in leftovers:
+        (leftover / "1").mkdir(parents=True)
     write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
     assert [p.name for p in repo.iterdir()] == ["pspnet-r18"] and "max_batch_size: 2" in \
         (model_dir / "config.pbtxt").read_text()
+    assert not any(leftover.exists() for leftover in leftovers)
+
+
+def test_the_model_folder_is_written_outside_the_repository_triton_watches(bundle, tmp_path, monkeypatch):
+    """Triton loads every folder of its repository, dot-named ones too: a polling server must never see a
+    half-written model folder, and one that a kill left must not stop a starting server."""
+    from edgestack.export import triton
+
+    repo, seen = tmp_path / "models", {}
+    write_folder = triton._write_model_folder
+
+    def watched(model_dir, *args):
+        write_folder(model_dir, *args)
+        seen["staging"], seen["repository"] = model_dir, sorted(p.name for p in repo.iterdir())
+
+    monkeypatch.setattr(triton, "_write_model_folder", watched)
+    write_repository(bundle, repo, cpu=True)
+    assert seen["staging"].parent == tmp_path and seen["repository"] == []
+    write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
+    assert seen["repository"] == ["pspnet-r18"]  # the old model only, until the new one is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
 
 
 def test_each_graph_of_a_multi_graph_model_gets_its_own_name(bundle, tmp_path):
