@@ -561,6 +561,26 @@ def test_bf16_refused_where_emulated(cds2k, tmp_path, monkeypatch, capsys):
     assert "no native bfloat16" in capsys.readouterr().err and not (tmp_path / "bf16").exists()
 
 
+def test_a_resumed_run_goes_on_as_if_it_had_not_stopped(cds2k, tmp_path, monkeypatch):
+    """Stopped after epoch 1 and resumed, a run sees epoch 2's shuffles and augmentations, not epoch 1's again:
+    its weights end as an unbroken run's (batches loaded in this process, same machine and threads)."""
+    args = ["train", "defectseg-s", "--data", str(cds2k[0]), "--size", "64", "--batch-size", "4", "--threads", "1",
+            "--epochs", "2"]
+    assert main(args + ["--out", str(tmp_path / "unbroken")]) == 0
+
+    def stop(*args, **kwargs):  # Ctrl-C once epoch 1 is saved
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "plot_curves", stop)
+        assert main(args + ["--out", str(tmp_path / "resumed")]) == 130
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 1
+    assert main(args + ["--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    unbroken, resumed = (torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"]
+                         for run in ("unbroken", "resumed"))
+    assert all(torch.equal(unbroken[name], resumed[name]) for name in unbroken)
+
+
 def test_train_resume_eval_cli(cds2k, tmp_path, monkeypatch, capsys):
     native_bf16_cpu(monkeypatch, True)  # the autocast path runs here even where bf16 is emulated (tiny run)
     root, _ = cds2k

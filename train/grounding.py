@@ -174,8 +174,8 @@ def train(config: str | None = None, out: str | Path = "runs/vglaw", epochs: int
     val_loader = torch.utils.data.DataLoader(val_set, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.05)
-    history, first_epoch, best = resume_run(last, state, model, optimizer, schedule, log) if state else (
-        [], 1, -1.0)
+    history, first_epoch, best = (resume_run(last, state, model, optimizer, schedule, train_loader, log) if state
+                                  else ([], 1, -1.0))
 
     def batch_loss(batch) -> torch.Tensor:
         images, ids, masks, target_box, target_mask = (t.to(device, non_blocking=True) for t in batch)

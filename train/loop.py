@@ -192,14 +192,37 @@ def check_finite_loss(loss: torch.Tensor, epoch: int, parts: dict[str, torch.Ten
                              + "; lower --lr")
 
 
+def random_state(loader: torch.utils.data.DataLoader) -> dict[str, Any]:
+    """Where the run's random streams stand: torch's (flips, dropout), the loader's shuffling generator and, when
+    batches load in this process, the dataset's augmentation stream. Restored on --resume, so a resumed run goes
+    on with the next epoch's batches instead of repeating the first epoch's shuffles and augmentations."""
+    state = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if isinstance(getattr(loader.dataset, "rng", None), np.random.Generator):
+        state["dataset"] = loader.dataset.rng.bit_generator.state
+    return state
+
+
+def restore_random_state(state: dict[str, Any], loader: torch.utils.data.DataLoader) -> None:
+    torch.set_rng_state(state["torch"])
+    loader.generator.set_state(state["loader"])
+    if "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "dataset" in state and isinstance(getattr(loader.dataset, "rng", None), np.random.Generator):
+        loader.dataset.rng.bit_generator.state = state["dataset"]
+
+
 def resume_run(
-    last: Path, state: dict[str, Any], model, optimizer, schedule, log
+    last: Path, state: dict[str, Any], model, optimizer, schedule, loader, log
 ) -> tuple[list[dict[str, Any]], int, float]:
-    """Load model/optimizer/schedule state from `state` (starting_state's, of `last`); returns (history, first
-    epoch to run, best score)."""
+    """Load model/optimizer/schedule state and the random streams (random_state's) from `state` (starting_state's,
+    of `last`); returns (history, first epoch to run, best score)."""
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
+    if "random" in state:  # a run saved before the streams were recorded goes on from fresh ones
+        restore_random_state(state["random"], loader)
     log(f"resumed {last} at epoch {state['epoch']}")
     return state["history"], state["epoch"] + 1, state["best"]
 
@@ -242,7 +265,7 @@ def run_epochs(
         checkpoint = {
             "state_dict": model.state_dict(), "config": config_name, "epoch": epoch, "metrics": val,
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "history": history,
-            "best": best, "args": args,
+            "best": best, "args": args, "random": random_state(loader),
         }
         if improved:  # before last.pt, which records this epoch as the best: a stop between them must not lose it
             save_checkpoint_file(checkpoint, out / "best.pt")
@@ -325,8 +348,8 @@ def train(
     train_loader = shuffled_loader(train_set, batch_size, generator, workers, device, seed_worker)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size)
     schedule = cosine_schedule(optimizer, epochs * len(train_loader), len(train_loader), 0.1)
-    history, first_epoch, best = resume_run(last, state, model, optimizer, schedule, log) if state else (
-        [], 1, -1.0)
+    history, first_epoch, best = (resume_run(last, state, model, optimizer, schedule, train_loader, log) if state
+                                  else ([], 1, -1.0))
 
     def batch_loss(batch) -> torch.Tensor:
         images, masks = batch
