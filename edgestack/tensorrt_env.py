@@ -168,9 +168,13 @@ def gpu_environment() -> dict[str, Any]:
     """GPU name, compute capability and integrated (Jetson) flag of the current device, and the CUDA version its
     driver supports, through cuda-python."""
     cudart = import_cudart()
-    driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # 12060 = CUDA 12.6, 0 = no driver
+    try:
+        driver = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")  # 12060 = CUDA 12.6, 0: none
+        err, count = cudart.cudaGetDeviceCount()
+    except RuntimeError as exc:  # cuda-python 12 raises where libcuda.so.1 is missing (13 returns an error code)
+        raise EdgestackError(f"no NVIDIA driver is usable here ({exc}); TensorRT needs an NVIDIA GPU and driver — "
+                             "use backend='onnxruntime' on this machine") from None
     driver_cuda = f"{driver // 1000}.{driver % 1000 // 10}"
-    err, count = cudart.cudaGetDeviceCount()
     # cudaErrorInsufficientDriver also means "no driver at all"; only with a driver is cuda-python too new for it.
     if driver and err == cudart.cudaError_t.cudaErrorInsufficientDriver:
         raise DriverTooOldError(

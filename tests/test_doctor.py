@@ -13,6 +13,7 @@ import pytest
 
 from edgestack import tensorrt_env
 from edgestack.cli import main
+from edgestack.errors import EdgestackError
 from edgestack.runtime import environment
 from edgestack.tensorrt_env import PLUGIN_ENV
 
@@ -93,6 +94,23 @@ def test_cuda_python_newer_than_the_driver_is_a_problem_no_driver_is_not(capsys,
     code, found, _ = doctor(capsys)
     gpu = found["GPU (cuda-python)"]
     assert gpu["status"] == "missing" and "no CUDA GPU is usable here" in gpu["detail"]
+
+
+def test_no_driver_under_cuda_python_12_is_no_gpu_not_a_crash(capsys, monkeypatch):
+    """cuda-python 12 raises RuntimeError where libcuda.so.1 is missing (a container started without --gpus):
+    doctor reports no GPU, and the TensorRT backend's first question is a one-line error (which load's auto
+    choice falls back on to onnxruntime)."""
+    def no_libcuda():
+        raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+    monkeypatch.setattr(environment, "_distribution_version", lambda *names: "12.6.2")
+    monkeypatch.setattr(tensorrt_env, "import_cudart", lambda: types.SimpleNamespace(
+        cudaDriverGetVersion=no_libcuda, cudaGetDeviceCount=no_libcuda))
+    code, found, _ = doctor(capsys)
+    gpu = found["GPU (cuda-python)"]
+    assert gpu["status"] == "missing" and "no NVIDIA driver is usable here (Failed to dlopen" in gpu["detail"]
+    with pytest.raises(EdgestackError, match="no NVIDIA driver is usable here"):
+        tensorrt_env.gpu_environment()
 
 
 def test_human_readable_table(capsys):
