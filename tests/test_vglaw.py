@@ -403,6 +403,17 @@ def test_shipped_weights_reach_the_goal_on_held_out_expressions(tmp_path):
     assert results["prec@0.5"] >= 0.8 and results["mIoU"] >= 0.6
 
 
+def test_the_random_feed_of_plan_checks_and_benchmarks_is_valid_text_input(bundle):
+    """`edgestack build` checks a new plan against onnxruntime on a random feed, and bench times one: negative
+    token ids (normal floats cast to int64) were refused, so building the text graph's plan always failed."""
+    from edgestack.runtime.bench import random_feed
+
+    path, _ = bundle
+    text = load(path / "text", backend="onnxruntime")
+    outputs = text(**random_feed(text.inputs, {"batch": 2}))
+    assert outputs["text_feature"].shape[0] == 2
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_the_text_graph_refuses_ids_outside_the_vocabulary_on_every_backend(bundle, backend, capsys):
     path, _ = bundle
