@@ -165,7 +165,10 @@ class TensorRTBackend:
             raise EdgestackError(f"TensorRT could not create an execution context for {plan_path} (out of GPU "
                                  "memory? see its log above); free GPU memory or rebuild with a smaller --profile")
         self.trt, self.cudart, self.runtime, self.engine, self.context = trt, cudart, runtime, engine, context
-        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # Non-blocking: no implicit sync with the legacy default stream that torch or another library may use, which
+        # would also invalidate a CUDA-graph capture in progress here (as trtexec creates its streams).
+        self.stream = cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                                 "cudaStreamCreateWithFlags")
         # One context, one set of buffers and a graph: concurrent calls (and close) take turns.
         self._lock = threading.Lock()
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
