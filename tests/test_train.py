@@ -520,15 +520,21 @@ def test_calibration_finds_the_rule_with_fewest_false_rejects_at_the_target_reca
     all_found = metrics.calibrate(1.0)
     assert (all_found["threshold"], all_found["min_area_px"]) == (0.3, 16)
     assert (all_found["recall"], all_found["fp"], all_found["fn"], all_found["reachable"]) == (1.0, 0, 0, True)
-    # Two of three: no false reject anywhere from 0.3 to 0.6, so the larger min area wins (36 px, at 0.3).
+    # Two of three asked: 36 px would do, but 16 px finds all three at no false reject, and more found wins.
     two = metrics.calibrate(0.6)
-    assert (two["threshold"], two["min_area_px"], two["recall"], two["fp"]) == (0.3, 36, pytest.approx(2 / 3), 0)
+    assert (two["threshold"], two["min_area_px"], two["recall"], two["fp"]) == (0.3, 16, 1.0, 0)
+    # With a 16-px false find at 0.3 and above, 16 px costs a false reject: the larger 36 px is the rule then.
+    metrics.update(blob(0.95, 4), None)
+    costly = metrics.calibrate(0.6)
+    assert (costly["threshold"], costly["min_area_px"], costly["recall"], costly["fp"]) == (
+        0.3, 36, pytest.approx(2 / 3), 0)
     # The rule as inspect applies it (runtime.defects with the written keys) gives the calibrated verdicts.
     from edgestack.runtime.defects import Rules, assess
 
-    for chosen in (all_found, two):
+    for chosen, maps in ((all_found, calibration_maps()), (two, calibration_maps()),
+                         (costly, calibration_maps() + [(blob(0.95, 4), None)])):
         rules = Rules(threshold=chosen["threshold"], min_area_px=chosen["min_area_px"], min_score=chosen["threshold"])
-        verdicts = [(assess(prob, rules).status == "NG", mask is not None) for prob, mask in calibration_maps()]
+        verdicts = [(assess(prob, rules).status == "NG", mask is not None) for prob, mask in maps]
         assert sum(ng and positive for ng, positive in verdicts) == chosen["tp"]
         assert sum(ng and not positive for ng, positive in verdicts) == chosen["fp"]
 

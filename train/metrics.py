@@ -163,19 +163,25 @@ class DefectMetrics:
         """The threshold and min area (px) whose NG rule finds at least `target_recall` of the positives with the
         fewest false rejects; ties go to the higher recall, then the larger min area, then the higher threshold.
 
-        At each threshold the largest min area that still finds k = ceil(target * positives) of them is the k-th
-        largest positive's largest area: any larger loses one, any smaller only adds false rejects. Returns the
-        chosen rule with its figures, `reachable` False (and the best recall any threshold gives at min area 1)
-        when no threshold finds k positives."""
+        At each threshold every min area that still finds k = ceil(target * positives) of them is tried: each
+        positive's largest area up to the k-th largest (a smaller min area can find more positives at no cost in
+        false rejects, when the good parts' specks are smaller still). Returns the chosen rule with its figures,
+        `reachable` False (and the best recall any threshold gives at min area 1) when no threshold finds k."""
         truth, areas = self._largest_areas()
         if not truth.any():
             raise EdgestackError("calibration needs defective (positive) images with masks; this data has none")
         needed = math.ceil(target_recall * truth.sum() - 1e-9)  # a float target like 0.95 * 20 stays 19
         best = None
         for column, threshold in enumerate(SWEEP_THRESHOLDS):
-            min_area = int(np.sort(areas[truth, column])[::-1][needed - 1])
-            if min_area < 1:  # fewer than k positives show any area at this threshold
+            positives, negatives = np.sort(areas[truth, column]), np.sort(areas[~truth, column])
+            candidates = np.unique(positives[positives >= 1])
+            found = len(positives) - np.searchsorted(positives, candidates)  # positives NG at each min area
+            candidates, found = candidates[found >= needed], found[found >= needed]
+            if not len(candidates):  # fewer than k positives show any area at this threshold
                 continue
+            rejected = len(negatives) - np.searchsorted(negatives, candidates)
+            pick = np.lexsort((candidates, found, -rejected))[-1]  # fewest false rejects, most found, largest area
+            min_area = int(candidates[pick])
             figures = verdict_figures(truth, areas[:, column] >= min_area)
             key = (-figures["fp"], figures["recall"], min_area, threshold)
             if best is None or key > best[0]:
