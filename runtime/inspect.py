@@ -95,9 +95,14 @@ class Inspector:
     def setup(self) -> dict[str, Any]:
         """What decides this inspector's verdicts, flat; a run folder keeps one (run.json), so that an audit can
         tell what judged each part. The backend is not in it: TensorRT and onnxruntime give the same verdicts
-        within the bundle's parity, and `auto` may fall back from one to the other."""
+        within the bundle's parity, and `auto` may fall back from one to the other. An int8 model's verdicts are
+        its own (its calibration's): when one judges (onnxruntime-int8, a plan built from it), its sha256 is."""
         meta = self.engine.meta
+        backend = self.engine.backend.name
+        int8 = backend == "onnxruntime-int8" or (
+            backend == "tensorrt" and meta["tensorrt"]["source"] == bundle_format.INT8_ONNX)
         return {"model": meta["model"]["config"], "weights_sha256": meta["files"].get(bundle_format.WEIGHTS),
+                "int8_sha256": meta["files"].get(bundle_format.INT8_ONNX) if int8 else None,
                 "tile": list(self.tile), "overlap": self.overlap, "gray_to_rgb": self.gray_to_rgb,
                 "bit_depth": self.bit_depth} | {f"rules.{key}": value for key, value in self.rules.as_dict().items()}
 

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.runtime import sources
 from edgestack.runtime.defects import Rules
@@ -189,6 +190,31 @@ def test_a_run_folder_refuses_verdicts_of_other_rules(inspector, tmp_path):
         list(stricter.run(tmp_path / "in", tmp_path / "run"))
     write_folder(tmp_path / "in", 3)  # one more part: the same setup resumes and inspects only it
     assert [r["id"] for r in inspector.run(tmp_path / "in", tmp_path / "run")] == ["part002.png"]
+
+
+def test_a_run_folder_refuses_verdicts_of_an_int8_model_or_of_another_calibration(bundle, inspector, tmp_path):
+    """int8 verdicts are not fp32's within parity: a run that fp32 started is not resumed with the int8 model,
+    nor an int8 run after `edgestack quantize` calibrated the model anew."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    meta = bundle_format.read_meta(copy)
+    # Stand-ins for calibrated models (what matters here is which file judged): the fp32 graph, then a copy of it
+    # that differs in one byte of its producer's name.
+    first = (copy / bundle_format.PORTABLE_ONNX).read_bytes()
+    bundle_format.replace_files(copy, meta, {bundle_format.INT8_ONNX: first})
+    write_folder(tmp_path / "in", 2)
+    list(Inspector(copy, backend="onnxruntime").run(tmp_path / "in", tmp_path / "fp32"))
+    int8 = Inspector(copy, backend="onnxruntime-int8")
+    assert int8.setup()["int8_sha256"] == bundle_format.read_meta(copy)["files"][bundle_format.INT8_ONNX]
+    with pytest.raises(EdgestackError, match=r"holds 2 verdicts judged with another setup \(int8_sha256 None -> "):
+        list(int8.run(tmp_path / "in", tmp_path / "fp32"))
+    list(int8.run(tmp_path / "in", tmp_path / "int8"))
+    recalibrated = first.replace(b"pytorch", b"Pytorch", 1)
+    assert recalibrated != first
+    bundle_format.replace_files(copy, bundle_format.read_meta(copy), {bundle_format.INT8_ONNX: recalibrated})
+    with pytest.raises(EdgestackError, match=r"another setup \(int8_sha256 [0-9a-f]{64} -> [0-9a-f]{64}"):
+        list(Inspector(copy, backend="onnxruntime-int8").run(tmp_path / "in", tmp_path / "int8"))
+    assert inspector.setup()["int8_sha256"] is None
 
 
 def write_video(path, count, seed=0):
