@@ -1,8 +1,9 @@
 """Run a dense model over an image of any size at its native scale: overlapping tiles, blended back.
 
 Tiles are the model's native size; neighbours overlap and are blended with weights that fall off
-linearly towards tile edges, so seams vanish. Images smaller than a tile run whole (padded by
-reflection to the model's size multiple).
+linearly towards tile edges, so seams vanish. Along an axis no longer than a tile the image runs
+whole (padded by reflection to the model's size multiple): a small image in one pass, a strip as
+one row or column of tiles.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def run_tiled(
 ) -> np.ndarray:
     """Probability map [H, W] for a normalized image [C, H, W]; `predict` maps [N,C,h,w] -> [N,1,h,w]."""
     _, height, width = chw.shape
-    tile_h, tile_w = tile
-    if height <= tile_h and width <= tile_w:  # one pass, padded to the model's multiple
-        padded = _pad_to(chw, math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
-        return predict(padded[None])[0, 0, :height, :width]
+    # Along an axis the image fits in one tile, the tile is the image, padded to the model's multiple only: a strip
+    # padded to a whole tile was mostly its own last row repeated, and the model saw those streaks as defects.
+    tile_h = min(tile[0], math.ceil(height / multiple) * multiple)
+    tile_w = min(tile[1], math.ceil(width / multiple) * multiple)
     padded = _pad_to(chw, max(height, tile_h), max(width, tile_w))
     full_h, full_w = padded.shape[1:]
     boxes = [(y, x) for y in tile_starts(full_h, tile_h, overlap) for x in tile_starts(full_w, tile_w, overlap)]

@@ -62,6 +62,23 @@ def test_small_images_run_whole_padded_to_the_multiple():
     np.testing.assert_array_equal(prob, image[0])
 
 
+@pytest.mark.parametrize("height, width", [(64, 353), (96, 704), (353, 64), (200, 1000)])
+def test_a_strip_runs_at_its_own_height_not_padded_to_a_whole_tile(height, width):
+    """A line-scan strip or a crop: one row of tiles as high as the strip (to the multiple). Padded to a whole
+    tile it was mostly its last row repeated, streaks the model took for defects (6 of 10 good 64x353 parts NG)."""
+    shapes = []
+
+    def predict(tiles):
+        shapes.append(tiles.shape[2:])
+        return tiles[:, :1]
+
+    image = np.random.default_rng(2).random((3, height, width), dtype=np.float32)
+    prob = run_tiled(image, predict, tile=(352, 352), overlap=32, batch=2, multiple=32)
+    np.testing.assert_array_equal(prob, image[0])
+    fitted = tuple(min(352, -(-side // 32) * 32) for side in (height, width))
+    assert set(shapes) == {fitted}
+
+
 def blobs():
     prob = np.zeros((100, 200), np.float32)
     prob[10:20, 10:30] = 0.9  # 200 px, strong
