@@ -275,6 +275,7 @@ class RunWriter:
         self.dir = run_dir
         self.overlay = overlay
         self.jsonl = self.dir / "results.jsonl"
+        self.finished = False
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = _lock_run_folder(self.dir)
@@ -351,8 +352,12 @@ class RunWriter:
                 writer.writerow(_csv_row(record))
 
     def note(self, text: str) -> None:
-        self.notes.write(text + "\n")
-        self.notes.flush()
+        """A line in skipped.txt: a side file, so a full disk costs the line, never the run (it is logged)."""
+        try:
+            self.notes.write(text + "\n")
+            self.notes.flush()
+        except OSError as exc:
+            log.warning("skipped.txt in %s not updated (%s): %s", self.dir, exc.strerror or exc, text)
 
     def write(self, result: dict[str, Any], image: np.ndarray | None, prob: np.ndarray | None) -> None:
         if image is not None and prob is not None and (self.overlay == "all" or
@@ -404,6 +409,7 @@ class RunWriter:
         result["overlay"] = relative
 
     def finish(self) -> dict[str, Any]:
+        self.finished = True
         try:
             for f in (self.jsonl_file, self.csv_file, self.notes):
                 f.close()

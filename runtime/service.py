@@ -11,7 +11,10 @@ so a burst cannot push every verdict past the line's deadline. Of those, IMAGES_
 inspected at a time (each takes tens of bytes per pixel while it is), the others wait as their encoded bodies:
 memory stays near max_pending * max_bytes + IMAGES_AT_ONCE images of max_pixels. With a run folder,
 every authorised request's result (ERROR for a refused image) is in results.jsonl, fsync'd before the
-response is sent, as for `edgestack inspect`; the summary is written when the service stops.
+response is sent, as for `edgestack inspect`; the summary is written when the service stops. There a part id
+is judged once: an id that has a verdict (or is being judged) gets 409 with the recorded result, so a retry
+learns the verdict and a second camera's frame is not judged under the first one's name. On stop (SIGTERM,
+Ctrl-C) the images being inspected finish; those still waiting get 503 at once.
 """
 
 import asyncio
@@ -23,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -91,7 +95,9 @@ def decode_upload(data: bytes, max_pixels: int, gray_to_rgb: bool = False, bit_d
 
 def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 64 << 20,
                max_pixels: int = 64_000_000, run_dir: str | Path | None = None, overlay: str = "ng",
-               max_pending: int = 32, summary_every_s: float = SUMMARY_EVERY_S, body_timeout_s: float = 30.0):
+               max_pending: int = 32, summary_every_s: float = SUMMARY_EVERY_S, body_timeout_s: float = 30.0,
+               stopping: Callable[[], bool] = lambda: False):
+    """The FastAPI app; `stopping()` tells it the server is shutting down (serve() passes uvicorn's flag)."""
     # No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations
     # (`request: Request`) at definition time, and Request is imported only here.
     try:
@@ -109,18 +115,26 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     # PIL refuses headers over 2x its own limit (about 179 M pixels) before ours is checked: let ours decide.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-    writer = RunWriter(Path(run_dir), overlay, inspector.setup(), summary_every_s) if run_dir else None
+    def open_run() -> RunWriter | None:
+        return RunWriter(Path(run_dir), overlay, inspector.setup(), summary_every_s) if run_dir else None
+
+    writer = open_run()  # here, not at startup: a folder in use or of another setup is refused before serving
     write_lock = threading.Lock()
+    judging: set[str] = set()  # ids whose verdict is being made: a second upload of one is refused, not judged
     # Requests without ?id= get one that stays unique across restarts into the same run folder.
     session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
     numbers = itertools.count()
 
     @asynccontextmanager
     async def lifespan(app):
+        nonlocal writer
+        if writer and writer.finished:  # served again (an embedder restarting it): the run folder goes on
+            writer = open_run()
         yield
         if writer:
             try:
-                writer.finish()
+                with write_lock:  # after the record being written, if a request was cut off mid-write
+                    writer.finish()
             except EdgestackError as exc:  # results.jsonl holds every result; say why the rest is missing
                 log.error("%s", exc)
 
@@ -168,24 +182,42 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     @app.post("/v1/inspect")
     async def inspect(request: Request, id: str | None = None):
         if token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return await reject(401, "unauthorized", "missing or wrong bearer token")
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return await reject(401, "unauthorized", "missing or wrong bearer token",
+                                    headers={"WWW-Authenticate": "Bearer"})
         if id is not None and not (0 < len(id) <= MAX_ID_LENGTH and id.isprintable()):
             return await reject(400, "bad_request", f"id must be 1..{MAX_ID_LENGTH} printable characters (it names "
                                                     "the result and its overlay file)")
         item_id = id if id is not None else f"request-{session}-{next(numbers):06d}"
+        if writer and (item_id in judging or item_id in writer.done):
+            return already_judged(item_id)
         nonlocal pending
         if pending >= max_pending:
             return await reject(503, "busy", f"{pending} requests in progress (limit {max_pending}); retry shortly",
                                 item_id, {"Retry-After": "1"})
         pending += 1
+        judging.add(item_id)
         try:
             return await inspect_body(request, item_id)
         finally:
             pending -= 1
+            judging.discard(item_id)
+
+    def already_judged(item_id: str) -> JSONResponse:
+        metrics.count("duplicate_id")
+        if item_id in judging:
+            message = f"part {item_id} is being judged for another request; its verdict answers that one"
+            return JSONResponse({"error": message}, status_code=409)
+        recorded = writer.summarised.get(item_id, {})
+        message = (f"part {item_id} has a verdict already ({recorded.get('status')}): a part is judged once; "
+                   "send a new image under its own id")
+        return JSONResponse({"error": message, "recorded": recorded}, status_code=409)
 
     async def inspect_body(request: Request, item_id: str):
+        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+            return await reject(415, "bad_request", "send the image file's bytes as the request body (curl "
+                                "--data-binary @part.png), not a multipart form (curl -F)", item_id)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return await reject(413, "too_large", f"body of {declared} bytes exceeds the limit of {max_bytes}",
@@ -210,9 +242,17 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             return await reject(413, "too_large", f"body exceeds the limit of {max_bytes} bytes", item_id)
         images_at_once = semaphores.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(IMAGES_AT_ONCE))
         async with images_at_once:  # a decoded image and its maps are tens of bytes per pixel: a few at a time
-            return await inspect_image(bytes(body), item_id)
+            # What waited here may be stale: a stopping service answers at once (its grace would end before the
+            # queue did), and a client that left is not worth an inspection the live requests wait behind.
+            if stopping():
+                return await reject(503, "stopping", "the service is stopping; send the image again once it is "
+                                    "back", item_id, {"Retry-After": "5"})
+            if await request.is_disconnected():
+                return await reject(400, "disconnected", "the client disconnected before its image was inspected",
+                                    item_id)
+            return await inspect_image(request, bytes(body), item_id)
 
-    async def inspect_image(body: bytes, item_id: str):
+    async def inspect_image(request: Request, body: bytes, item_id: str):
         try:  # in a worker thread: a large PNG takes seconds to decode, which must not stall the other requests
             image = await run_in_threadpool(decode_upload, body, max_pixels, inspector.gray_to_rgb,
                                             inspector.bit_depth)
@@ -229,9 +269,13 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         except Exception as exc:  # the engine failing on this image: an answer and a record, not a bare 500
             log.exception("inspecting %s failed", item_id)
             return await reject(500, "engine_error", f"{exc.__class__.__name__}: {exc}", item_id)
+        if await request.is_disconnected():  # nobody will hear the verdict: the line treats the part as uninspected
+            return await reject(400, "disconnected", "the client disconnected before its verdict was sent", item_id)
         try:
             await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
-        except EdgestackError as exc:  # no verdict the audit trail lacks: the line treats the part as uninspected
+        except Exception as exc:  # no verdict the audit trail lacks: the line treats the part as uninspected
+            if not isinstance(exc, EdgestackError):
+                log.exception("recording %s failed", item_id)
             metrics.count("unrecorded")
             return JSONResponse({"error": str(exc)}, status_code=500)
         metrics.count(result["status"], time.perf_counter() - started)
@@ -245,8 +289,18 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
           overlay: str = "ng", max_pending: int = 32, body_timeout_s: float = 30.0) -> None:
     import uvicorn
 
+    server = None
     app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending,
-                     body_timeout_s=body_timeout_s)
-    print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)  # the run folder is ours
+                     body_timeout_s=body_timeout_s, stopping=lambda: server is not None and server.should_exit)
     # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=body_timeout_s)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=body_timeout_s))
+    print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)  # the run folder is ours
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's answer to a port it cannot listen on (logged above)
+        if server.started:
+            raise
+    if not server.started:
+        raise EdgestackError(f"could not listen on {host}:{port} (in use by another program, or not an address of "
+                             "this machine); choose another --port or --host")

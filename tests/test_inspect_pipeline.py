@@ -487,12 +487,17 @@ def client(inspector):
 def test_service_verdicts_auth_limits_and_metrics(client):
     image = encoded(synthetic_images(1, 256, seed=9)[0].image)
     auth = {"Authorization": "Bearer s3cret"}
-    assert client.post("/v1/inspect", content=image).status_code == 401
+    denied = client.post("/v1/inspect", content=image)
+    assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
     assert client.post("/v1/inspect", content=image, headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = client.post("/v1/inspect?id=part-1", content=image, headers=auth)
     assert ok.status_code == 200
     body = ok.json()
     assert body["id"] == "part-1" and body["status"] in ("OK", "NG") and isinstance(body["defects"], list)
+    # The scheme is case-insensitive (RFC 7235): some HTTP libraries of PLCs and MES send "bearer".
+    assert client.post("/v1/inspect", content=image, headers={"Authorization": "bearer s3cret"}).status_code == 200
+    form = client.post("/v1/inspect", files={"file": ("part.png", image, "image/png")}, headers=auth)  # curl -F
+    assert form.status_code == 415 and "not a multipart form" in form.json()["error"]
     assert client.post("/v1/inspect", content=b"x" * 2_000_001, headers=auth).status_code == 413
     assert client.post(f"/v1/inspect?id={'p' * 201}", content=image, headers=auth).status_code == 400  # file name
     bomb = client.post("/v1/inspect", content=png_header_only(100_000, 100_000), headers=auth)
@@ -696,6 +701,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def test_a_port_in_use_is_a_one_line_error(bundle, tmp_path, capsys):
+    from edgestack.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bundle", str(bundle), "--port", str(port), "--backend", "onnxruntime",
+                     "--out", str(tmp_path / "run")]) == 2
+    assert f"could not listen on 127.0.0.1:{port} (in use by another program" in capsys.readouterr().err
+    RunWriter(tmp_path / "run", "ng", {}).finish()  # the run folder was released
+
+
 def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
     run = tmp_path / "run"
@@ -811,21 +829,97 @@ def test_a_symlinked_folder_is_reported_not_walked(inspector, tmp_path):
         f"{tmp_path / 'in' / 'gone.png'}: a symlink to a missing file, not inspected"]
 
 
-def test_a_refused_retry_does_not_replace_a_verdict(inspector, tmp_path):
+def test_a_part_is_judged_once_and_a_retry_learns_its_verdict(inspector, tmp_path, monkeypatch):
+    """A second upload under a judged id (a PLC's retry, a second camera, ids reused after a restart) was judged
+    again, and its verdict replaced the first in results.csv and the summary: an NG became an OK."""
     from fastapi.testclient import TestClient
 
     from edgestack.runtime.service import create_app
 
     run = tmp_path / "run"
+    probability = inspector.probability
+    monkeypatch.setattr(inspector, "probability", lambda rgb: np.full_like(probability(rgb), 0.99))  # NG
     with TestClient(create_app(inspector, run_dir=run)) as client:
         first = client.post("/v1/inspect?id=P1", content=encoded(synthetic_images(1, 128, seed=2)[0].image))
-        assert first.status_code == 200
-        assert client.post("/v1/inspect?id=P1", content=b"garbage").status_code == 400
+        assert first.status_code == 200 and first.json()["status"] == "NG"
+        monkeypatch.undo()  # the second frame would be judged OK
+        again = client.post("/v1/inspect?id=P1", content=encoded(make_sample(100, 100).image))
+        assert again.status_code == 409 and "has a verdict already (NG)" in again.json()["error"]
+        assert again.json()["recorded"]["status"] == "NG"
+        assert client.post("/v1/inspect?id=P1", content=b"garbage").status_code == 409
         assert client.post("/v1/inspect?id=P2", content=b"garbage").status_code == 400
-    assert [(r["id"], r["status"]) for r in records(run)] == [("P1", first.json()["status"]), ("P2", "ERROR")]
+        assert client.post("/v1/inspect?id=P2", content=encoded(make_sample(100, 100).image)).status_code == 200
+        assert 'edgestack_requests_total{outcome="duplicate_id"} 2' in client.get("/metrics").text
+    assert [(r["id"], r["status"]) for r in records(run)] == [("P1", "NG"), ("P2", "ERROR"), ("P2", "OK")]
+    with TestClient(create_app(inspector, run_dir=run)) as client:  # restarted on the same run folder
+        assert client.post("/v1/inspect?id=P1", content=encoded(make_sample(100, 100).image)).status_code == 409
+    assert json.loads((run / "summary.json").read_text())["counts"] == {"OK": 1, "NG": 1, "ERROR": 0}
 
 
-def test_a_retry_refused_while_the_verdict_is_being_written_does_not_replace_it(inspector, tmp_path, monkeypatch):
+def test_a_stopping_service_answers_the_waiting_at_once_and_a_departed_client_gets_no_verdict(inspector, tmp_path,
+                                                                                            monkeypatch):
+    """On stop, requests still waiting for the engine were cut off by the server's grace period with a bare 500
+    and no record; a client that left (its deadline passed) had a verdict recorded that the line never heard."""
+    from fastapi.testclient import TestClient
+    from starlette.requests import Request
+
+    from edgestack.runtime.service import create_app
+
+    run, stopping = tmp_path / "run", []
+    image = encoded(synthetic_images(1, 128, seed=2)[0].image)
+    app = create_app(inspector, run_dir=run, stopping=lambda: bool(stopping))
+    with TestClient(app) as client:
+        assert client.post("/v1/inspect?id=early", content=image).status_code == 200
+        stopping.append(True)
+        late = client.post("/v1/inspect?id=late", content=image)
+        assert late.status_code == 503 and "stopping" in late.json()["error"] and late.headers["retry-after"]
+        stopping.clear()
+        is_disconnected = Request.is_disconnected
+        calls = []
+
+        async def leaves_during_inspection(request):  # connected before the inspection, gone after it
+            calls.append(request)
+            return len(calls) > 1 or await is_disconnected(request)
+
+        monkeypatch.setattr(Request, "is_disconnected", leaves_during_inspection)
+        left = client.post("/v1/inspect?id=left", content=image)
+        assert left.status_code == 400 and "disconnected before its verdict was sent" in left.json()["error"]
+    assert {r["id"]: r["status"] for r in records(run)} == {"early": records(run)[0]["status"], "late": "ERROR",
+                                                            "left": "ERROR"}
+    # Served again (an embedder restarting it): the run folder goes on, as the first session left it.
+    monkeypatch.undo()
+    with TestClient(app) as client:
+        assert client.post("/v1/inspect?id=again", content=image).status_code == 200
+        assert client.post("/v1/inspect?id=early", content=image).status_code == 409
+    assert [r["id"] for r in records(run)] == ["early", "late", "left", "again"]
+
+
+def test_a_full_disk_under_the_overlays_costs_the_picture_not_the_verdict(inspector, tmp_path, monkeypatch):
+    """The overlay failed, then so did its note in skipped.txt, and that OSError escaped: the service answered a
+    bare 500 for every part from then on, with nothing counted."""
+    from edgestack.runtime import images
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = close = lambda self: None
+
+    def no_space(path, image):
+        raise EdgestackError(f"cannot write {path}: No space left on device; choose a writable folder with space")
+
+    monkeypatch.setattr(images, "write_image", no_space)
+    writer = RunWriter(tmp_path / "run", "all", inspector.setup())
+    writer.notes = FullDisk()
+    image = synthetic_images(1, 128, seed=2)[0].image
+    result, prob = inspector.inspect(image, "P1")
+    writer.write(result, image, prob)
+    writer.finish()
+    assert [r["id"] for r in records(tmp_path / "run")] == ["P1"] and "overlay" not in result
+
+
+def test_a_retry_while_the_verdict_is_being_made_is_refused_and_does_not_replace_it(inspector, tmp_path,
+                                                                                   monkeypatch):
     from fastapi.testclient import TestClient
 
     from edgestack.runtime.inspect import RunWriter
@@ -850,13 +944,13 @@ def test_a_retry_refused_while_the_verdict_is_being_written_does_not_replace_it(
         verdict = threading.Thread(target=post, args=("verdict", image))
         verdict.start()
         assert writing.wait(60)
-        retry = threading.Thread(target=post, args=("retry", b"garbage"))
+        retry = threading.Thread(target=post, args=("retry", image))
         retry.start()
-        time.sleep(0.5)  # the retry is refused and waits to record it while the verdict is being written
+        retry.join()
         release.set()
         verdict.join()
-        retry.join()
-    assert answers["verdict"].status_code == 200 and answers["retry"].status_code == 400
+    assert answers["verdict"].status_code == 200 and answers["retry"].status_code == 409
+    assert "is being judged for another request" in answers["retry"].json()["error"]
     assert [(r["id"], r["status"]) for r in records(run)] == [("P1", answers["verdict"].json()["status"])]
 
 
