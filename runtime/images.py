@@ -13,6 +13,8 @@ import numpy as np
 from edgestack.errors import EdgestackError
 
 ImageLike = str | Path | np.ndarray
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}  # what inspect, training, eval and
+# quantize read from folders: one set, so a line saving .webp is not judged by inspect yet unseen by training
 FLOAT_OVERSHOOT = 0.5  # how far past 0..1 a float image may reach (cubic/Lanczos resizes overshoot) before refusal
 
 
@@ -102,6 +104,10 @@ def decode_image(data: bytes | np.ndarray, name: str, gray_to_rgb: bool = False,
     if _tiff_has_more_pages(buffer):  # OpenCV decodes the first page only: a part on page 2 would pass unseen
         raise EdgestackError(f"image {name} is a TIFF with several pages, and only one image per file is judged; "
                              "save each page as its own file")
+    frames = _animation_frames(buffer)
+    if frames > 1:  # OpenCV decodes the first frame only, as of a multi-page TIFF
+        raise EdgestackError(f"image {name} is an animation of {frames} frames, and only one image per file is "
+                             "judged; save each frame as its own file")
     if image.dtype.kind == "f":  # a float file says nothing of its range (0..1? 0..255? raw counts?)
         raise EdgestackError(f"image {name} holds {image.dtype} pixels; save it as an 8- or 16-bit PNG or TIFF")
     if image.dtype not in (np.uint8, np.uint16):  # signed TIFFs: OpenCV's colour conversions refuse them
@@ -121,6 +127,27 @@ PNG_GRAY_WITH_ALPHA = 4  # the colour type in a PNG's header (byte 25): 0 gray, 
 
 def _png_gray_with_alpha(buffer: np.ndarray) -> bool:
     return buffer[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and buffer.size > 25 and buffer[25] == PNG_GRAY_WITH_ALPHA
+
+
+def _animation_frames(buffer: np.ndarray) -> int:
+    """Frames of an animated PNG (an acTL chunk before the pixels), GIF or WebP (VP8X with the animation flag),
+    as PIL reads them from the file's header; 1 for every other image, which is not opened twice."""
+    head = buffer[:21].tobytes()
+    if head.startswith(b"\x89PNG"):
+        data = buffer.tobytes()
+        pixels = data.find(b"IDAT")
+        animated = b"acTL" in data[:pixels if pixels >= 0 else len(data)]
+    else:
+        animated = head.startswith(b"GIF8") or (head[8:16] == b"WEBPVP8X" and len(head) > 20 and head[20] & 0x02)
+    if not animated:
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # whatever PIL cannot parse, OpenCV decoded: one image
+        return 1
 
 
 def _tiff_has_more_pages(buffer: np.ndarray) -> bool:

@@ -90,6 +90,22 @@ def test_a_gray_png_with_alpha_is_gray(tmp_path):
     np.testing.assert_array_equal(read_image(path, gray_to_rgb=True), np.repeat(gray[..., None], 3, axis=2))
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_an_animation_is_refused_not_judged_by_its_first_frame(tmp_path, fmt):
+    """A defect on frame 2 of an animated PNG, GIF or WebP passed unseen: OpenCV decodes the first frame only."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((32, 32, 3), level, np.uint8)) for level in (10, 200)]
+    path = tmp_path / f"burst.{fmt.lower()}"
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(EdgestackError, match="is an animation of 2 frames, and only one image per file is judged"):
+        read_image(path)
+    with pytest.raises(EdgestackError, match="is an animation of 2 frames"):
+        decode_upload(path.read_bytes(), max_pixels=10_000)
+    frames[1].save(path, fmt)  # one frame: an image like any other
+    assert read_image(path).shape == (32, 32, 3)
+
+
 @pytest.mark.parametrize("byteorder,bigtiff", [("<", False), (">", False), ("<", True), (">", True)])
 def test_a_multi_page_tiff_is_refused_not_judged_by_its_first_page(tmp_path, byteorder, bigtiff):
     import tifffile  # scikit-image's TIFF writer: both byte orders and BigTIFF
