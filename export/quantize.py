@@ -25,9 +25,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.export import parity
-from edgestack.runtime.images import read_image, to_tensor
+from edgestack.runtime.images import IMAGE_SUFFIXES, read_image, to_tensor
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # The ops whose int8 kernels carry the speed-up on onnxruntime CPU and TensorRT; the rest stays float.
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 EVAL_IMAGES = 4

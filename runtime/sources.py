@@ -25,11 +25,10 @@ import cv2
 import numpy as np
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.images import read_image
+from edgestack.runtime.images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg"}
 CAMERA_STALL_S = 5.0
 WATCH_POLL_S = 0.25

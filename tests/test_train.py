@@ -120,6 +120,33 @@ def test_bad_files_are_skipped_and_reported(cds2k, caplog):
     assert "skipping" in caplog.text and "orphan.png" in caplog.text
 
 
+def test_webp_parts_links_to_nowhere_and_unreadable_files(cds2k, monkeypatch):
+    """A .webp part is read as inspect reads it (it vanished, or was called a mask without an image); a link to
+    an unmounted share, and a file that cannot be read, are skipped and named, not dropped or fatal."""
+    from edgestack.train import datasets
+
+    root, _ = cds2k
+    negatives = root / "Negative" / "Image"
+    part = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(negatives / "lot7.webp"), part, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless
+    (negatives / "share.png").symlink_to(root / "unmounted" / "share.png")
+    cv2.imwrite(str(negatives / "locked.png"), part)
+    read = datasets.read_image
+
+    def permission_denied(path, *args, **kwargs):
+        if Path(path).name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "read_image", permission_denied)
+    scan = scan_folder(root)
+    reasons = {Path(path).name: reason for path, reason in scan.skipped}
+    assert "lot7" in {r.image.stem for r in scan.records}
+    assert "links to" in reasons["share.png"] and "which does not exist" in reasons["share.png"]
+    assert "locked.png cannot be read (Permission denied)" in reasons["locked.png"]
+    assert len(scan.records) == 13
+
+
 def test_masks_are_read_as_labelling_tools_write_them(cds2k):
     # 0/1 labels, a 12-bit tool's 16-bit 0/4095, an RGBA mask (opaque alpha): the defect each marks, not nothing.
     root, _ = cds2k
@@ -167,6 +194,13 @@ def test_a_cds2k_folder_whose_positives_are_all_unusable_is_refused(cds2k):
                                              r"folder .*Positive/GroundTruth \(Positive/ holds Masks\)"):
         scan_folder(root)
     (root / "Positive" / "Masks").rename(root / "Positive" / "GroundTruth")
+    # The mirror case: the image folder misnamed. Every defect image was missing, and an evaluation of the good
+    # parts alone reported accuracy 1.0.
+    (root / "Positive" / "Image").rename(root / "Positive" / "Images")
+    with pytest.raises(EdgestackError, match=r"GroundTruth holds masks, but .*Positive/Image holds no image of a "
+                                             r"defective part \(Positive/ holds GroundTruth, Images\)"):
+        scan_folder(root)
+    (root / "Positive" / "Images").rename(root / "Positive" / "Image")
     for path in (root / "Positive" / "GroundTruth").glob("*.png"):
         cv2.imwrite(str(path), np.zeros((64, 64), np.uint8))  # every mask empty: each positive skipped
     with pytest.raises(EdgestackError, match=r"none of the images in .*Positive/Image is usable; skipped: .*marks "
@@ -184,7 +218,8 @@ def test_a_folder_without_any_defect_is_refused_for_training_and_calibration(tmp
     for sub in ("image", "mask"):
         (tmp_path / "line" / sub).mkdir(parents=True)
     for i in range(3):
-        cv2.imwrite(str(tmp_path / "line" / "image" / f"p{i}.png"), np.full((64, 64, 3), 90 + i, np.uint8))
+        part = np.random.default_rng(i).integers(80, 100, (64, 64, 3), dtype=np.uint8)  # not blank: judged
+        cv2.imwrite(str(tmp_path / "line" / "image" / f"p{i}.png"), part)
         cv2.imwrite(str(tmp_path / "line" / "mask" / f"p{i}.png"), np.zeros((64, 64), np.uint8))
     scan = scan_folder(tmp_path / "line")
     assert len(scan.records) == 3 and scan.positives == 0

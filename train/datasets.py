@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from edgestack.errors import EdgestackError
-from edgestack.runtime.images import check_bit_depth, decode_file, read_image
+from edgestack.runtime.images import IMAGE_SUFFIXES, check_bit_depth, decode_file, read_image
 from edgestack.train import synthetic
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 AMBIGUOUS_LIMIT = 0.05  # more than 5% of pixels between 32 and 223: not a binary mask (e.g. a photo or a soft map)
 
 
@@ -59,7 +58,10 @@ def _images(folder: Path, scan: FolderScan) -> dict[str, Path]:
     elsewhere); of two files with one name (x.png and x.jpg), the second is skipped: both would pair with one mask."""
     images: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_symlink() and not path.exists():
+            scan.skip(path, f"it links to {path.readlink()}, which does not exist (an unmounted share?); mount "
+                            "it or copy the file in")
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             key = unicodedata.normalize("NFC", str(path.relative_to(folder).with_suffix("")))
             if key in images:
                 scan.skip(path, f"{images[key].name} has the same name; rename one of them")
@@ -154,6 +156,10 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
             except EdgestackError as exc:
                 scan.skip(record.image, str(exc))
                 continue
+            except OSError as exc:  # a file this user may not read, a share that went away: that pair only
+                scan.skip(record.image, f"{exc.filename or record.image} cannot be read ({exc.strerror or exc}); "
+                                        "check its permissions")
+                continue
             if scan.layout == "cds2k" and mask is not None and not mask.any():  # would count as a negative
                 scan.skip(record.image, f"its mask {record.mask} marks no defect, yet it is under Positive/; fix "
                                         "the mask, or move the image to Negative/Image")
@@ -163,11 +169,18 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
         scan.records = good
     reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
     positives, masks = root / "Positive" / "Image", root / "Positive" / "GroundTruth"
+    others = ", ".join(sorted(p.name for p in positives.parent.iterdir() if p.is_dir() and p != positives)) \
+        if positives.parent.is_dir() else ""
+    if scan.layout == "cds2k" and not found[positives] and masks.is_dir() and \
+            any(path.suffix.lower() in IMAGE_SUFFIXES for path in masks.rglob("*")):
+        # every defect image missing: evaluated on the good parts alone, the model looked perfect
+        raise EdgestackError(f"{masks} holds masks, but {positives} holds no image of a defective part"
+                             + (f" (Positive/ holds {others})" if others else "")
+                             + "; put each defect image there, under its mask's name")
     if scan.layout == "cds2k" and found[positives] and not any(record.mask is not None for record in scan.records):
         # on Negative/ alone a model learns that nothing is ever a defect (and eval finds no positive to score)
         if masks.is_dir():
             raise EdgestackError(f"none of the images in {positives} is usable; skipped: {reasons}")
-        others = ", ".join(sorted(p.name for p in positives.parent.iterdir() if p.is_dir() and p != positives))
         raise EdgestackError(f"none of the images in {positives} is usable: there is no mask folder {masks}"
                              + (f" (Positive/ holds {others})" if others else "")
                              + "; put each image's mask there, under the image's name")
