@@ -147,16 +147,24 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
     assert not (tmp_path / "untiled.json").exists()
 
 
-def test_tiled_eval_reports_an_image_too_small_and_evaluates_the_rest(defectseg_bundle, tmp_path):
+def test_tiled_eval_reports_the_images_inspect_gives_no_verdict_and_evaluates_the_rest(defectseg_bundle, tmp_path):
     from edgestack.train.synthetic import write_synthetic
 
     write_synthetic(tmp_path / "set", 4, seed=3, size=96)
     cv2.imwrite(str(tmp_path / "set" / "Negative" / "Image" / "tiny.png"), np.full((40, 40, 3), 90, np.uint8))
+    # Judged as inspect judges: a blank frame, and an image no region of interest of the rules meets, get no
+    # verdict there and are reported here (the second aborted the whole evaluation).
+    cv2.imwrite(str(tmp_path / "set" / "Negative" / "Image" / "blank.png"), np.full((96, 96, 3), 90, np.uint8))
+    wide = np.random.default_rng(0).integers(80, 100, (96, 200, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "set" / "Negative" / "Image" / "wide.png"), wide)
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rois": [[100, 0, 200, 96]]}))  # inside wide.png only
     results, paths = evaluate_defects(data=str(tmp_path / "set"), out=tmp_path / "eval", bundle=defectseg_bundle,
-                                      backend="onnxruntime", tiled=True)
-    assert results["positives"] + results["negatives"] == 4
-    skipped = json.loads(paths["json"].read_text())["skipped"]
-    assert [(Path(name).name, "at least 64x64" in reason) for name, reason in skipped] == [("tiny.png", True)]
+                                      backend="onnxruntime", tiled=True, rules=rules)
+    assert (results["positives"], results["negatives"]) == (0, 1)
+    skipped = {Path(name).name: reason for name, reason in json.loads(paths["json"].read_text())["skipped"]}
+    assert "at least 64x64" in skipped.pop("tiny.png") and "blank frame" in skipped.pop("blank.png")
+    assert len(skipped) == 4 and all("no region of interest" in reason for reason in skipped.values())
 
 
 def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_why(defectseg_bundle, tmp_path):
@@ -169,7 +177,8 @@ def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_wh
     mask[10:20, 10:20] = 255
     cv2.imwrite(str(folder / "Positive" / "Image" / "tiny.png"), np.full((40, 40, 3), 90, np.uint8))
     cv2.imwrite(str(folder / "Positive" / "GroundTruth" / "tiny.png"), mask)
-    cv2.imwrite(str(folder / "Negative" / "Image" / "good.png"), np.full((128, 128, 3), 90, np.uint8))
+    good = np.random.default_rng(0).integers(80, 100, (128, 128, 3), dtype=np.uint8)  # not blank: judged
+    cv2.imwrite(str(folder / "Negative" / "Image" / "good.png"), good)
     rules_path = tmp_path / "rules.json"
     with pytest.raises(EdgestackError, match=r"no image of a defective part in .*line was evaluated \(1 skipped, "
                                              r"listed in .*results.json\).*rules.json not written"):
@@ -179,12 +188,26 @@ def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_wh
     assert report["results"]["negatives"] == 1 and report["calibration"] is None and not rules_path.exists()
 
 
+def test_rules_are_not_written_from_defective_parts_alone(defectseg_bundle, tmp_path):
+    # The fewest false rejects over no good part is any rule at all: it was written, reporting 0 false rejects.
+    from edgestack.train.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "set", 3, seed=3, size=96, negative_fraction=0.0)
+    rules_path = tmp_path / "rules.json"
+    with pytest.raises(EdgestackError, match=r"--rules-out: no image of a good part in .*set was evaluated, so the "
+                                             r"rule's false rejects are unknown; .*rules.json not written"):
+        evaluate_defects(data=str(tmp_path / "set"), out=tmp_path / "eval", bundle=defectseg_bundle,
+                         backend="onnxruntime", tiled=True, target_recall=0.5, rules_out=rules_path)
+    assert not rules_path.exists() and (tmp_path / "eval" / "results.json").is_file()
+
+
 def test_an_unreachable_target_recall_writes_no_rules(defectseg_bundle, tmp_path):
     # A defect the model cannot see (a flat image): no threshold finds it, so no rules file claims it would.
     folder = tmp_path / "line"
     for sub in ("Image", "GroundTruth"):
         (folder / "Positive" / sub).mkdir(parents=True)
-    cv2.imwrite(str(folder / "Positive" / "Image" / "part1.png"), np.full((128, 128, 3), 128, np.uint8))
+    flat = np.random.default_rng(0).integers(127, 130, (128, 128, 3), dtype=np.uint8)  # flat, not blank (judged)
+    cv2.imwrite(str(folder / "Positive" / "Image" / "part1.png"), flat)
     mask = np.zeros((128, 128), np.uint8)
     mask[40:60, 40:60] = 255
     cv2.imwrite(str(folder / "Positive" / "GroundTruth" / "part1.png"), mask)

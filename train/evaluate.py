@@ -25,7 +25,7 @@ from edgestack.bundle import write_atomic
 from edgestack.errors import EdgestackError, make_folder
 from edgestack.models import resolve, resolve_recorded
 from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, recorded_config, state_dict_of
-from edgestack.runtime.defects import load_rules
+from edgestack.runtime.defects import check_not_blank, load_rules
 from edgestack.train import synthetic
 from edgestack.train.datasets import load_pair, refuse_bit_depth_for_synthetic, scan_folder, to_tensors
 from edgestack.train.metrics import (
@@ -295,12 +295,14 @@ def evaluate_defects(
     make_folder(out, "results folder")  # before the evaluation, not after it
     kept: list[tuple[float, tuple]] = []  # (badness, case) of the worst cases so far
     for name, image, mask, holds in samples:
-        try:
+        try:  # judged as inspect judges it: a frame too small for --tiled, a blank one, or one that no region of
+            # interest of the rules meets gets no verdict there, so none here either (reported, not counted)
             prob = probability(image)
-        except EdgestackError as exc:  # an image the model cannot take (too small for --tiled): reported
+            check_not_blank(image, metrics.rules, name)
+            record = metrics.update(prob, mask, name, image)  # assess refuses before it counts anything
+        except EdgestackError as exc:
             skipped.append((name, str(exc)))
             continue
-        record = metrics.update(prob, mask, name, image)
         record |= holds  # the record in metrics.per_image itself
         wrong = record["predicted_ng"] != record["positive"]
         badness = (1.0 if wrong else 0.0) + (1 - record.get("S", 1.0))
@@ -334,6 +336,10 @@ def evaluate_defects(
                 f"{calibration['best_recall']:.3f} of the positives even at min area 1 px; {rules_out} not written "
                 f"(figures in {paths['markdown']}). Lower --target-recall, or fine-tune on this line's images "
                 "(edgestack train defectseg --data DIR --init shipped)")
+        if not results["negatives"]:  # the fewest false rejects of no good part: any rule, never checked
+            raise EdgestackError(f"--rules-out: no image of a good part in {data} was evaluated, so the rule's false "
+                                 f"rejects are unknown; {rules_out} not written (figures in {paths['markdown']}). "
+                                 "Add good parts: Negative/Image, or images whose masks are all black")
         paths["rules"] = Path(rules_out)
         chosen = area_rule(calibration["threshold"], calibration["min_area_px"])  # the rule it was calibrated as
         rule = {"threshold": chosen.threshold, "min_area_px": chosen.min_area_px, "min_score": chosen.min_score}
