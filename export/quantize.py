@@ -30,6 +30,7 @@ from edgestack.runtime.images import IMAGE_SUFFIXES, read_image, to_tensor
 # The ops whose int8 kernels carry the speed-up on onnxruntime CPU and TensorRT; the rest stays float.
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 EVAL_IMAGES = 4
+FEW_CALIBRATION_IMAGES = 16  # fewer rarely span a line's parts: int8 then clips what they did not show
 
 
 class _Feeds(CalibrationDataReader):
@@ -155,7 +156,7 @@ def quantize(
         images = synthetic_images(samples, size, seed)
         eval_images, eval_source = synthetic_images(EVAL_IMAGES, size, seed + 1), "synthetic (other seed)"
         source = "synthetic images (no --calib folder given): scales fit made-up data; calibrate on real images"
-        progress(f"no --calib folder: calibrating on {samples} SYNTHETIC images; pass --calib DIR with real ones")
+        parity_on_calibration = False
     else:
         calib = Path(calib)
         images = folder_images(calib, samples + EVAL_IMAGES, size, bit_depth)
@@ -165,6 +166,10 @@ def quantize(
         eval_images = held_out or images[:EVAL_IMAGES]
         eval_source = f"{len(held_out)} held-out images of {calib}" if held_out else f"calibration images of {calib}"
         source = str(calib.resolve())
+        parity_on_calibration = not held_out
+    warnings = calibration_warnings(calib, len(images), parity_on_calibration, samples)
+    for warning in warnings:
+        progress(f"warning: {warning}")
 
     with tempfile.TemporaryDirectory(prefix="edgestack-quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / bundle_format.INT8_ONNX
@@ -212,6 +217,7 @@ def quantize(
                              "weights": "int8 symmetric, per channel", "bias": "float", "ops": QUANTIZED_OPS,
                              "qdq_nodes": qdq, "onnxruntime": onnxruntime.__version__},
             "parity_vs_fp32": {"images": len(eval_images), "source": eval_source, **figures},
+            "warnings": warnings,
         }
         meta["int8"] = record
         # A plan built from the int8 model being replaced would run scales that meta.json no longer describes.
@@ -228,6 +234,22 @@ def quantize(
 
     update_int8_section(bundle, meta)
     return record
+
+
+def calibration_warnings(calib: Path | None, count: int, parity_on_calibration: bool, samples: int) -> list[str]:
+    """What makes an int8 model's figures weak evidence (kept in meta.json and report.md, and printed)."""
+    warnings = []
+    if calib is None:
+        warnings.append("calibrated on synthetic images: the scales fit made-up data; calibrate on the line's own "
+                        "images (--calib DIR)")
+    elif count < FEW_CALIBRATION_IMAGES:
+        warnings.append(f"calibrated on {count} images: so few rarely span a line's parts, and int8 clips what they "
+                        f"did not show; give --calib {FEW_CALIBRATION_IMAGES} or more, good and defective parts")
+    if parity_on_calibration:
+        warnings.append(f"int8 was compared with fp32 on its calibration images, which flatter it; give --calib more "
+                        f"than --samples {samples} images so some are held out, and check it with `edgestack eval "
+                        "... --backend onnxruntime-int8` before deploying it")
+    return warnings
 
 
 def _compare(meta: dict[str, Any], fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def int8_section(meta: dict[str, Any]) -> str:
         f"{record['quantization']['weights']} ({record['quantization']['qdq_nodes']} Q/DQ nodes). "
         f"Calibration: {cal['samples']} images at {cal['size'][0]}x{cal['size'][1]} from {cal['source']}. "
         f"Compared on {figures['images']} images ({figures['source']}), onnxruntime CPU.\n\n{table}\n"
+        + "".join(f"\n**Warning:** {warning}\n" for warning in record.get("warnings", []))
     )
 
 

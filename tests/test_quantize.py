@@ -113,6 +113,13 @@ def test_cli_quantize_on_a_folder_of_real_images(bundle, tmp_path, capsys):
     assert meta["int8"]["calibration"]["samples"] == 2
     assert meta["int8"]["parity_vs_fp32"]["source"] == f"1 held-out images of {images}"
     assert (copy / "report.md").read_text().count("## INT8") == 1  # replaced, not appended twice
+    # Two images are weak evidence: said where it is seen (the output, meta.json, report.md).
+    few = "calibrated on 2 images: so few rarely span a line's parts"
+    assert f"warning: {few}" in output and meta["int8"]["warnings"][0].startswith(few)
+    assert f"**Warning:** {few}" in (copy / "report.md").read_text()
+    assert main(["quantize", str(copy), "--calib", str(images), "--samples", "3", "--size", "97x97"]) == 0
+    output = capsys.readouterr().out
+    assert "warning: int8 was compared with fp32 on its calibration images, which flatter it" in output
 
 
 def test_cli_quantize_errors(bundle, tmp_path, capsys):
