@@ -173,6 +173,23 @@ def test_masks_are_read_as_labelling_tools_write_them(cds2k):
     assert len(scan.records) == 12 + 3 + 1
 
 
+def test_an_inverted_mask_is_refused_and_an_alpha_painted_one_is_read_by_its_alpha(tmp_path):
+    # Read as drawn, both marked nearly the whole image as defect: the inverted one (defect black on white) and
+    # the one painted as opacity over plain white.
+    defect = np.zeros((64, 64), np.uint8)
+    defect[20:30, 20:30] = 255
+    cv2.imwrite(str(tmp_path / "inverted.png"), 255 - defect)
+    with pytest.raises(EdgestackError, match=r"inverted.png marks 98% of the image as defect, its whole border "
+                                             r"included: inverted\?"):
+        read_mask(tmp_path / "inverted.png")
+    cv2.imwrite(str(tmp_path / "alpha.png"), np.dstack([np.full((64, 64, 3), 255, np.uint8), defect]))
+    np.testing.assert_array_equal(read_mask(tmp_path / "alpha.png"), defect)
+    cv2.imwrite(str(tmp_path / "opaque.png"), np.dstack([np.zeros((64, 64, 3), np.uint8), np.full_like(defect, 255)]))
+    assert not read_mask(tmp_path / "opaque.png").any()  # black and opaque: no defect
+    cv2.imwrite(str(tmp_path / "large.png"), np.pad(np.full((54, 54), 255, np.uint8), 5))  # large, not inverted
+    assert read_mask(tmp_path / "large.png").mean() > 127.5
+
+
 def test_masks_whose_brightest_label_is_low_are_refused_not_read_as_no_defect(tmp_path):
     # Class-index labels 0/2, or 0/1 saved as JPEG (0, 1, 2): binarised at 128 they would mark no defect at all.
     defect = np.zeros((64, 64), np.uint8)

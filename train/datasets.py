@@ -75,12 +75,15 @@ def _find(root: Path, *names: str) -> Path | None:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A 0/255 uint8 mask; EdgestackError if unreadable or not binary. Labels are read as they are drawn: 0/255,
-    0/1, or 16-bit 0/white (4095 for a 12-bit tool); colour masks by their brightest channel (alpha ignored)."""
+    """A 0/255 uint8 mask; EdgestackError if unreadable, not binary, or inverted. Labels are read as they are
+    drawn: 0/255, 0/1, or 16-bit 0/white (4095 for a 12-bit tool); colour masks by their brightest channel, or
+    by their alpha where that alone varies (a defect painted as opacity over a plain colour)."""
     data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
     labels = decode_file(data)
     if labels is None or labels.dtype not in (np.uint8, np.uint16):
         raise EdgestackError(f"mask {path} could not be read as an 8- or 16-bit image; save masks as PNG")
+    if labels.ndim == 3 and labels.shape[2] == 4 and np.ptp(labels[..., :3]) == 0 and np.ptp(labels[..., 3]):
+        labels = labels[..., 3]  # read by their colour, such masks were all defect (white) or all background
     values = labels[..., :3].max(axis=2) if labels.ndim == 3 else labels
     peak = int(values.max())
     if 1 < peak < 32:  # refused, not guessed: `> 128` below would erase every defect, and reading any non-zero
@@ -99,7 +102,12 @@ def read_mask(path: Path) -> np.ndarray:
             f"mask {path} is not binary ({ambiguous:.0%} of pixels are between 32 and 223, the brightest is {peak}); "
             "masks must be 0 (background) and 255 (defect), or 0 and 1"
         )
-    return np.where(values > 128, 255, 0).astype(np.uint8)
+    mask = np.where(values > 128, 255, 0).astype(np.uint8)
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    if border.all() and mask.mean() > 127.5:  # white all round and over half the image: the background is white
+        raise EdgestackError(f"mask {path} marks {mask.mean() / 255:.0%} of the image as defect, its whole border "
+                             "included: inverted? Masks must be black (0) for background and white for defect")
+    return mask
 
 
 def load_pair(record: Record, bit_depth: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
