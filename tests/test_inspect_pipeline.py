@@ -544,7 +544,11 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         release.set()
         worker.join(60)
         assert first["r"].status_code == 200
-        live = json.loads((run / "summary.json").read_text())  # kept current while the service runs
+        for _ in range(600):  # kept current while the service runs, by a thread of its own
+            live = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+            if live.get("items") == 2:
+                break
+            time.sleep(0.05)
         assert live["items"] == 2 and live["counts"]["ERROR"] == 1  # a, and b refused as busy
         assert client.post("/v1/inspect?id=b", content=image).status_code == 200  # the retry goes through
         boom = client.post("/v1/inspect?id=boom", content=image)

@@ -363,6 +363,7 @@ def test_a_recorded_result_stays_recorded_when_its_table_or_summary_cannot_be_wr
     writer = RunWriter(tmp_path, "none", SETUP, summary_every_s=0)
     (tmp_path / "summary.json").mkdir()  # the summary cannot be written from now on
     writer.write(verdict("a.png", "NG"), None, None)  # no error: the result is in results.jsonl
+    writer.summary_thread.join()  # the live summary is written beside the verdicts, not in their way
     assert "summary in" in caplog.text and writer.done == {"a.png": None}
     assert [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a.png"]
     with pytest.raises(EdgestackError, match="results.jsonl holds every recorded result"):
