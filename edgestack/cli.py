@@ -682,9 +682,20 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+# Options naming a file or folder: given empty (an unset variable in a unit file or script), "" would be taken for
+# the current folder or for no folder at all (inspect then recorded nothing).
+PATH_OPTIONS = ("source", "bundle", "out", "data", "checkpoint", "calib", "rules", "rules_out", "repo", "image",
+                "mask", "init", "token_file")
+
+
 def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
     try:
+        empty = [name for name in PATH_OPTIONS if getattr(args, name, None) == ""]
+        if empty:
+            option = empty[0] if empty[0] in ("source", "bundle") else "--" + empty[0].replace("_", "-")
+            raise EdgestackError(f"{option} is an empty path (an unset variable in a script?); give the file or "
+                                 "folder")
         with _sigterm_as_interrupt():
             args.func(args)
             sys.stdout.flush()  # a closed pipe is seen here, not at exit as "Exception ignored ..."

@@ -150,6 +150,8 @@ class Inspector:
     ) -> Iterator[dict[str, Any]]:
         """Inspect every item of `source`; with `run_dir`, record results crash-safely and resume. With `watch`,
         keep inspecting images as they arrive in the `source` folder (see sources.Watch)."""
+        if isinstance(run_dir, str) and not run_dir:  # an unset variable in a script: nothing would be recorded
+            raise EdgestackError("the run folder is an empty path; give a folder (or None for no run folder)")
         if run_dir and isinstance(source, (str, Path)) and not Path(source).is_file() \
                 and not is_camera(source):  # a folder or a glob
             root = source_root(source).resolve()
@@ -159,8 +161,10 @@ class Inspector:
         writer = RunWriter(Path(run_dir), overlay, self.setup(), SUMMARY_EVERY_S if watch else None) \
             if run_dir else None
         note = writer.note if writer else log.warning
+        errors: set[str] = set()  # ids whose last result this run is an ERROR: a watch may hand them out again
         try:
-            items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch, note)
+            items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch, note,
+                                failed=errors.__contains__)
             done = writer.done if writer else {}
             with closing(self._prefetched(items, done, note)) as decoded:  # the reader stops before the writer
                 for item, image, error in decoded:                         # closes
@@ -178,6 +182,7 @@ class Inspector:
                         result["file"] = {"size": item.signature[0], "mtime_ns": item.signature[1]}
                     if writer:
                         writer.write(result, image, prob)
+                    (errors.add if result["status"] == "ERROR" else errors.discard)(item.id)
                     yield result
         except BaseException:
             if writer:
@@ -211,7 +216,7 @@ class Inspector:
                         continue
                     if item.path in changed:  # the rest of a video found changed
                         continue
-                    if item.id in this_run:
+                    if item.id in this_run and not item.retry:
                         note(f"{item.id}: a second item with this id in one run, so it was NOT inspected; give "
                              "each part its own id")
                         continue
@@ -293,9 +298,15 @@ class RunWriter:
             self.summary_every_s = summary_every_s
             self.summarised = {r["id"]: _summary_fields(r) for r in records}
             self.last_summary = time.monotonic()
+            # The live summary's writer: started by a result when none runs, it writes at most every
+            # summary_every_s while results keep coming, and ends once it has written them all.
             self.summary_thread: threading.Thread | None = None
+            self.summary_lock = threading.Lock()  # the summarised records, between write() and that thread
+            self.summary_stop = threading.Event()
+            self.changes = self.summarised_changes = 0
             self.started = time.perf_counter()
             self.new = 0
+            self.noted = 0  # lines this session added to skipped.txt: said in the summary, not only there
             self._write_csv(records)
             self.jsonl_file = open(self.jsonl, "ab", buffering=0)  # unbuffered: a failed record is never flushed later
             self.csv_file = open(self.dir / "results.csv", "a", newline="", **TEXT)
@@ -356,6 +367,7 @@ class RunWriter:
 
     def note(self, text: str) -> None:
         """A line in skipped.txt: a side file, so a full disk costs the line, never the run (it is logged)."""
+        self.noted += 1
         try:
             self.notes.write(text + "\n")
             self.notes.flush()
@@ -382,8 +394,13 @@ class RunWriter:
                 f"could not record the result of {result['id']} in {self.dir}: {exc.strerror or exc}; free space "
                 "or fix the folder, then rerun with the same run folder (unrecorded items are inspected again)"
             ) from None
-        self.new += 1
-        self.summarised[result["id"]] = _summary_fields(result)
+        with self.summary_lock:
+            self.new += 1
+            self.summarised[result["id"]] = _summary_fields(result)
+            self.changes += 1
+            if self.summary_every_s is not None and self.summary_thread is None:
+                self.summary_thread = threading.Thread(target=self._write_live_summaries, daemon=True)
+                self.summary_thread.start()
         if result["status"] != "ERROR":
             self.done[result["id"]] = judged_file(result)
         # The table and the summary are views of results.jsonl, rewritten by finish(): the result is recorded,
@@ -391,22 +408,25 @@ class RunWriter:
         try:
             self.csv.writerow(_csv_row(result))
             self.csv_file.flush()
-            if self.summary_every_s is not None and time.monotonic() - self.last_summary >= self.summary_every_s and \
-                    not (self.summary_thread and self.summary_thread.is_alive()):
-                self.last_summary = time.monotonic()
-                snapshot = (list(self.summarised.values()), self.new, time.perf_counter() - self.started)
-                self.summary_thread = threading.Thread(target=self._write_live_summary, args=snapshot, daemon=True)
-                self.summary_thread.start()
         except OSError as exc:
-            log.warning("results.csv or the summary in %s not updated (%s); results.jsonl holds the result",
-                        self.dir, exc.strerror or exc)
-
-    def _write_live_summary(self, records: list[dict[str, Any]], new_items: int, seconds: float) -> None:
-        try:
-            write_summary(self.dir, records, new_items, seconds)
-        except OSError as exc:  # a view of results.jsonl: the next one, or finish(), writes it again
-            log.warning("the summary in %s not updated (%s); results.jsonl holds every result", self.dir,
+            log.warning("results.csv in %s not updated (%s); results.jsonl holds the result", self.dir,
                         exc.strerror or exc)
+
+    def _write_live_summaries(self) -> None:
+        while not self.summary_stop.wait(max(0.0, self.last_summary + self.summary_every_s - time.monotonic())):
+            with self.summary_lock:
+                if self.changes == self.summarised_changes:  # all written: the next result starts a new writer
+                    self.summary_thread = None
+                    return
+                changes, records = self.changes, list(self.summarised.values())
+                figures = (self.new, time.perf_counter() - self.started, self.noted)
+            self.last_summary = time.monotonic()
+            try:
+                write_summary(self.dir, records, *figures)
+            except OSError as exc:  # a view of results.jsonl: the next one, or finish(), writes it again
+                log.warning("the summary in %s not updated (%s); results.jsonl holds every result", self.dir,
+                            exc.strerror or exc)
+            self.summarised_changes = changes
 
     def _write_overlay(self, result: dict[str, Any], image: np.ndarray, prob: np.ndarray) -> None:
         """The overlay is a picture for people; failing to write it must not cost the item its verdict."""
@@ -423,14 +443,16 @@ class RunWriter:
 
     def finish(self) -> dict[str, Any]:
         self.finished = True
-        if self.summary_thread:
-            self.summary_thread.join()  # the final summary is written after it, not under it
+        self.summary_stop.set()
+        thread = self.summary_thread
+        if thread:
+            thread.join()  # the final summary is written after it, not under it
         try:
             for f in (self.jsonl_file, self.csv_file, self.notes):
                 f.close()
             records = read_records(self.jsonl)
             self._write_csv(records)  # a retried item's row replaces its ERROR row
-            return write_summary(self.dir, records, self.new, time.perf_counter() - self.started)
+            return write_summary(self.dir, records, self.new, time.perf_counter() - self.started, self.noted)
         except OSError as exc:
             raise EdgestackError(
                 f"could not write the results table or summary of {self.dir}: {exc.strerror or exc}; results.jsonl "
@@ -522,15 +544,18 @@ def read_records(jsonl: Path) -> list[dict[str, Any]]:
     return list(records.values())
 
 
-def write_summary(run_dir: Path, records: list[dict[str, Any]], new_items: int, seconds: float) -> dict[str, Any]:
-    """summary.json + summary.md + scores.png over every item of the run folder."""
+def write_summary(run_dir: Path, records: list[dict[str, Any]], new_items: int, seconds: float,
+                  noted: int = 0) -> dict[str, Any]:
+    """summary.json + summary.md + scores.png over every item of the run folder; `noted`: lines this session
+    added to skipped.txt (files not inspected, overlays not written)."""
     counts = {status: sum(r["status"] == status for r in records) for status in ("OK", "NG", "ERROR")}
     latencies = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
     summary = {
         "items": len(records),
         "counts": counts,
         "this_session": {"items": new_items, "seconds": round(seconds, 3),
-                         "items_per_s": new_items / seconds if seconds > 0 and new_items else None},
+                         "items_per_s": new_items / seconds if seconds > 0 and new_items else None,
+                         "skipped_txt_lines": noted},
         "latency_ms": {"median": float(np.median(latencies)), "p99": float(np.percentile(latencies, 99))}
         if latencies else None,
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "ERROR"],
@@ -543,6 +568,9 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]], new_items: int, 
         f"{len(records)} items: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} errors.",
         f"This session: {new_items} items in {seconds:.1f} s" + (f" ({rate:.2f} items/s)." if rate else "."),
     ]
+    if noted:  # files NOT inspected (a name reused, not an image, a folder that cannot be listed) are there alone
+        lines.append(f"**{noted} line(s) added to skipped.txt this session: files NOT inspected or overlays not "
+                     "written; read it.**")
     if summary["latency_ms"]:
         lines.append(f"Per-item latency: median {summary['latency_ms']['median']:.1f} ms, "
                      f"p99 {summary['latency_ms']['p99']:.1f} ms.")

@@ -44,6 +44,7 @@ class Item:
     """-> RGB uint8 HxWx3; raises EdgestackError for an unreadable item."""
     path: Path | None = None  # the file of an image item or a video's frame
     signature: tuple[int, int] | None = None  # its (size, mtime_ns) when it was read: which version was judged
+    retry: bool = False  # a hot-folder file handed out again: read before it was whole, it got an ERROR
 
 
 @dataclass(frozen=True)
@@ -100,16 +101,22 @@ def _frame_item(item_id: str, bgr: np.ndarray, path: Path | None = None,
     return Item(item_id, lambda: rgb, path, signature)
 
 
-def _frames(capture: cv2.VideoCapture, path: Path, max_frames: int | None) -> Iterator[Item]:
-    """Frames of a video file, until its end. Ids are `<file name>/frame-N`; each frame carries the video's
-    (size, mtime), so another video under a name that has verdicts in the run folder is reported, not taken
-    for the one already inspected."""
+def _frames(capture: cv2.VideoCapture, path: Path, max_frames: int | None,
+            note: Callable[[str], None]) -> Iterator[Item]:
+    """Frames of a video file, until its end. Ids are `<file name>/frame-N`, N counting the frames decoded; each
+    frame carries the video's (size, mtime), so another video under a name that has verdicts in the run folder is
+    reported, not taken for the one already inspected. A video that ends before the frames its header announces
+    is reported: a damaged one loses frames, and the ids after the loss are shifted."""
     signature = file_signature(path)
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     index = 0
     try:
         while max_frames is None or index < max_frames:
             ok, frame = capture.read()
             if not ok:
+                if 0 < index < announced:
+                    note(f"{path}: {index} frames decoded of the {announced} its header announces (damaged?); "
+                         f"frames from the first one lost on were NOT inspected, and ids count decoded frames")
                 return
             yield _frame_item(f"{path.name}/frame-{index:06d}", frame, path, signature)
             index += 1
@@ -142,10 +149,11 @@ def _camera_frames(capture: cv2.VideoCapture, camera: int, max_frames: int | Non
         capture.release()
 
 
-def _walk(root: Path, linked_folder: Callable[[Path], None]) -> Iterator[Path]:
+def _walk(root: Path, linked_folder: Callable[[Path], None], unreadable: Callable[[OSError], None]) -> Iterator[Path]:
     """Files under root. Symlinked folders are not followed (a link to a parent would loop): each is passed to
-    `linked_folder`, so that it is reported, not dropped."""
-    for folder, folders, names in os.walk(root):  # no stat per file: a hot folder can hold 10^5 of them
+    `linked_folder`, so that it is reported, not dropped; a folder that cannot be listed (permissions, a share's
+    I/O error) goes to `unreadable`, which os.walk would otherwise skip without a word."""
+    for folder, folders, names in os.walk(root, onerror=unreadable):  # no stat per file: 10^5 files in a hot folder
         for name in folders:
             if os.path.islink(os.path.join(folder, name)):
                 linked_folder(Path(folder, name))
@@ -155,6 +163,10 @@ def _walk(root: Path, linked_folder: Callable[[Path], None]) -> Iterator[Path]:
 
 def _linked_folder_note(path: Path) -> str:
     return f"{path}: a symlinked folder, not followed; give its own path as the source"
+
+
+def _unreadable_note(exc: OSError) -> str:
+    return f"{exc.filename}: a folder that cannot be listed ({exc.strerror or exc}), so its images were NOT inspected"
 
 
 def _not_an_image(path: Path) -> str:
@@ -183,33 +195,50 @@ def file_signature(path: Path) -> tuple[int, int] | None:
 
 
 def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None,
-              note: Callable[[str], None]) -> Iterator[Item | None]:
+              note: Callable[[str], None], failed: Callable[[str], bool]) -> Iterator[Item | None]:
     """Images as they arrive under `root` (those already there first), each once it has settled; None at
     every poll. A poll stats only the files not yet handed out; those handed out are checked every
-    WATCH_RECHECK_S, and one rewritten under the same name is reported (its id is taken), never passed over
-    in silence."""
+    WATCH_RECHECK_S: one rewritten under the same name is reported (its id is taken), never passed over in
+    silence, unless its item `failed` (an ERROR, no verdict: read before a copy that keeps its size and time
+    was whole), which is handed out again once it settles."""
     pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime), when that was first seen)
     inspected: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) when handed out
     noted: set[Path] = set()
+    retried: set[Path] = set()
+    device = root.stat().st_dev
 
     def note_once(path: Path, text: str) -> None:
         if path not in noted:
             note(text)
             noted.add(path)
 
+    def unreadable(exc: OSError) -> None:
+        if Path(exc.filename) == root:  # the whole watch would look idle for ever
+            raise EdgestackError(f"watched folder {root} cannot be listed ({exc.strerror or exc}); the results so "
+                                 "far are kept: fix it and rerun with the same --out")
+        note_once(Path(exc.filename), _unreadable_note(exc))
+
     last_arrival = last_recheck = time.monotonic()
     while True:
         now = time.monotonic()
-        if not root.is_dir():  # os.walk of a missing folder yields nothing: it would look idle for ever
+        try:
+            moved = root.stat().st_dev != device  # an unmounted share leaves its empty mount point behind
+        except OSError:
+            moved = True
+        if moved or not root.is_dir():  # os.walk of a missing folder yields nothing: it would look idle for ever
             raise EdgestackError(f"watched folder {root} is gone (deleted, or its share unmounted); the results so "
                                  "far are kept: restore it and rerun with the same --out")
-        for path in sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)))):
+        listed = sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)), unreadable))
+        for gone in pending.keys() - set(listed):  # deleted, moved away or renamed before it settled
+            del pending[gone]
+        for path in listed:
             if path in inspected or path in noted or _in_progress(path.relative_to(root)):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 note_once(path, _not_an_image(path))
                 continue
             signature = file_signature(path)
+            now = time.monotonic()  # when this stat was made: handing out a backlog may have taken minutes
             if signature is None and path.is_symlink():  # its target is gone: it can never settle
                 note_once(path, f"{path}: a symlink to a missing file, not inspected")
             elif signature is None:
@@ -220,15 +249,23 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
                 del pending[path]
                 inspected[path] = signature
                 last_arrival = now
-                yield _image_item(path, str(path.relative_to(root)), gray_to_rgb, bit_depth)
+                item = _image_item(path, str(path.relative_to(root)), gray_to_rgb, bit_depth)
+                item.retry = path in retried
+                yield item
         if now - last_recheck >= WATCH_RECHECK_S:
             last_recheck = now
-            for path, seen in inspected.items():
+            for path, seen in list(inspected.items()):
                 signature = file_signature(path)
-                if signature is not None and signature != seen:
+                if signature is None or signature == seen:
+                    continue
+                if failed(str(path.relative_to(root))):
+                    del inspected[path]
+                    pending[path] = (signature, time.monotonic())
+                    retried.add(path)
+                else:
                     inspected[path] = signature
-                    note(f"{path}: rewritten after it was inspected, so this image was NOT inspected; a line must "
-                         "write each image under a new file name")
+                    note_once(path, f"{path}: rewritten after it was inspected, so this image was NOT inspected; a "
+                                    "line must write each image under a new file name")
         if watch.idle_exit_s is not None and not pending and now - last_arrival >= watch.idle_exit_s:
             return
         yield None
@@ -256,15 +293,17 @@ def open_source(
     bit_depth: int | None = None,
     watch: Watch | None = None,
     note: Callable[[str], None] | None = None,
+    failed: Callable[[str], bool] = lambda item_id: False,
 ) -> Iterator[Item | None]:
     """Items of `source`; `note` (default: a logged warning) gets each skipped file. Folders are walked
     recursively; non-image files are reported, not dropped. With `watch`, a folder is watched for new images
-    until its idle exit."""
+    until its idle exit; `failed(id)`: whether an item handed out got an ERROR (a file rewritten since is then
+    handed out again)."""
     note = note or log.warning
     if watch is not None:
         if not Path(source).is_dir():
             raise EdgestackError(f"watch needs a folder; {source} is not one")
-        return _arrivals(Path(source), watch, gray_to_rgb, bit_depth, note)
+        return _arrivals(Path(source), watch, gray_to_rgb, bit_depth, note, failed)
     if is_camera(source):
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
@@ -281,13 +320,14 @@ def open_source(
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise EdgestackError(f"video {path} could not be opened (corrupt or unsupported codec)")
-        return _frames(capture, path, max_frames)
+        return _frames(capture, path, max_frames, note)
     if path.is_file():
         root, files = path.parent, [path]
     else:
         root = source_root(source)
         if path.is_dir():
-            files = sorted(_walk(path, lambda folder: note(_linked_folder_note(folder))))
+            files = sorted(_walk(path, lambda folder: note(_linked_folder_note(folder)),
+                                 lambda exc: note(_unreadable_note(exc))))
         else:
             files = [p for p in sorted(Path(p) for p in glob.glob(str(source), recursive=True)) if p.is_file()]
             if not files:

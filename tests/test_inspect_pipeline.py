@@ -379,7 +379,7 @@ def test_a_watched_folder_inspects_each_image_once_it_is_complete(inspector, tmp
     assert again == []  # a rerun inspects nothing twice
 
 
-def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspector, tmp_path):
+def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspector, tmp_path, capsys):
     write_folder(tmp_path / "in", 1)
     with pytest.raises(EdgestackError, match="inside the source"):
         list(inspector.run(tmp_path / "in", tmp_path / "in" / "run"))
@@ -393,6 +393,12 @@ def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspec
 
     assert main(["inspect", str(tmp_path / "in"), "--bundle", "unused", "--out", str(tmp_path / "r"),
                  "--idle-exit", "5"]) == 2  # an option of --watch alone
+    # `--out "$RUN_DIR"` with the variable unset: everything was inspected and nothing recorded.
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "in"), "--bundle", "unused", "--out", ""]) == 2
+    assert "--out is an empty path (an unset variable in a script?)" in capsys.readouterr().err
+    with pytest.raises(EdgestackError, match="the run folder is an empty path"):
+        list(inspector.run(tmp_path / "in", ""))
 
 
 def test_sigterm_ends_a_watch_with_its_summary(bundle, tmp_path):
@@ -808,6 +814,9 @@ def test_an_image_replaced_under_an_inspected_name_is_reported_on_a_rerun(inspec
     assert (run / "skipped.txt").read_text() == (
         f"{source / 'part000.png'}: changed since its verdict was recorded (another file under that name?), so it was "
         "NOT inspected; a line must write each image or video under a new file name\n")
+    # Said where the run is read, not only in skipped.txt: a day's images under reused names all went unjudged.
+    assert "1 line(s) added to skipped.txt this session" in (run / "summary.md").read_text()
+    assert json.loads((run / "summary.json").read_text())["this_session"]["skipped_txt_lines"] == 1
 
 
 def test_glob_ids_do_not_depend_on_what_else_matches(inspector, tmp_path):

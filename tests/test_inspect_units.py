@@ -1,8 +1,11 @@
 """Tiling, defect extraction and verdict rules of the inspection pipeline (no model needed)."""
 
 import csv
+import itertools
 import json
 import math
+import os
+import time
 from dataclasses import fields, replace
 
 import cv2
@@ -363,7 +366,8 @@ def test_a_recorded_result_stays_recorded_when_its_table_or_summary_cannot_be_wr
     writer = RunWriter(tmp_path, "none", SETUP, summary_every_s=0)
     (tmp_path / "summary.json").mkdir()  # the summary cannot be written from now on
     writer.write(verdict("a.png", "NG"), None, None)  # no error: the result is in results.jsonl
-    writer.summary_thread.join()  # the live summary is written beside the verdicts, not in their way
+    while writer.summary_thread is not None:  # the live summary is written beside the verdicts, not in their way
+        time.sleep(0.01)
     assert "summary in" in caplog.text and writer.done == {"a.png": None}
     assert [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a.png"]
     with pytest.raises(EdgestackError, match="results.jsonl holds every recorded result"):
@@ -391,3 +395,160 @@ def test_the_threshold_is_applied_to_float32_maps_exactly_as_written():
     found = assess(np.full((2, 2), above), rules)
     assert found.components == 1 and found.status == "NG" and found.defects[0]["max_score"] >= 0.7
     assert assess(np.full((2, 2), 0.7, np.float64), rules).status == "NG"  # float64 maps compare as they are
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for the watch: polls run at once, and the test says how time passes."""
+
+    def __init__(self, monkeypatch):
+        from edgestack.runtime import sources
+
+        self.now = 1000.0
+        monkeypatch.setattr(sources.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(sources.time, "sleep", self.sleep)
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def arrivals(folder, failed=lambda item_id: False, settle_s=1.0, idle_exit_s=None, notes=None):
+    from edgestack.runtime.sources import Watch, _arrivals
+
+    note = (notes if notes is not None else []).append
+    return _arrivals(folder, Watch(settle_s, idle_exit_s), False, None, note, failed)
+
+
+def until_item(watch, polls=100):
+    for _ in range(polls):
+        item = next(watch)
+        if item is not None:
+            return item
+    return None
+
+
+def test_a_watch_times_a_file_from_when_it_was_seen_not_from_when_its_poll_began(tmp_path, monkeypatch):
+    """A poll that handed out a backlog took as long as its inspections; the files it looked at afterwards were
+    stamped with the poll's start, so the next poll took one still being written for settled."""
+    clock = FakeClock(monkeypatch)
+    (tmp_path / "a.png").write_bytes(b"a complete image")
+    (tmp_path / "b.png").write_bytes(b"the first chunk")
+    watch = arrivals(tmp_path)
+    assert until_item(watch).id == "a.png"
+    clock.now += 10  # a.png is being inspected, and the camera writes on
+    with open(tmp_path / "b.png", "ab") as f:
+        f.write(b", the second chunk")
+    assert next(watch) is None  # the rest of that poll: b.png changed, seen now
+    assert next(watch) is None  # a poll later b.png has not settled (its writer pauses shorter than settle_s)
+    with open(tmp_path / "b.png", "ab") as f:
+        f.write(b", the last chunk")
+    item = until_item(watch)
+    assert item.id == "b.png" and item.path.read_bytes().endswith(b"the last chunk")
+
+
+def test_a_watch_forgets_a_file_renamed_before_it_settled_and_exits_when_idle(tmp_path, monkeypatch):
+    """The camera writes frame.png and renames it to its serial number: frame.png stayed pending for ever, so
+    --idle-exit never came."""
+    FakeClock(monkeypatch)
+    (tmp_path / "frame.png").write_bytes(b"an image")
+    watch = arrivals(tmp_path, idle_exit_s=5.0)
+    assert next(watch) is None
+    (tmp_path / "frame.png").rename(tmp_path / "SN123.png")
+    assert until_item(watch).id == "SN123.png"
+    polls = list(itertools.islice(watch, 1000))  # the watch ends after 5 s without an arrival: ~20 polls
+    assert len(polls) < 1000 and set(polls) == {None}
+
+
+def test_a_watched_file_read_before_it_was_whole_is_judged_again_once_it_settles(tmp_path, monkeypatch):
+    """A copy that sets a file's size first and its time on close looks settled while its bytes arrive: read too
+    early it gets an ERROR, and it was then never judged in that session."""
+    clock = FakeClock(monkeypatch)
+    failed, notes = set(), []
+    (tmp_path / "SN1.png").write_bytes(b"\0" * 16)  # the size is there, the bytes are not
+    (tmp_path / "SN2.png").write_bytes(b"judged")
+    watch = arrivals(tmp_path, failed=failed.__contains__, notes=notes)
+    first = [until_item(watch).id, until_item(watch).id]
+    assert first == ["SN1.png", "SN2.png"]
+    failed.add("SN1.png")  # its ERROR is recorded; SN2.png got a verdict
+    (tmp_path / "SN1.png").write_bytes(b"a whole image..")
+    (tmp_path / "SN2.png").write_bytes(b"another part under a used name")
+    clock.now += 10
+    retry = until_item(watch)
+    assert retry.id == "SN1.png" and retry.retry
+    assert notes == [f"{tmp_path / 'SN2.png'}: rewritten after it was inspected, so this image was NOT inspected; "
+                     "a line must write each image under a new file name"]
+    for _ in range(50):  # each rewrite is noted once, not at every recheck
+        next(watch)
+        clock.now += 1
+    assert len(notes) == 1
+
+
+def test_folders_that_cannot_be_listed_are_reported_and_a_watched_share_that_goes_is_an_error(tmp_path,
+                                                                                            monkeypatch):
+    from edgestack.runtime import sources
+
+    (tmp_path / "lot1").mkdir()
+    (tmp_path / "lot1" / "a.png").write_bytes(b"x")
+    (tmp_path / "lot2").mkdir()
+    walk = os.walk
+
+    def lot2_unreadable(top, onerror=None):
+        for folder, folders, names in walk(top, onerror=onerror):
+            if os.path.basename(folder) == "lot2":
+                onerror(PermissionError(13, "Permission denied", folder))
+                continue
+            yield folder, folders, names
+
+    monkeypatch.setattr(sources.os, "walk", lot2_unreadable)
+    notes = []
+    items = sources.open_source(tmp_path, note=notes.append)
+    assert [item.id for item in items] == ["lot1/a.png"]
+    assert notes == [f"{tmp_path / 'lot2'}: a folder that cannot be listed (Permission denied), so its images were "
+                     "NOT inspected"]
+    monkeypatch.undo()
+    FakeClock(monkeypatch)
+    watch = arrivals(tmp_path)
+    assert next(watch) is None
+    device = os.stat(tmp_path).st_dev
+    stat = os.stat
+
+    class Unmounted:  # the empty mount point a share leaves behind: another device
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    def unmounted(path, *args, **kwargs):
+        result = stat(path, *args, **kwargs)
+        if os.fspath(path) == os.fspath(tmp_path):
+            shadow = Unmounted()
+            shadow.real, shadow.st_dev = result, device + 1
+            return shadow
+        return result
+
+    monkeypatch.setattr(sources.Path, "stat", lambda self, **kwargs: unmounted(self, **kwargs))
+    with pytest.raises(EdgestackError, match="is gone \\(deleted, or its share unmounted\\)"):
+        next(watch)
+
+
+def test_a_video_that_ends_before_its_announced_frames_is_reported(tmp_path):
+    from edgestack.runtime.sources import _frames
+
+    class Capture:  # a damaged video: 10 frames announced, 4 decoded
+        frames = 4
+
+        def get(self, prop):
+            return 10
+
+        def read(self):
+            self.frames -= 1
+            return (True, np.zeros((8, 8, 3), np.uint8)) if self.frames >= 0 else (False, None)
+
+        def release(self):
+            pass
+
+    notes = []
+    video = tmp_path / "lot.avi"
+    video.write_bytes(b"x")
+    assert len(list(_frames(Capture(), video, None, notes.append))) == 4
+    assert notes == [f"{video}: 4 frames decoded of the 10 its header announces (damaged?); frames from the first "
+                     "one lost on were NOT inspected, and ids count decoded frames"]
+    notes.clear()
+    assert len(list(_frames(Capture(), video, 3, notes.append))) == 3 and notes == []  # --max-frames: not a loss
