@@ -139,6 +139,9 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
         evaluate_defects(count=1, tiled=True, out=tmp_path / "x")
     with pytest.raises(EdgestackError, match="pass --target-recall"):
         evaluate_defects(count=1, rules_out=rules_path, out=tmp_path / "x")
+    with pytest.raises(EdgestackError, match="calibrate without --rules"):  # it would drop the file's rois
+        evaluate_defects(count=1, target_recall=0.5, rules=rules_path, rules_out=rules_path, out=tmp_path / "x",
+                         bundle=defectseg_bundle, backend="onnxruntime", tiled=True)
     # A rule calibrated on resized frames would miss its target recall in inspect, which runs them tiled.
     for untiled in ({"bundle": defectseg_bundle, "backend": "onnxruntime"}, {"checkpoint": SHIPPED}):
         with pytest.raises(EdgestackError, match="--rules-out writes a rule for inspect.*pass --tiled with --bundle"):

@@ -256,6 +256,10 @@ def evaluate_defects(
         raise EdgestackError(f"--target-recall must be in (0, 1], got {target_recall}")
     if rules_out is not None and target_recall is None:
         raise EdgestackError("--rules-out writes the rule calibrated for --target-recall; pass --target-recall too")
+    if rules_out is not None and rules is not None:  # the written file would drop the line's rois, mm², counts
+        raise EdgestackError("--rules-out writes a threshold and min area calibrated over whole frames, which a rules "
+                             "file's regions, mm² sizes and counts would change; calibrate without --rules, then "
+                             "add your other keys to the written file and check it with `eval --rules`")
     if rules_out is not None and not tiled:  # a rule calibrated on resized frames misses its recall in inspect
         raise EdgestackError("--rules-out writes a rule for inspect, which runs frames at their own scale in tiles; "
                              "calibrate it as inspect runs: pass --tiled with --bundle (export a checkpoint with "
