@@ -146,19 +146,30 @@ def test_op_passes_opcheck(batch, dtype, mask_dtype, compiled):
     assert out.shape == q.shape and mask_out.dtype == mask_dtype
 
 
+def test_the_fake_of_a_permuted_query_has_the_real_outputs_strides():
+    # q as an NCHW map seen as NHWC: the fake kept q's strides, every real path returns contiguous outputs, and
+    # torch.compile failed its stride assertion on the real result.
+    q = torch.randn(1, 12, 8, 8).permute(0, 2, 3, 1)
+    k, v = torch.randn(1, 8, 8, 12), torch.randn(1, 8, 8, 12)
+    mask = make_mask("random", 1, 8, 8, torch.float32, "cpu")
+    assert not q.is_contiguous()
+    torch.library.opcheck(torch.ops.edgestack.window_masked_attention, (q, k, v, mask, 3, 4, 2, 0.0, -100.0),
+                          test_utils=["test_faketensor"])
+
+
 @pytest.fixture(scope="module")
 def emulated(emulated_kernels):
     return emulated_kernels("window_attention")
 
 
-def run_emulated(lib, q, k, v, mask, heads, window, shift, tensor_cores, misalign=False):
+def run_emulated(lib, q, k, v, mask, heads, window, shift, tensor_cores, misalign=False, masked_bias=-100.0):
     out, mask_out = torch.full_like(q, float("nan")), torch.full_like(mask, float("nan"))  # unwritten stays NaN
     if misalign:
         q, k, v, mask, out, mask_out = map(misaligned, (q, k, v, mask, out, mask_out))
     b, h, w, c = q.shape
     status = lib.edgestack_window_attention_emulated(
         *(ctypes.c_void_p(t.data_ptr()) for t in (q, k, v, mask, out, mask_out)), loader.dtype_code(q.dtype),
-        b, h, w, c, heads, window, shift, ctypes.c_float(-1.0), ctypes.c_float(-100.0), int(tensor_cores),
+        b, h, w, c, heads, window, shift, ctypes.c_float(-1.0), ctypes.c_float(masked_bias), int(tensor_cores),
     )  # fmt: skip
     assert status == 0
     return out, mask_out
@@ -203,3 +214,21 @@ def test_kernels_match_reference_on_cpu_threads(emulated, case, kernel):
 @pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
 def test_kernels_take_scalar_paths_for_misaligned_tensors_on_cpu_threads(emulated, kernel):
     check_against_reference(emulated, (1, 16, 16, 60, 2, 8, 4, "random"), kernel, misalign=True)
+
+
+# A masked_bias of -inf, or float32's lowest (its base-2 form overflowed to -inf): the tensor-core kernel gave NaN
+# for every query of a window whose first key tile is all masked, valid keys elsewhere or not.
+@pytest.mark.parametrize("kernel", ["fp32", "fp16-tensor-cores", "fp16-cuda-cores"])
+@pytest.mark.parametrize("masked_bias", [float("-inf"), float(torch.finfo(torch.float32).min)])
+def test_kernels_take_the_lowest_masked_bias_as_pytorch_does_on_cpu_threads(emulated, kernel, masked_bias):
+    dtype = torch.float32 if kernel == "fp32" else torch.float16
+    q, k, v = (torch.randn(1, 16, 32, 32).to(dtype) for _ in range(3))
+    mask = torch.ones(1, 16, 32, 1, dtype=dtype)
+    mask[:, :4, :16] = 0  # the left window's first 64 keys (a whole key tile) invalid, the rest valid
+    if masked_bias > float("-inf"):
+        mask[:, :, 16:] = 0  # and the right window wholly invalid: PyTorch averages its values
+    out, _ = run_emulated(emulated, q, k, v, mask, 1, 16, 0, kernel == "fp16-tensor-cores", masked_bias=masked_bias)
+    ref, _ = reference.window_masked_attention(q.double(), k.double(), v.double(), mask.double(), 1, 16, 0,
+                                               32 ** -0.5, masked_bias)
+    assert torch.isfinite(ref).all() and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]

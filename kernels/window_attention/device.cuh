@@ -11,6 +11,8 @@
 //   values stream through shared memory in tiles of 64, so any window size works.
 #pragma once
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -386,14 +388,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
                 tile_max[r] = fmaxf(tile_max[r], score[n][i]);
             }
         }
-        float correction[2];
+        float correction[2], m_used[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            const float m_new = fmaxf(m[r], tile_max[r]);  // finite: every tile starts with a real key
-            correction[r] = exp2f(m[r] - m_new);
+            // -inf while every key so far is masked with a masked_bias of -inf: exp2f(-inf - -inf) would be NaN
+            const float m_new = fmaxf(m[r], tile_max[r]);
+            correction[r] = m_new == -INFINITY ? 1.f : exp2f(m[r] - m_new);
             m[r] = m_new;
+            m_used[r] = m_new == -INFINITY ? 0.f : m_new;  // those keys' exp2f(-inf - 0) is 0
             l[r] *= correction[r];
         }
 #pragma unroll
@@ -407,7 +411,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) window_attention_tc_kernel(c
         for (int n = 0; n < 8; ++n) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                score[n][i] = exp2f(score[n][i] - m[i >> 1]);
+                score[n][i] = exp2f(score[n][i] - m_used[i >> 1]);
                 l[i >> 1] += score[n][i];
             }
         }
@@ -489,7 +493,11 @@ inline Params make_params(const void* q, const void* k, const void* v, const voi
     p.windows_w = width / window_size;
     p.windows_per_image = (height / window_size) * p.windows_w;
     p.scale_log2 = (scale > 0.f ? scale : 1.f / std::sqrt(float(p.head_dim))) * kLog2e;
-    p.bias_log2 = masked_bias * kLog2e;
+    // A finite masked_bias stays finite in base 2, twice over (region and key bias add): finfo(float32).min times
+    // log2(e) overflowed to -inf, and a window without a valid key then gave NaN where PyTorch gives a mean.
+    p.bias_log2 = std::isfinite(masked_bias)
+                      ? float(std::max(double(masked_bias) * kLog2e, -double(FLT_MAX) / 4))
+                      : masked_bias * kLog2e;
     return p;
 }
 

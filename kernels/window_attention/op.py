@@ -132,7 +132,10 @@ def _kernel(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bia
 @window_masked_attention.register_fake
 def _(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
     check_inputs(q, k, v, mask, num_heads, window_size, shift_size)
-    return torch.empty_like(q), torch.empty_like(mask)
+    # Contiguous, as every real path returns them: empty_like would keep a permuted q's strides, and
+    # torch.compile then failed its stride assertion on the real output.
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(mask.shape, dtype=mask.dtype, device=mask.device))
 
 
 def _reference(q, k, v, mask, num_heads, window_size, shift_size, scale, masked_bias):
