@@ -55,7 +55,10 @@ def library() -> ctypes.CDLL | None:
                 message = f"{path} exists but does not load ({error}); rebuild it (see CMakeLists.txt)"
                 raise EdgestackError(message) from error
             for name, (argtypes, restype) in _SIGNATURES.items():
-                function = getattr(lib, name)
+                function = getattr(lib, name, None)
+                if function is None:  # built from older sources than this checkout's
+                    raise EdgestackError(f"{path} has no {name}: it was built from other sources than these; "
+                                         "rebuild it (cmake --build build)")
                 function.argtypes = argtypes
                 function.restype = restype
             return lib

@@ -146,6 +146,26 @@ def test_op_passes_opcheck(batch, dtype, mask_dtype, compiled):
     assert out.shape == q.shape and mask_out.dtype == mask_dtype
 
 
+def test_a_kernels_library_built_from_other_sources_is_a_clear_error(tmp_path, monkeypatch):
+    import subprocess
+
+    from conftest import host_compiler
+
+    if not host_compiler():
+        pytest.skip("needs a C++ compiler to build a stand-in library")
+    (tmp_path / "old.cpp").write_text('extern "C" int edgestack_window_attention_check() { return 0; }\n')
+    stale = tmp_path / "libedgestack_kernels.so"
+    subprocess.run([host_compiler(), "-shared", "-fPIC", str(tmp_path / "old.cpp"), "-o", str(stale)], check=True)
+    monkeypatch.setenv(loader.ENV_VAR, str(stale))
+    loader.library.cache_clear()
+    try:
+        with pytest.raises(EdgestackError, match="has no edgestack_.*built from other sources than these; rebuild"):
+            loader.library()
+    finally:
+        monkeypatch.undo()
+        loader.library.cache_clear()
+
+
 def test_the_fake_of_a_permuted_query_has_the_real_outputs_strides():
     # q as an NCHW map seen as NHWC: the fake kept q's strides, every real path returns contiguous outputs, and
     # torch.compile failed its stride assertion on the real result.
