@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from pathlib import Path
@@ -254,5 +255,7 @@ def write_image(path: str | Path, image_rgb: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         encoded.tofile(str(path))
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a full disk's cut file is no picture, and nothing refers to it
+            path.unlink(missing_ok=True)
         raise EdgestackError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder with space") \
             from None

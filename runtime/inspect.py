@@ -307,6 +307,7 @@ class RunWriter:
             self.started = time.perf_counter()
             self.new = 0
             self.noted = 0  # lines this session added to skipped.txt: said in the summary, not only there
+            self.notes_lock = threading.Lock()
             self._write_csv(records)
             self.jsonl_file = open(self.jsonl, "ab", buffering=0)  # unbuffered: a failed record is never flushed later
             self.csv_file = open(self.dir / "results.csv", "a", newline="", **TEXT)
@@ -367,10 +368,11 @@ class RunWriter:
 
     def note(self, text: str) -> None:
         """A line in skipped.txt: a side file, so a full disk costs the line, never the run (it is logged)."""
-        self.noted += 1
         try:
-            self.notes.write(text + "\n")
-            self.notes.flush()
+            with self.notes_lock:  # the reader thread notes skipped files, the writer overlays not written
+                self.noted += 1
+                self.notes.write(text + "\n")
+                self.notes.flush()
         except OSError as exc:
             log.warning("skipped.txt in %s not updated (%s): %s", self.dir, exc.strerror or exc, text)
 

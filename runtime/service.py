@@ -142,6 +142,7 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
     metrics = Metrics()
     meta = inspector.engine.meta
     pending = 0  # requests past authentication and not yet answered; only the event loop touches it
+    unrecorded: str | None = None  # why the last verdict could not be recorded; None once one is again
     # One per event loop: an asyncio semaphore belongs to the loop it first waits in, and an app may be served by
     # more than one in turn (an embedder restarting it, test clients).
     semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -171,7 +172,10 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    def health():
+        # A service that cannot record answers every part 500: the line's monitoring must see that here too.
+        if unrecorded is not None:
+            return JSONResponse({"status": "cannot record verdicts", "error": unrecorded}, status_code=503)
         return {"status": "ok", "model": meta["model"]["config"], "backend": inspector.engine.description}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -271,13 +275,16 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             return await reject(500, "engine_error", f"{exc.__class__.__name__}: {exc}", item_id)
         if await request.is_disconnected():  # nobody will hear the verdict: the line treats the part as uninspected
             return await reject(400, "disconnected", "the client disconnected before its verdict was sent", item_id)
+        nonlocal unrecorded
         try:
             await run_in_threadpool(record, result, image, prob)  # on disk before the line hears the verdict
         except Exception as exc:  # no verdict the audit trail lacks: the line treats the part as uninspected
             if not isinstance(exc, EdgestackError):
                 log.exception("recording %s failed", item_id)
             metrics.count("unrecorded")
+            unrecorded = str(exc)
             return JSONResponse({"error": str(exc)}, status_code=500)
+        unrecorded = None
         metrics.count(result["status"], time.perf_counter() - started)
         return result
 

@@ -300,6 +300,10 @@ def open_source(
     until its idle exit; `failed(id)`: whether an item handed out got an ERROR (a file rewritten since is then
     handed out again)."""
     note = note or log.warning
+    video = isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).suffix.lower() in VIDEO_SUFFIXES
+    if max_frames is not None and not (video or is_camera(source)):  # it would be ignored without a word
+        raise EdgestackError(f"max_frames (--max-frames) stops a video or a camera; {source!s:.80} is neither: drop "
+                             "it, or pass a subfolder or glob to inspect fewer images")
     if watch is not None:
         if not Path(source).is_dir():
             raise EdgestackError(f"watch needs a folder; {source} is not one")
@@ -316,7 +320,7 @@ def open_source(
         return _array_items(source, gray_to_rgb, bit_depth)
 
     path = Path(source)
-    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+    if video:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise EdgestackError(f"video {path} could not be opened (corrupt or unsupported codec)")

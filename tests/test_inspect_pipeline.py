@@ -389,6 +389,8 @@ def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspec
         list(inspector.run(tmp_path / "in" / "part000.png", watch=sources.Watch()))
     with pytest.raises(EdgestackError, match="settle >= 0"):
         sources.Watch(settle_s=-1)
+    with pytest.raises(EdgestackError, match=r"max_frames \(--max-frames\) stops a video or a camera"):
+        list(inspector.run(tmp_path / "in", max_frames=3))  # it was ignored without a word
     from edgestack.cli import main
 
     assert main(["inspect", str(tmp_path / "in"), "--bundle", "unused", "--out", str(tmp_path / "r"),
@@ -566,7 +568,11 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         monkeypatch.setattr(os, "fsync", full_disk)
         unrecorded = client.post("/v1/inspect?id=c", content=image)
         assert unrecorded.status_code == 500 and "could not record the result of c" in unrecorded.json()["error"]
+        health = client.get("/health")  # the line's monitoring sees it, not only the part's answer
+        assert health.status_code == 503 and "could not record the result of c" in health.json()["error"]
         monkeypatch.undo()  # the disk has room again: the summary can be written at shutdown
+        assert client.post("/v1/inspect?id=d", content=image).status_code == 200
+        assert client.get("/health").json()["status"] == "ok"
     assert [(r["id"], r["status"]) for r in records(run)][:2] == [("b", "ERROR"), ("a", first["r"].json()["status"])]
     assert "c" not in {r["id"] for r in records(run)}  # answered 500 "not recorded": never a verdict on disk later
     errors = json.loads((run / "summary.json").read_text())["errors"]  # b's retry is its result
