@@ -296,8 +296,7 @@ def save_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) 
 def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
     """The new plan against the portable ONNX on onnxruntime, on one random input at the profile's opt shape."""
     from edgestack.export.parity import compare
-    from edgestack.runtime.bench import random_feed
-    from edgestack.runtime.engine import load
+    from edgestack.runtime.engine import load, random_feed
 
     feed = random_feed(meta["inputs"], sizes)  # integer inputs in range: vglaw's text graph refuses negative ids
     name = meta["outputs"][0]["name"]

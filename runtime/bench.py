@@ -17,7 +17,7 @@ import numpy as np
 
 from edgestack.bundle import axis_problem, read_meta, refuse_several_graphs
 from edgestack.errors import EdgestackError
-from edgestack.runtime.engine import Engine, check_backends, load
+from edgestack.runtime.engine import Engine, check_backends, load, random_feed
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
@@ -42,20 +42,6 @@ def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float
 def random_inputs(engine: Engine, batch: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the right shapes; batch/height/width fill the dynamic axes of those names."""
     return random_feed(engine.inputs, {"batch": batch, "height": height, "width": width}, seed)
-
-
-def random_feed(inputs: list[dict[str, Any]], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """A random feed for meta.json's `inputs`, `sizes` filling their named axes: normal floats, and 0 or 1 for
-    integer inputs (token ids and attention masks: valid for both, and they cost what any id costs)."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in inputs:
-        shape = [d if isinstance(d, int) else sizes[d] for d in spec["shape"]]
-        if np.dtype(spec["dtype"]).kind == "f":
-            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-        else:
-            feed[spec["name"]] = rng.integers(0, 2, shape).astype(spec["dtype"])
-    return feed
 
 
 def check_request(bundle: str | Path, backends: list[str], batches: list[int], sizes: list[tuple[int, int]],

@@ -210,6 +210,20 @@ def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_opti
     return TensorRTBackend(bundle, meta, **tensorrt_options)
 
 
+def random_feed(inputs: list[dict[str, Any]], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """A random feed for meta.json's `inputs`, `sizes` filling their named axes: normal floats, and 0 or 1 for
+    integer inputs (token ids and attention masks: valid for both, and they cost what any id costs)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in inputs:
+        shape = [d if isinstance(d, int) else sizes[d] for d in spec["shape"]]
+        if np.dtype(spec["dtype"]).kind == "f":
+            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
+        else:
+            feed[spec["name"]] = rng.integers(0, 2, shape).astype(spec["dtype"])
+    return feed
+
+
 def load(bundle: str | Path, backend: str = "auto", *, rebuild: bool = False, cuda_graph: bool = False) -> Engine:
     """Load a bundle (sha256 of every file checked) on `backend`; `auto` picks the fastest that works here.
 

@@ -406,7 +406,7 @@ def test_shipped_weights_reach_the_goal_on_held_out_expressions(tmp_path):
 def test_the_random_feed_of_plan_checks_and_benchmarks_is_valid_text_input(bundle):
     """`edgestack build` checks a new plan against onnxruntime on a random feed, and bench times one: negative
     token ids (normal floats cast to int64) were refused, so building the text graph's plan always failed."""
-    from edgestack.runtime.bench import random_feed
+    from edgestack.runtime.engine import random_feed
 
     path, _ = bundle
     text = load(path / "text", backend="onnxruntime")
