@@ -23,8 +23,12 @@ def test_backbone_has_output_stride_8_and_dilation():
     with torch.no_grad():
         _, features = model.backbone(torch.randn(1, 3, 473, 473))
     assert features.shape[-2:] == (60, 60)
-    assert model.backbone.layer4[0].conv1.dilation == (2, 2)  # first block of a dilated stage: half dilation
-    assert model.backbone.layer4[1].conv1.dilation == (4, 4)
+    # Every block of a dilated stage at its dilation, the first one too, as the official PSPNet sets it.
+    assert [block.conv1.dilation for block in model.backbone.layer4] == [(4, 4), (4, 4)]
+    assert model.backbone.layer3[0].conv1.dilation == (2, 2)
+    r50 = PSPNet(**(TINY | {"block": "bottleneck", "layers": (1, 1, 2, 2)}))
+    assert [block.conv2.dilation for block in r50.backbone.layer3] == [(2, 2), (2, 2)]
+    assert [block.conv2.dilation for block in r50.backbone.layer4] == [(4, 4), (4, 4)]
 
 
 def test_training_mode_returns_aux_logits_and_weighted_loss():

@@ -92,8 +92,10 @@ class DilatedResNet(nn.Module):
                 nn.Conv2d(self.inplanes, width * block_cls.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(width * block_cls.expansion),
             )
-        # The first block of a dilated stage uses half the dilation, as in the PSPNet/DeepLab backbones.
-        layers = [block_cls(self.inplanes, width, stride, max(1, dilation // 2), downsample)]
+        # Every block of a dilated stage, its first included, uses the stage's dilation, as the official PSPNet
+        # (hszhao/semseg) sets it: weights ported from there compute what they were trained to (torchvision's
+        # DeepLab backbones halve it in the first block, with the same shapes, so a port would load and differ).
+        layers = [block_cls(self.inplanes, width, stride, dilation, downsample)]
         self.inplanes = width * block_cls.expansion
         layers += [block_cls(self.inplanes, width, 1, dilation, None) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
