@@ -190,7 +190,12 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
             path = bundle / name
             if not path.is_file():
                 raise EdgestackError(f"bundle {bundle} is missing {name}; re-export it")
-            if sha256(path) != expected:
+            try:
+                actual = sha256(path)
+            except OSError as exc:  # another account's export (a CI job, a Dockerfile run as root)
+                raise EdgestackError(f"cannot read bundle file {path} ({exc.strerror or exc}); make the bundle "
+                                     "readable by this account (chmod -R a+rX)") from None
+            if actual != expected:
                 raise EdgestackError(
                     f"bundle file {path} does not match the sha256 recorded in {META} (modified or corrupted); "
                     "re-export the bundle"

@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 import onnxruntime
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from edgestack import __version__
 from edgestack import bundle as bundle_format
@@ -167,7 +167,9 @@ def _write_module(spec, config_name: str, model: torch.nn.Module, weights: dict[
         progress(f"writing {flavour} ONNX ...")
         translations = spec.extras.get("onnx_translations", {}).get(flavour)
         protos[flavour] = onnx_export.to_onnx(program, flavour, folder / filename, inputs, outputs, translations)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / bundle_format.WEIGHTS))
+    # save_file creates its file readable by its owner alone; a bundle is meant to be deployed under another account
+    bundle_format.write_atomic(folder / bundle_format.WEIGHTS,
+                               save({k: v.contiguous() for k, v in model.state_dict().items()}))
 
     skipped = spec.extras.get("parity_skip", {})
     checked = [f for f in ("portable", "plugins") if f not in skipped]

@@ -1,6 +1,7 @@
 """End to end on pspnet-r18: export both flavours, parity at 473x473 and 375x500, runtime, CLI, bench."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -159,6 +160,24 @@ def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
         load(copy)
     with pytest.raises(EdgestackError, match="not an edgestack bundle"):
         load(tmp_path / "nothing-here")
+
+
+def test_a_bundle_is_readable_by_the_accounts_that_deploy_it(bundle, monkeypatch):
+    # safetensors' save_file made weights.safetensors readable by its owner alone, and every load hashes every
+    # file: a bundle exported by CI, or by root in a Dockerfile, loaded for no other account, on any backend.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in bundle.iterdir():
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+    def unreadable(path):  # as an account without read permission finds it (root reads anything)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundle_format, "sha256", unreadable)
+    with pytest.raises(EdgestackError, match=r"cannot read bundle file .* \(Permission denied\); make the bundle "
+                                             r"readable by this account \(chmod -R a\+rX\)"):
+        load(bundle)
 
 
 @pytest.mark.parametrize("edit, message", [

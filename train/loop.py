@@ -384,13 +384,13 @@ def train(
 def ship_weights(checkpoint: str | Path, out: str | Path, card: dict[str, Any]) -> Path:
     """Write a training checkpoint's weights as fp16 .safetensors (half the size; the model loads them into
     fp32) plus a json card beside it with the training config, `card` (e.g. held-out metrics) and history."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["state_dict"].items()}
-    save_file(tensors, str(out))
+    write_atomic(out, save(tensors))  # save_file makes it readable by its owner alone
     info = {"config": state["config"], "epoch": state["epoch"], "training": state["args"], "val": state["metrics"],
             "history": [{k: h[k] for k in ("epoch", "loss", "seconds")} | {"val": h["val"]}
                         for h in state["history"]]} | card
