@@ -81,6 +81,10 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     """Load `state` into `model` strictly; on any mismatch raise one error listing every bad key."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = model.state_dict()
+    # BatchNorm's step counters steer training momentum only; converters and float-only exports drop them, and
+    # PyTorch's own strict load takes such a state dict. The model keeps its own.
+    counters = {k: expected[k] for k in set(expected) - set(state) if k.endswith(".num_batches_tracked")}
+    state = state | counters
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(
