@@ -3,8 +3,8 @@ drive them (kernels/common/plugin_check.cpp): fields typed as the parser types O
 shapes, format combinations, contract violations refused with a logged message, workspace, serialization round
 trip. No GPU and no libnvinfer are needed; no kernel runs (the GPU tests cover the kernels).
 
-CI builds one plugin library per TensorRT header set in build-trt-<version>/ (.ci/build_kernels.sh), and one
-with the host code under ASan and UBSan (build-trt-v10.16-sanitized/); each is checked here with the check
+CI builds one plugin library per TensorRT header set in ci-trt-<version>/ (.ci/build_kernels.sh), and one
+with the host code under ASan and UBSan (ci-trt-v10.16-sanitized/); each is checked here with the check
 program built against the same headers and flags.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILDS = sorted(p.parent for p in ROOT.glob("build*/edgestack_trt_plugin_check"))
+BUILDS = sorted(check.parent for folders in ("build*", "ci-trt-*")
+                for check in ROOT.glob(f"{folders}/edgestack_trt_plugin_check"))
 
 
 @pytest.mark.skipif(not BUILDS, reason="no plugin library built against TensorRT headers here "
