@@ -232,10 +232,11 @@ def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image"
 
 
 def palette(num_classes: int) -> np.ndarray:
-    """A fixed, well-spread RGB colour per class (golden-ratio hues)."""
+    """A fixed, well-spread RGB colour per class (golden-ratio hues), converted in float: OpenCV's 8-bit HSV has
+    180 hues, where 5 of ADE20K's 150 classes shared their colour with another."""
     hues = (np.arange(num_classes) * 0.618033988749895) % 1.0
-    hsv = np.stack([hues * 179, np.full(num_classes, 200), np.full(num_classes, 230)], axis=1).astype(np.uint8)
-    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+    hsv = np.stack([hues * 360, np.full(num_classes, 200 / 255), np.full(num_classes, 230 / 255)], axis=1)
+    return (cv2.cvtColor(hsv[None].astype(np.float32), cv2.COLOR_HSV2RGB)[0] * 255 + 0.5).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, class_map: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:

@@ -158,3 +158,11 @@ def test_files_are_read_upright_as_a_viewer_shows_them(orientation, fmt, tmp_pat
     shown_mask = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO((tmp_path / "mask").read_bytes())))) > 127
     assert np.array_equal(read_mask(tmp_path / "mask") > 0, shown_mask)
     assert np.array_equal(read_hole_mask(tmp_path / "mask", shown.shape[:2]), ~shown_mask)
+
+
+def test_every_class_of_ade20k_has_its_own_overlay_colour():
+    from edgestack.runtime.images import palette
+
+    for classes in (5, 150, 256):
+        colours = palette(classes)
+        assert colours.dtype == np.uint8 and len({tuple(c) for c in colours}) == classes
