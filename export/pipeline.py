@@ -212,8 +212,9 @@ def _graphs_meta(spec, config_name: str, weights: dict[str, Any], metas: dict[st
                  extra_files: dict[str, str]) -> dict[str, Any]:
     """meta.json of a multi-graph bundle: the graphs' folders (each a bundle) and the files they share."""
     cfg = spec.configs[config_name]
-    # Each sub-bundle's meta.json lists the sha256 of its own files, so hashing the meta covers the whole graph.
-    files = {f"{name}/{bundle_format.META}": bundle_format.sha256(folder / name / bundle_format.META) for name in metas}
+    # The graphs' exported files, by their path: a sub-bundle from another export is caught, and a sub-bundle's
+    # meta.json may still change where its files stay (`edgestack build SUB` adds a plan and records it there).
+    files = {f"{name}/{file}": sha for name, meta in metas.items() for file, sha in meta["files"].items()}
     return {
         "schema_version": bundle_format.SCHEMA_VERSION,
         "model": {"name": spec.name, "config": config_name, "task": spec.task, "settings": cfg},

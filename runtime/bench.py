@@ -99,6 +99,11 @@ def bench_bundle(
     return records
 
 
+def shown_backend(record: dict[str, Any]) -> str:
+    """The backend as tables and plots name it: `auto` runs beside the one it chose are told apart."""
+    return record["backend"] + (f" ({record['requested']})" if "requested" in record else "")
+
+
 def speedups(records: list[dict[str, Any]], baseline: str = "torch") -> list[dict[str, Any]]:
     """Median-latency ratio baseline / backend for each case both ran."""
     def key(r):
@@ -106,7 +111,7 @@ def speedups(records: list[dict[str, Any]], baseline: str = "torch") -> list[dic
 
     base = {key(r): r["median_ms"] for r in records if r["backend"] == baseline and "median_ms" in r}
     return [
-        {"model": r["model"], "backend": r["backend"], "batch": r["batch"], "height": r["height"],
+        {"model": r["model"], "backend": shown_backend(r), "batch": r["batch"], "height": r["height"],
          "width": r["width"], "speedup_vs_" + baseline: base[key(r)] / r["median_ms"]}
         for r in records
         if r["backend"] != baseline and "median_ms" in r and key(r) in base
@@ -121,11 +126,11 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         if "error" in r:
             size = f"{r['height']}x{r['width']}" if "height" in r else ""
-            lines.append(f"| {r['model']} | {r['backend']} | {r.get('device', '')} | {r.get('batch', '')} | {size} | "
-                         f"failed: {r['error'][:120]} | | | |")
+            lines.append(f"| {r['model']} | {shown_backend(r)} | {r.get('device', '')} | {r.get('batch', '')} | "
+                         f"{size} | failed: {r['error'][:120]} | | | |")
             continue
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['device']} | {r['batch']} | {r['height']}x{r['width']} | "
+            f"| {r['model']} | {shown_backend(r)} | {r['device']} | {r['batch']} | {r['height']}x{r['width']} | "
             f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} |"
         )
     return "\n".join(lines)
@@ -165,8 +170,8 @@ def write_results(records: list[dict[str, Any]], out_dir: str | Path, title: str
                         f"onnxruntime {env['onnxruntime']}{how}\n\n{markdown_table(records)}\n")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ok = [r for r in records if "median_ms" in r]
-    for model, backend in dict.fromkeys((r["model"], r["backend"]) for r in ok):
-        rows = [r for r in ok if (r["model"], r["backend"]) == (model, backend)]
+    for model, backend in dict.fromkeys((r["model"], shown_backend(r)) for r in ok):
+        rows = [r for r in ok if (r["model"], shown_backend(r)) == (model, backend)]
         labels = [f"b{r['batch']} {r['height']}x{r['width']}" for r in rows]
         ax.plot(labels, [r["median_ms"] for r in rows], marker="o", label=f"{model} {backend}")
     ax.set_yscale("log")

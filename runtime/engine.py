@@ -200,7 +200,9 @@ def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_opti
         recorded(bundle_format.PORTABLE_ONNX, "re-export the bundle")
         return OnnxRuntimeBackend(bundle, meta)
     if name == "onnxruntime-int8":
-        recorded(bundle_format.INT8_ONNX, f"create it with `edgestack quantize {bundle}`")
+        recorded(bundle_format.INT8_ONNX, "one graph of a multi-graph model has no int8 form (calibration draws image "
+                 "inputs only); run it in fp32 or fp16" if meta["model"].get("graph") else
+                 f"create it with `edgestack quantize {bundle}`")
         return OnnxRuntimeBackend(bundle, meta, filename=bundle_format.INT8_ONNX, name=name)
     if name in ("torch", "torch-compiled"):
         recorded(bundle_format.WEIGHTS, "re-export the bundle")

@@ -267,7 +267,9 @@ def test_bench_writes_json_markdown_and_plot(bundle, tmp_path):
     for r in rows:
         assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] == 3 and r["warmup"] == 1
     table = (out / "latency.md").read_text()
-    assert "| onnxruntime |" in table and "1 warm-up and 3 timed runs per case" in table
+    assert "1 warm-up and 3 timed runs per case" in table
+    assert "| onnxruntime (auto) |" in table  # told apart from an onnxruntime run asked for by name
+    assert {s["backend"] for s in data["speedups"]} == {"onnxruntime (auto)"}
     failed = {"model": "m", "backend": "tensorrt", "device": "cuda", "batch": 2, "height": 97, "width": 131,
               "error": "RuntimeError: out of memory"}
     assert "| m | tensorrt | cuda | 2 | 97x131 | failed: RuntimeError: out of memory |" in markdown_table([failed])

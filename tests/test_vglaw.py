@@ -302,6 +302,26 @@ def test_two_graph_bundle_parity_and_layout(bundle):
         load(path)
 
 
+def test_a_plan_added_to_a_sub_bundle_keeps_the_bundle_whole(bundle, tmp_path):
+    """`edgestack build BUNDLE/text`, as build, doctor and the auto backend advise, rewrites text/meta.json: the
+    parent recorded that file's sha256, so the whole bundle was then refused as corrupted."""
+    from edgestack import bundle as bundle_format
+
+    path, _ = bundle
+    copy = tmp_path / "vglaw"
+    shutil.copytree(path, copy)
+    text = bundle_format.read_meta(copy / "text")
+    text["tensorrt"] = {"source": "model.plugins.onnx", "precision": "fp16"}  # as build_engine records a plan
+    bundle_format.replace_files(copy / "text", text, {bundle_format.PLAN: b"a plan built on a GPU"})
+    bundle_format.read_meta(copy, verify=True)
+    assert Grounder(copy, backend="onnxruntime").ground(np.zeros((64, 64, 3), np.uint8), ["the stain"])
+    (copy / "vision" / "weights.safetensors").write_bytes(b"another export's")  # still caught from the parent
+    with pytest.raises(EdgestackError, match="vision/weights.safetensors does not match the sha256"):
+        bundle_format.read_meta(copy, verify=True)
+    with pytest.raises(EdgestackError, match="has no int8 form"):  # not "create it with edgestack quantize"
+        load(copy / "text", backend="onnxruntime-int8")
+
+
 def test_a_re_export_refuses_to_delete_what_was_put_in_a_sub_bundle(bundle, tmp_path):
     # `edgestack bench` writes into a sub-bundle (as its refusal of the top folder says); a re-export deleted that
     # and fine-tuned weights kept beside a graph, where the same files at the top were refused.
