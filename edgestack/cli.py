@@ -330,6 +330,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise EdgestackError("--bf16 applies to defectseg only; drop it for vglaw and the detector")
     if args.bit_depth is not None and grounding:
         raise EdgestackError("--bit-depth applies to camera folders; vglaw trains on its synthetic set only")
+    if args.init is not None and grounding:  # it was accepted and the run trained from random weights
+        raise EdgestackError("--init applies to defectseg; vglaw trains from scratch (or goes on with --resume)")
     defaults = ({"batch_size": 32, "lr": 4e-4, "synthetic_count": 6000} if grounding else
                 {"batch_size": 16, "lr": 2e-3, "synthetic_count": 3000})
     for name, value in defaults.items():
@@ -392,9 +394,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.bundle:
             raise EdgestackError(f"--bundle evaluation is for defectseg bundles; evaluate {args.model} with "
                                  "--checkpoint")
-        if args.tiled or args.target_recall is not None or args.rules_out or args.rules or args.bit_depth is not None:
-            raise EdgestackError(f"--tiled, --rules, --target-recall, --rules-out and --bit-depth are for defectseg, "
-                                 f"not {args.model}")
+        if args.tiled or args.target_recall is not None or args.rules_out or args.rules or args.bit_depth is not None \
+                or args.threshold is not None or args.min_area is not None or args.backend != "auto":
+            raise EdgestackError(f"--tiled, --rules, --target-recall, --rules-out, --bit-depth, --threshold, "
+                                 f"--min-area and --backend are for defectseg, not {args.model}")
+        if args.size is not None and _is_grounding(args.model, args.config):
+            raise EdgestackError("--size is not for vglaw: it is evaluated at its graph's own size")
     if _is_detector(args.model, args.config):
         from edgestack.train.detection import eval_command
 
@@ -402,7 +407,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise EdgestackError(f"detector evaluation reads the held-out synthetic set; pass --data synthetic, "
                                  f"not {args.data!r}")
         results, path = eval_command(args.model, args.config, args.checkpoint, args.out or
-                                     f"runs/eval-{args.config or args.model}", args.size, args.count, args.threads)
+                                     f"runs/eval-{args.config or args.model}", args.size or 256, args.count,
+                                     args.threads)
         print(f"{results['config']}: {_map_text(results)} on {results['images']} held-out images ({results['boxes']} "
               f"boxes); harmony {results['harmony']}; wrote {path}")
         return
@@ -419,7 +425,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return
     results, paths = evaluate_defects(args.model, args.config, args.data, args.checkpoint, args.out,
-                                      args.size, args.count, args.min_area, args.threads,
+                                      args.size or 256, args.count, args.min_area, args.threads,
                                       threshold=args.threshold, bundle=args.bundle, backend=args.backend,
                                       tiled=args.tiled, target_recall=args.target_recall, rules_out=args.rules_out,
                                       rules=args.rules, bit_depth=args.bit_depth)
@@ -435,6 +441,9 @@ def cmd_ground(args: argparse.Namespace) -> None:
         refuse_writing_over_inputs([Path(args.out)], {"--image": args.image})
     grounder = Grounder(args.bundle, backend=args.backend)
     print(f"backend: {grounder.description}", file=sys.stderr)
+    if grounder.meta["weights"]["random"]:  # confident boxes from random weights (vglaw-s-static ships none)
+        print("warning: this bundle has random weights; its boxes and masks mean nothing. Export with --checkpoint",
+              file=sys.stderr)
     rgb = read_image(args.image, args.gray_to_rgb, args.bit_depth)
     results = grounder.ground(rgb, args.text)  # logs prompt warnings
     if args.out:
@@ -628,9 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="defectseg: evaluate this exported bundle instead of a checkpoint, as deployed")
     p.add_argument("--backend", default="auto", help="with --bundle: onnxruntime, onnxruntime-int8, tensorrt, ...")
     p.add_argument("--out", help="results folder (default: runs/eval-CONFIG)")
-    p.add_argument("--size", type=positive(int), default=256,
-                   help="images are resized to SIZE x SIZE for the model (multiple of 32); probabilities go back to "
-                        "mask size")
+    p.add_argument("--size", type=positive(int),
+                   help="images are resized to SIZE x SIZE for the model (multiple of 32; default 256); "
+                        "probabilities go back to mask size")
     p.add_argument("--count", type=positive(int), default=400,
                    help="held-out samples with --data synthetic (vglaw: test expressions)")
     p.add_argument("--threshold", type=float, help="NG rule: pixels with prob >= this are defect (default 0.5; "

@@ -8,6 +8,7 @@ miss the cache) and each frame costs one vision-graph run per prompt — all pro
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,8 @@ class Grounder:
     """`Grounder(bundle)(image, "the long scratch near the top left")` -> Grounding."""
 
     def __init__(self, bundle: str | Path, backend: str = "auto", cache_size: int = 256):
+        meta = bundle_format.read_meta(bundle, verify=True)  # first: it says what a bundle is when given another type
         self.bundle = Path(bundle)
-        meta = bundle_format.read_meta(self.bundle, verify=True)
         if meta["model"].get("task") != "grounding":
             raise EdgestackError(f"{self.bundle} is a {meta['model'].get('task')} bundle, not a grounding one; "
                                  "export one with `edgestack export vglaw`")
@@ -58,6 +59,7 @@ class Grounder:
         self.threshold = float(meta["postprocess"]["mask_threshold"])
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_lock = threading.Lock()  # one Grounder, many threads: an entry evicted between look and read
         self.cache_hits = self.cache_misses = 0
 
     @property
@@ -71,16 +73,19 @@ class Grounder:
         for warning in prompt.warnings:
             log.warning("prompt %r: %s", text, warning)
         key = prompt.ids.tobytes()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self.cache_hits += 1
-            return prompt, *self._cache[key], True
-        self.cache_misses += 1
-        out = self.text_engine(prompt.ids[None], prompt.attention_mask[None])
+        with self._cache_lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return prompt, *entry, True
+            self.cache_misses += 1
+        out = self.text_engine(prompt.ids[None], prompt.attention_mask[None])  # outside the lock: it takes time
         entry = (out["phi"], out["text_feature"])
-        self._cache[key] = entry
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[key] = entry
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return prompt, *entry, False
 
     def preprocess(self, image: ImageLike, gray_to_rgb: bool = False,

@@ -390,6 +390,26 @@ def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
         capsys.readouterr().err
     with pytest.raises(EdgestackError, match="prompts must be a string or a list of strings, got int"):
         Grounder(path, backend="onnxruntime").ground(sample.image, 5)
+    with pytest.raises(EdgestackError, match="a bundle is the path of its folder"):  # not a bare TypeError
+        Grounder(None)
+    # Options vglaw has no use for were accepted and ignored: refused, as --init was (it trained from scratch).
+    for ignored in (["--threshold", "0.9"], ["--min-area", "500"], ["--size", "512"], ["--backend", "tensorrt"]):
+        assert main(["eval", "vglaw", "--data", "synthetic", "--count", "1", *ignored]) == 2
+        assert re.search(r"not (for )?vglaw", capsys.readouterr().err)
+    assert main(["train", "vglaw", "--data", "synthetic", "--epochs", "1", "--init", "shipped",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "--init applies to defectseg" in capsys.readouterr().err
+    assert main(["eval", "vglaw", "--data", "synthetic", "--count", "1", "--out", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "one" / "examples.png").is_file()  # one example: a traceback, and an odd count lost its last
+    capsys.readouterr()
+    from edgestack import bundle as bundle_format
+
+    random = tmp_path / "random"  # vglaw-s-static ships no weights: its confident boxes mean nothing
+    shutil.copytree(path, random)
+    bundle_format.write_meta(random, bundle_format.read_meta(random) | {"weights": {"random": True, "seed": 0}})
+    assert main(["ground", "--bundle", str(random), "--image", str(tmp_path / "frame.png"), "--text", "dent",
+                 "--backend", "onnxruntime"]) in (0, None)
+    assert "warning: this bundle has random weights" in capsys.readouterr().err
     # A 12-bit camera frame stored as 16-bit: refused without --bit-depth (the refusal names it), grounded with it
     # as its 8-bit original is.
     cv2.imwrite(str(tmp_path / "frame12.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR).astype(np.uint16) * 16)

@@ -222,7 +222,9 @@ def examples_grid(samples, predictions: dict[str, np.ndarray], path: Path, count
         mask = cv2.resize((predictions["probs"][i] >= MASK_THRESHOLD).astype(np.uint8) * 255, (cell, cell),
                           interpolation=cv2.INTER_NEAREST)
         tiles.append(np.hstack([shown, np.repeat(mask[:, :, None], 3, axis=2)]))
-    rows = [np.hstack(tiles[i:i + 2]) for i in range(0, len(tiles) - 1, 2)]
+    if len(tiles) % 2:  # an odd count: the last example beside a blank tile, not dropped (one alone gave no row)
+        tiles.append(np.zeros_like(tiles[-1]))
+    rows = [np.hstack(tiles[i:i + 2]) for i in range(0, len(tiles), 2)]
     write_image(path, np.vstack(rows))
 
 
