@@ -181,6 +181,17 @@ def test_bad_inputs(edge_pair, tmp_path):
         load_checkpoint(target, str(tmp_path / "g512.pth"))
 
 
+def test_the_paper_generator_at_256_px_has_its_own_config(tmp_path):
+    # The official CelebA-HQ 256 model has mat-512's width at 256 px: neither mat-512 nor mat-edge took it.
+    spec, _ = resolve("mat-256")
+    small, large = (spec.build(spec.configs[name]) for name in ("mat-256", "mat-512"))
+    assert spec.configs["mat-256"]["resolution"] == 256 and small.cfg.dim == large.cfg.dim
+    torch.save(small.state_dict(), tmp_path / "g256.pth")
+    load_checkpoint(spec.build(spec.configs["mat-256"]), str(tmp_path / "g256.pth"))
+    with pytest.raises(EdgestackError, match="mat-256 for the official CelebA-HQ 256 one"):
+        load_checkpoint(large, str(tmp_path / "g256.pth"))
+
+
 def module_record(cls, **state):
     record = cls()
     record.__dict__.update({"_modules": {}, "_parameters": {}, "_buffers": {}} | state)

@@ -31,6 +31,8 @@ from edgestack.models.registry import AxisRange, ModelSpec, TensorSpec, register
 CONFIGS: dict[str, dict[str, Any]] = {
     # The paper's generator (Places/CelebA-HQ 512): 61.56M parameters; loads the official G_ema weights.
     "mat-512": asdict(MATConfig()),
+    # The same generator at 256 px: the official CelebA-HQ 256 model ("specify resolution 256") loads here.
+    "mat-256": asdict(MATConfig(resolution=256)),
     # Edge/CPU size, for tests and Jetson-class devices: 256 px, dim 60 / 6 heads, 2 blocks per stage,
     # 8x8 windows, a 128-d latent and an eighth-width Conv-U-Net (nf <= 64); 2.0M parameters, ~0.5 s per
     # image on 2 CPU cores (eager). Random weights unless trained.

@@ -156,7 +156,7 @@ def read_pickle(path: str | Path) -> dict[str, torch.Tensor]:
     if not tensors:
         found = ", ".join(map(str, root)) if isinstance(root, dict) else type(root).__name__
         raise EdgestackError(f"checkpoint {path} holds no 'G_ema' generator (found: {found}); pass a MAT "
-                             "network pickle such as Places_512_FullData_G.pkl")
+                             "network pickle such as Places_512_FullData.pkl")
     return tensors
 
 
@@ -188,4 +188,5 @@ def _check_resolution(model: torch.nn.Module, state: dict[str, torch.Tensor], pa
     have, want = resolution(state), resolution(model.state_dict())
     if have is not None and want is not None and have != want:
         raise EdgestackError(f"checkpoint {path} is for {have}x{have} images but this MAT config is {want}x{want}; "
-                             "pick the config that matches the checkpoint (e.g. mat-512 for the official models)")
+                             "pick the config that matches the checkpoint (mat-512 for the official 512 models, "
+                             "mat-256 for the official CelebA-HQ 256 one)")
