@@ -3,9 +3,10 @@
 Mask convention (as the official MAT): white (255, or 1.0) = keep, black (0) = hole to fill. Pass
 `invert_mask=True` (`--invert-mask`) for masks drawn the other way round (white = hole).
 
-MAT runs at its fixed resolution R: the image is padded (by reflection) to multiples of R, every R x R
-tile that holds a hole is inpainted, and the result is cropped back. Pixels outside the hole are always
-the input's own.
+MAT runs at its fixed resolution R: each hole region is inpainted in an R x R window around it with context
+on every side (regions that fit together share one; a region too large for one is inpainted in a window of its
+own size, shrunk to R and back), the image padded by reflection where a window passes its edge. Pixels outside
+the hole are always the input's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
@@ -88,33 +90,82 @@ def inpaint(
         raise EdgestackError(f"{name} is {width}x{height}; inpainting needs at least {MIN_SIDE}x{MIN_SIDE}")
     hole = read_hole_mask(mask, (height, width), invert_mask)
     res = meta["default_size"][0]
-    pad_h, pad_w = -height % res, -width % res
-    padded = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
-    # The hole is mirrored with the image: what lies under a hole at the right or bottom edge is reflected into
-    # the padding, and must not be context there.
-    padded_hole = cv2.copyMakeBorder(hole.astype(np.uint8), 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101) > 0
-    tiles = [(y, x) for y in range(0, height + pad_h, res) for x in range(0, width + pad_w, res)
-             if padded_hole[y : y + res, x : x + res].any()]
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
+    windows = hole_windows(stats[1:], res, res // 8, (height, width))
+    # Padded by reflection so every window lies inside; the hole is mirrored with the image: what lies under a
+    # hole at an edge is reflected into the padding, and must not be context there.
+    top = max(0, -min(y for y, _, _, _ in windows))
+    left = max(0, -min(x for _, x, _, _ in windows))
+    bottom = max(0, max(y + side for y, _, side, _ in windows) - height)
+    right = max(0, max(x + side for _, x, side, _ in windows) - width)
+    padded = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+    padded_hole = cv2.copyMakeBorder(hole.astype(np.uint8), top, bottom, left, right, cv2.BORDER_REFLECT_101) > 0
+    padded_labels = cv2.copyMakeBorder(labels, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
     weights = load_file(str(engine.bundle / bundle_format.WEIGHTS))
     settings = meta["model"]["settings"]
     pre, post = meta["preprocess"], meta["postprocess"]
     batch = meta["axes"]["batch"]["max"]
     out = padded.copy()
-    for start in range(0, len(tiles), batch):
-        group = tiles[start : start + batch]
-        crops = np.stack([padded[y : y + res, x : x + res] for y, x in group]).astype(np.float32)
-        keep = np.stack([~padded_hole[y : y + res, x : x + res] for y, x in group]).astype(np.float32)
-        extras = seeded_inputs(settings, weights, len(group), seed, noise_mode)
+    for start in range(0, len(windows), batch):
+        group = [(y + top, x + left, side, members) for y, x, side, members in windows[start : start + batch]]
+        crops, keeps = [], []
+        for y, x, side, _ in group:
+            crop, unknown = padded[y : y + side, x : x + side], padded_hole[y : y + side, x : x + side]
+            if side != res:  # a hole wider than a window's context: its surroundings, shrunk to MAT's size
+                crop = cv2.resize(crop, (res, res), interpolation=cv2.INTER_AREA)
+                unknown = cv2.resize(unknown.astype(np.float32), (res, res), interpolation=cv2.INTER_AREA) > 0
+            crops.append(crop)
+            keeps.append(~unknown)
+        # Each window's random inputs come from the seed and where it is: a region's fill does not depend on
+        # holes elsewhere in the image, nor on which batch it shares.
+        draws = [seeded_inputs(settings, weights, 1, window_seed(seed, y - top, x - left, side), noise_mode)
+                 for y, x, side, _ in group]
         result = engine(
-            image=(crops * pre["scale"] + pre["offset"]).transpose(0, 3, 1, 2),
-            mask=keep[:, None],
-            **{name: t.numpy() for name, t in extras.items()},
+            image=(np.stack(crops).astype(np.float32) * pre["scale"] + pre["offset"]).transpose(0, 3, 1, 2),
+            mask=np.stack(keeps).astype(np.float32)[:, None],
+            **{name: torch.cat([draw[name] for draw in draws]).numpy() for name in draws[0]},
         )[post["output"]]
         result = np.clip(result.transpose(0, 2, 3, 1) * post["scale"] + post["offset"], *post["clip"])
-        for (y, x), tile in zip(group, result):
-            fill = padded_hole[y : y + res, x : x + res]
-            out[y : y + res, x : x + res][fill] = (tile[fill] + 0.5).astype(np.uint8)
-    return rgb, out[:height, :width], hole
+        for (y, x, side, members), tile in zip(group, result):
+            if side != res:
+                tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_CUBIC)
+            fill = np.isin(padded_labels[y : y + side, x : x + side], members)
+            out[y : y + side, x : x + side][fill] = (np.clip(tile[fill], 0, 255) + 0.5).astype(np.uint8)
+    return rgb, out[top : top + height, left : left + width], hole
+
+
+def hole_windows(boxes: np.ndarray, res: int, margin: int,
+                 shape: tuple[int, int]) -> list[tuple[int, int, int, list[int]]]:
+    """(top, left, side, hole labels) of square windows around the hole regions (`boxes`: x, y, w, h per region,
+    label = index + 1), each holding whole regions with `margin` px of context around them: regions that fit in one
+    MAT window together share it, and a region too large for one gets a window of its own size, shrunk to MAT's.
+    Windows stay inside the image (`shape`: height, width) where it is large enough, so their context is the
+    image's own rather than its reflection. A grid of fixed tiles cut holes apart (a seam where the fills met) and
+    fed a tile inside a hole no context."""
+    groups: list[list] = []  # [x0, y0, x1, y1, labels]
+    for label in np.argsort(-boxes[:, 4]) + 1:  # the largest regions first
+        x, y, w, h = (int(v) for v in boxes[label - 1, :4])
+        for group in groups:
+            x0, y0, x1, y1 = min(group[0], x), min(group[1], y), max(group[2], x + w), max(group[3], y + h)
+            if max(x1 - x0, y1 - y0) + 2 * margin <= res:
+                group[:4] = [x0, y0, x1, y1]
+                group[4].append(int(label))
+                break
+        else:
+            groups.append([x, y, x + w, y + h, [int(label)]])
+    def inside(start: int, side: int, size: int) -> int:  # or centred on the image, where it is smaller
+        return min(max(start, 0), size - side) if size >= side else (size - side) // 2
+
+    windows = []
+    for x0, y0, x1, y1, members in groups:
+        side = max(res, max(x1 - x0, y1 - y0) + 2 * margin)
+        windows.append((inside((y0 + y1) // 2 - side // 2, side, shape[0]),
+                        inside((x0 + x1) // 2 - side // 2, side, shape[1]), side, members))
+    return windows
+
+
+def window_seed(seed: int, top: int, left: int, side: int) -> int:
+    return int(np.random.SeedSequence([seed, top % 2**32, left % 2**32, side]).generate_state(1)[0])
 
 
 def side_by_side(image: np.ndarray, hole: np.ndarray, result: np.ndarray) -> np.ndarray:
