@@ -124,6 +124,24 @@ def test_official_pickle_loads_without_running_its_source(edge_pair, persistence
     assert not marker.exists()
 
 
+def test_an_official_pickle_may_hold_tensors_this_mat_does_not_have(edge_pair, persistence, tmp_path, caplog):
+    # The official loader requires every tensor of the model and ignores the others (released pickles may carry
+    # buffers of an earlier internal version); a .pth is ours, and stays strict.
+    import copy
+
+    target, source = edge_pair
+    older = copy.deepcopy(source)
+    older.synthesis.register_buffer("relative_position_index", torch.zeros(4, dtype=torch.long))
+    write_snapshot(tmp_path / "older.pkl", older, persistence, tmp_path / "ran.txt")
+    info = load_checkpoint(target, str(tmp_path / "older.pkl"))
+    assert info["ignored_tensors"] == ["synthesis.relative_position_index"]
+    assert "ignoring 1 tensor(s) this MAT does not have" in caplog.text
+    assert all(torch.equal(target.state_dict()[key], value) for key, value in source.state_dict().items())
+    torch.save(older.state_dict(), tmp_path / "older.pth")
+    with pytest.raises(EdgestackError, match="unexpected keys \\(1\\): synthesis.relative_position_index"):
+        load_checkpoint(target, str(tmp_path / "older.pth"))
+
+
 def test_malicious_pickle_is_refused_without_side_effects(edge_pair, tmp_path):
     marker = tmp_path / "pwned.txt"
 

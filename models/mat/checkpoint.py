@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 
 from edgestack.errors import EdgestackError
 from edgestack.models.checkpoints import apply_state_dict, read_state_dict
+
+log = logging.getLogger(__name__)
 
 
 class Placeholder:
@@ -173,7 +176,18 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> dict[str, Any]:
         raise EdgestackError(f"checkpoint {path}: unknown format {file.suffix!r}; use .pkl (official MAT), "
                              ".pth/.pt or .safetensors")
     _check_resolution(model, state, path)
-    return apply_state_dict(model, state, str(path)) | {"format": file.suffix.lstrip(".")}
+    ignored = []
+    if file.suffix == ".pkl":
+        # As the official loader (copy_params_and_buffers, require_all): every tensor of the model must be there,
+        # and others are ignored. Released pickles may carry buffers of an earlier internal version.
+        expected = model.state_dict().keys()
+        ignored = sorted(key for key in state if key.removeprefix("module.") not in expected)
+        if ignored:
+            log.warning("checkpoint %s: ignoring %d tensor(s) this MAT does not have, as the official loader does: %s",
+                        path, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
+            state = {key: value for key, value in state.items() if key not in ignored}
+    return apply_state_dict(model, state, str(path)) | {"format": file.suffix.lstrip(".")} | (
+        {"ignored_tensors": ignored} if ignored else {})
 
 
 DECODER_BLOCK = re.compile(r"synthesis\.dec\.Dec_\d+x(\d+)\.")  # a decoder block's key: its output size
