@@ -64,8 +64,9 @@ def read_hole_mask(mask: ImageLike, shape: tuple[int, int], invert: bool = False
         raise EdgestackError(f"{name} has dtype {mask.dtype}; use uint8 0..255 or float 0/1")
     hole = keep if invert else ~keep
     if not hole.any():
-        raise EdgestackError(f"{name} has no hole (nothing to fill); 0 = hole, or pass --invert-mask if white "
-                             "marks the hole")
+        raise EdgestackError(f"{name} has no hole (nothing to fill); " + (
+            "with --invert-mask white marks the hole: drop it if black does" if invert else
+            "0 = hole, or pass --invert-mask if white marks the hole"))
     if hole.all():
         raise EdgestackError(f"{name} marks the whole image as hole; MAT needs some known pixels as context")
     return hole

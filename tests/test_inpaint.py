@@ -123,6 +123,8 @@ def test_mask_conventions():
     labels = (keep > 0).astype(np.uint8)  # a 0/1 label PNG: read as 0 = hole, 1 = keep, not as nearly all hole
     assert np.array_equal(read_hole_mask(labels, (64, 64)), keep == 0)
     assert np.array_equal(read_hole_mask(labels, (64, 64), invert=True), keep > 0)
+    with pytest.raises(EdgestackError, match="with --invert-mask white marks the hole: drop it"):
+        read_hole_mask(np.zeros((64, 64), np.uint8), (64, 64), invert=True)  # not "pass --invert-mask" again
 
 
 def test_a_mask_drawn_in_its_alpha_channel_is_refused_by_name(tmp_path):
