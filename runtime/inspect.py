@@ -154,8 +154,12 @@ class Inspector:
             raise EdgestackError("the run folder is an empty path; give a folder (or None for no run folder)")
         if run_dir and isinstance(source, (str, Path)) and not Path(source).is_file() \
                 and not is_camera(source):  # a folder or a glob
-            root = source_root(source).resolve()
-            if root in [Path(run_dir).resolve(), *Path(run_dir).resolve().parents]:
+            root, run = source_root(source).resolve(), Path(run_dir).resolve()
+            # A folder is walked whole; a glob without ** matches files at its own depth only (`*.png` never reaches
+            # runs/line3/overlays/).
+            pattern = Path(source).parts[len(source_root(source).parts):]
+            reaches = Path(source).is_dir() or "**" in pattern or len(pattern) > len(run.parts) - len(root.parts)
+            if root in [run, *run.parents] and reaches:
                 raise EdgestackError(f"run folder {run_dir} is inside the source {source}: its overlays would be "
                                      "inspected as new images; put --out somewhere else")
         writer = RunWriter(Path(run_dir), overlay, self.setup(), SUMMARY_EVERY_S if watch else None) \

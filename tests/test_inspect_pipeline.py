@@ -385,6 +385,11 @@ def test_a_run_folder_inside_the_source_and_bad_watch_options_are_refused(inspec
         list(inspector.run(tmp_path / "in", tmp_path / "in" / "run"))
     with pytest.raises(EdgestackError, match="inside the source"):  # a recursive glob would match its overlays
         list(inspector.run(f"{tmp_path}/in/**/*.png", tmp_path / "in" / "run"))
+    with pytest.raises(EdgestackError, match="inside the source"):  # and this one its scores.png
+        list(inspector.run(f"{tmp_path}/in/*/*.png", tmp_path / "in" / "run"))
+    # `inspect "*.png" --out runs/line3` was refused, though such a glob never reaches into runs/line3/.
+    assert [r["id"] for r in inspector.run(f"{tmp_path}/in/*.png", tmp_path / "in" / "runs" / "line3")] == [
+        "part000.png"]
     with pytest.raises(EdgestackError, match="watch needs a folder"):
         list(inspector.run(tmp_path / "in" / "part000.png", watch=sources.Watch()))
     with pytest.raises(EdgestackError, match="settle >= 0"):
