@@ -149,8 +149,9 @@ def _camera_frames(capture: cv2.VideoCapture, camera: int, max_frames: int | Non
         capture.release()
 
 
-def _walk(root: Path, linked_folder: Callable[[Path], None], unreadable: Callable[[OSError], None]) -> Iterator[Path]:
-    """Files under root. Symlinked folders are not followed (a link to a parent would loop): each is passed to
+def _walk(root: Path, linked_folder: Callable[[Path], None], unreadable: Callable[[OSError], None]) -> Iterator[str]:
+    """Paths of the files under root, as strings (a hot folder's poll skips the 10^5 it has seen before making
+    Paths of the rest). Symlinked folders are not followed (a link to a parent would loop): each is passed to
     `linked_folder`, so that it is reported, not dropped; a folder that cannot be listed (permissions, a share's
     I/O error) goes to `unreadable`, which os.walk would otherwise skip without a word."""
     for folder, folders, names in os.walk(root, onerror=unreadable):  # no stat per file: 10^5 files in a hot folder
@@ -158,7 +159,7 @@ def _walk(root: Path, linked_folder: Callable[[Path], None], unreadable: Callabl
             if os.path.islink(os.path.join(folder, name)):
                 linked_folder(Path(folder, name))
         for name in names:
-            yield Path(folder, name)
+            yield os.path.join(folder, name)
 
 
 def _linked_folder_note(path: Path) -> str:
@@ -205,12 +206,17 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
     inspected: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) when handed out
     noted: set[Path] = set()
     retried: set[Path] = set()
+    handled: set[str] = set()  # the paths handed out or noted, as _walk gives them: skipped before anything else
     device = root.stat().st_dev
 
     def note_once(path: Path, text: str) -> None:
         if path not in noted:
             note(text)
             noted.add(path)
+            handled.add(str(path))
+
+    def linked_folder(folder: Path) -> None:
+        note_once(folder, _linked_folder_note(folder))
 
     def unreadable(exc: OSError) -> None:
         if Path(exc.filename) == root:  # the whole watch would look idle for ever
@@ -228,7 +234,7 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
         if moved or not root.is_dir():  # os.walk of a missing folder yields nothing: it would look idle for ever
             raise EdgestackError(f"watched folder {root} is gone (deleted, or its share unmounted); the results so "
                                  "far are kept: restore it and rerun with the same --out")
-        listed = sorted(_walk(root, lambda folder: note_once(folder, _linked_folder_note(folder)), unreadable))
+        listed = sorted(Path(file) for file in _walk(root, linked_folder, unreadable) if file not in handled)
         for gone in pending.keys() - set(listed):  # deleted, moved away or renamed before it settled
             del pending[gone]
         for path in listed:
@@ -248,6 +254,7 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
             elif now - pending[path][1] >= watch.settle_s:
                 del pending[path]
                 inspected[path] = signature
+                handled.add(str(path))
                 last_arrival = now
                 item = _image_item(path, str(path.relative_to(root)), gray_to_rgb, bit_depth)
                 item.retry = path in retried
@@ -260,6 +267,7 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
                     continue
                 if failed(str(path.relative_to(root))):
                     del inspected[path]
+                    handled.discard(str(path))
                     pending[path] = (signature, time.monotonic())
                     retried.add(path)
                 else:
@@ -330,8 +338,8 @@ def open_source(
     else:
         root = source_root(source)
         if path.is_dir():
-            files = sorted(_walk(path, lambda folder: note(_linked_folder_note(folder)),
-                                 lambda exc: note(_unreadable_note(exc))))
+            files = sorted(Path(file) for file in _walk(path, lambda folder: note(_linked_folder_note(folder)),
+                                                        lambda exc: note(_unreadable_note(exc))))
         else:
             files = [p for p in sorted(Path(p) for p in glob.glob(str(source), recursive=True)) if p.is_file()]
             if not files:
