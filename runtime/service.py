@@ -308,6 +308,9 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
     except SystemExit:  # uvicorn's answer to a port it cannot listen on (logged above)
         if server.started:
             raise
+    except KeyboardInterrupt:  # uvicorn raises the stop signal again once it has stopped: a clean stop, exit 0
+        if not server.started:
+            raise
     if not server.started:
         raise EdgestackError(f"could not listen on {host}:{port} (in use by another program, or not an address of "
                              "this machine); choose another --port or --host")
