@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import struct
 from pathlib import Path
@@ -256,7 +257,8 @@ def write_image(path: str | Path, image_rgb: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         encoded.tofile(str(path))
     except OSError as exc:
-        with contextlib.suppress(OSError):  # a full disk's cut file is no picture, and nothing refers to it
-            path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):  # a cut file: no picture, unreferenced
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         raise EdgestackError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder with space") \
             from None

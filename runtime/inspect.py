@@ -166,10 +166,14 @@ class Inspector:
             if run_dir else None
         note = writer.note if writer else log.warning
         errors: set[str] = set()  # ids whose last result this run is an ERROR: a watch may hand them out again
+        done = writer.done if writer else {}  # ids with a verdict (the writer adds this run's as it records them)
+
+        def failed(item_id: str) -> bool | None:
+            """True: its result is an ERROR; False: it has a verdict; None: it has none yet (still queued)."""
+            return True if item_id in errors else False if item_id in done else None
+
         try:
-            items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch, note,
-                                failed=errors.__contains__)
-            done = writer.done if writer else {}
+            items = open_source(source, self.gray_to_rgb, max_frames, self.bit_depth, watch, note, failed=failed)
             with closing(self._prefetched(items, done, note)) as decoded:  # the reader stops before the writer
                 for item, image, error in decoded:                         # closes
                     if error is None:
@@ -187,6 +191,8 @@ class Inspector:
                     if writer:
                         writer.write(result, image, prob)
                     (errors.add if result["status"] == "ERROR" else errors.discard)(item.id)
+                    if not writer and result["status"] != "ERROR":
+                        done[item.id] = item.signature
                     yield result
         except BaseException:
             if writer:

@@ -154,7 +154,11 @@ def _walk(root: Path, linked_folder: Callable[[Path], None], unreadable: Callabl
     Paths of the rest). Symlinked folders are not followed (a link to a parent would loop): each is passed to
     `linked_folder`, so that it is reported, not dropped; a folder that cannot be listed (permissions, a share's
     I/O error) goes to `unreadable`, which os.walk would otherwise skip without a word."""
-    for folder, folders, names in os.walk(root, onerror=unreadable):  # no stat per file: 10^5 files in a hot folder
+    def listing_failed(exc: OSError) -> None:  # a subfolder removed since its parent was listed is no failure
+        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)) or Path(exc.filename) == Path(root):
+            unreadable(exc)
+
+    for folder, folders, names in os.walk(root, onerror=listing_failed):  # no stat per file: 10^5 in a hot folder
         for name in folders:
             if os.path.islink(os.path.join(folder, name)):
                 linked_folder(Path(folder, name))
@@ -196,12 +200,13 @@ def file_signature(path: Path) -> tuple[int, int] | None:
 
 
 def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None,
-              note: Callable[[str], None], failed: Callable[[str], bool]) -> Iterator[Item | None]:
+              note: Callable[[str], None], failed: Callable[[str], bool | None]) -> Iterator[Item | None]:
     """Images as they arrive under `root` (those already there first), each once it has settled; None at
     every poll. A poll stats only the files not yet handed out; those handed out are checked every
     WATCH_RECHECK_S: one rewritten under the same name is reported (its id is taken), never passed over in
     silence, unless its item `failed` (an ERROR, no verdict: read before a copy that keeps its size and time
-    was whole), which is handed out again once it settles."""
+    was whole), which is handed out again once it settles; while its result is not known yet (None: still
+    queued behind others) the next recheck decides."""
     pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime), when that was first seen)
     inspected: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) when handed out
     noted: set[Path] = set()
@@ -265,7 +270,10 @@ def _arrivals(root: Path, watch: Watch, gray_to_rgb: bool, bit_depth: int | None
                 signature = file_signature(path)
                 if signature is None or signature == seen:
                     continue
-                if failed(str(path.relative_to(root))):
+                outcome = failed(str(path.relative_to(root)))
+                if outcome is None:
+                    continue
+                if outcome:
                     del inspected[path]
                     handled.discard(str(path))
                     pending[path] = (signature, time.monotonic())
@@ -301,12 +309,12 @@ def open_source(
     bit_depth: int | None = None,
     watch: Watch | None = None,
     note: Callable[[str], None] | None = None,
-    failed: Callable[[str], bool] = lambda item_id: False,
+    failed: Callable[[str], bool | None] = lambda item_id: False,
 ) -> Iterator[Item | None]:
     """Items of `source`; `note` (default: a logged warning) gets each skipped file. Folders are walked
     recursively; non-image files are reported, not dropped. With `watch`, a folder is watched for new images
     until its idle exit; `failed(id)`: whether an item handed out got an ERROR (a file rewritten since is then
-    handed out again)."""
+    handed out again), False for a verdict, None while it has no result yet."""
     note = note or log.warning
     video = isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).suffix.lower() in VIDEO_SUFFIXES
     if max_frames is not None and not (video or is_camera(source)):  # it would be ignored without a word

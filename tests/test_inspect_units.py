@@ -504,6 +504,17 @@ def test_folders_that_cannot_be_listed_are_reported_and_a_watched_share_that_goe
     assert [item.id for item in items] == ["lot1/a.png"]
     assert notes == [f"{tmp_path / 'lot2'}: a folder that cannot be listed (Permission denied), so its images were "
                      "NOT inspected"]
+
+    def lot2_removed(top, onerror=None):  # a camera's batch folder deleted between its parent's listing and its own
+        for folder, folders, names in walk(top, onerror=onerror):
+            if os.path.basename(folder) == "lot2":
+                onerror(FileNotFoundError(2, "No such file or directory", folder))
+                continue
+            yield folder, folders, names
+
+    monkeypatch.setattr(sources.os, "walk", lot2_removed)
+    notes.clear()
+    assert [item.id for item in sources.open_source(tmp_path, note=notes.append)] == ["lot1/a.png"] and notes == []
     monkeypatch.undo()
     FakeClock(monkeypatch)
     watch = arrivals(tmp_path)
