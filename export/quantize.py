@@ -244,7 +244,8 @@ def calibration_warnings(calib: Path | None, count: int, parity_on_calibration: 
                         "images (--calib DIR)")
     elif count < FEW_CALIBRATION_IMAGES:
         warnings.append(f"calibrated on {count} images: so few rarely span a line's parts, and int8 clips what they "
-                        f"did not show; give --calib {FEW_CALIBRATION_IMAGES} or more, good and defective parts")
+                        f"did not show; calibrate on {FEW_CALIBRATION_IMAGES} or more, good and defective parts "
+                        f"(--samples and the --calib folder)")
     if parity_on_calibration:
         warnings.append(f"int8 was compared with fp32 on its calibration images, which flatter it; give --calib more "
                         f"than --samples {samples} images so some are held out, and check it with `edgestack eval "

@@ -168,6 +168,7 @@ def test_tiled_eval_reports_the_images_inspect_gives_no_verdict_and_evaluates_th
     skipped = {Path(name).name: reason for name, reason in json.loads(paths["json"].read_text())["skipped"]}
     assert "at least 64x64" in skipped.pop("tiny.png") and "blank frame" in skipped.pop("blank.png")
     assert len(skipped) == 4 and all("no region of interest" in reason for reason in skipped.values())
+    assert "**6 image(s) skipped, without a verdict" in paths["markdown"].read_text()  # not in results.json alone
 
 
 def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_why(defectseg_bundle, tmp_path):
@@ -189,6 +190,20 @@ def test_target_recall_with_every_positive_skipped_keeps_the_figures_and_says_wh
                          tiled=True, target_recall=0.9, rules_out=rules_path)
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["results"]["negatives"] == 1 and report["calibration"] is None and not rules_path.exists()
+
+
+def test_a_bundle_giving_nan_stops_the_evaluation_rather_than_skipping_frames(defectseg_bundle, tmp_path,
+                                                                            monkeypatch):
+    # Its frames were skipped like blank ones, and the figures covered the rest without a word.
+    from edgestack.errors import EngineOutputError
+    from edgestack.runtime.inspect import Inspector
+    from edgestack.train.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "set", 2, seed=3, size=96)
+    monkeypatch.setattr(Inspector, "probability", lambda self, rgb: np.full(rgb.shape[:2], np.nan, np.float32))
+    with pytest.raises(EngineOutputError, match="NaN"):
+        evaluate_defects(data=str(tmp_path / "set"), out=tmp_path / "eval", bundle=defectseg_bundle,
+                         backend="onnxruntime", tiled=True)
 
 
 def test_rules_are_not_written_from_defective_parts_alone(defectseg_bundle, tmp_path):

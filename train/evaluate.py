@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgestack.bundle import write_atomic
-from edgestack.errors import EdgestackError, make_folder
+from edgestack.errors import EdgestackError, EngineOutputError, make_folder
 from edgestack.models import resolve, resolve_recorded
 from edgestack.models.checkpoints import apply_state_dict, read_checkpoint, recorded_config, state_dict_of
 from edgestack.runtime.defects import check_not_blank, load_rules
@@ -159,8 +159,13 @@ def bucket_table(rows: list[dict[str, Any]], key: str, heading: str, edge: str) 
 def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
              operating_points: list[dict[str, Any]], by_group: list[dict[str, Any]],
              calibration: dict[str, Any] | None = None, trade_off: list[dict[str, Any]] | None = None,
-             by_contrast: list[dict[str, Any]] | None = None) -> str:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+             by_contrast: list[dict[str, Any]] | None = None, skipped: list[tuple[str, str]] | None = None) -> str:
+    lines = [f"# {title}", ""]
+    if skipped:  # the figures below leave them out: said where they are read, not only in results.json
+        lines += [f"**{len(skipped)} image(s) skipped, without a verdict (listed in results.json):** "
+                  + "; ".join(f"{Path(name).name}: {reason}" for name, reason in skipped[:3])
+                  + (" ..." if len(skipped) > 3 else ""), ""]
+    lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {key} | {results[key]:.4f} |" for key in ROWS if key in results]
     lines += ["", f"{results['positives']} positives, {results['negatives']} negatives; confusion (NG = positive "
               f"class): TP {results['tp']}, FP {results['fp']}, FN {results['fn']}, TN {results['tn']}.",
@@ -304,6 +309,8 @@ def evaluate_defects(
             prob = probability(image)
             check_not_blank(image, metrics.rules, name)
             record = metrics.update(prob, mask, name, image)  # assess refuses before it counts anything
+        except EngineOutputError:  # NaN/Inf maps: the bundle is broken (an overflowing plan), not this frame
+            raise
         except EdgestackError as exc:
             skipped.append((name, str(exc)))
             continue
@@ -327,7 +334,7 @@ def evaluate_defects(
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(results, title, report["by_area"], report["operating_points"],
                                           report["by_kind_and_texture"], calibration, trade_off,
-                                          report["by_contrast"]))
+                                          report["by_contrast"], skipped))
     worst_grid([case for _, case in kept], paths["worst"])
     if target_recall is not None and calibration is None:  # every positive was skipped: the figures are kept
         raise EdgestackError(f"--target-recall: no image of a defective part in {data} was evaluated "
