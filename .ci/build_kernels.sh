@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 jobs=$(nproc)
+rm -rf build-trt-*  # the compile checks' earlier folders: the runtime would take their sm_75-only libraries
 trt_headers=${EDGESTACK_TRT_HEADERS:-../shared/third_party/tensorrt}
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release

@@ -126,6 +126,18 @@ def _swap_in(staging: Path, target: Path, old: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _graph_meta_with_a_plan(path: Path, expected: str) -> bool:
+    """Whether a graph's meta.json, which an earlier version's multi-graph bundle recorded by its sha256 (`expected`),
+    is that file with a plan added by `edgestack build` since: the same graph, not another export's."""
+    try:
+        meta = json.loads(path.read_text())
+        files = {name: sha for name, sha in meta["files"].items() if name != PLAN}
+        before = {key: value for key, value in meta.items() if key != "tensorrt"} | {"files": files}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return "tensorrt" in meta and hashlib.sha256(_signed_meta(before)).hexdigest() == expected
+
+
 def _content_sha256(meta: dict[str, Any]) -> str:
     content = {key: value for key, value in meta.items() if key != META_SHA256}
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -186,8 +198,12 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     if problem:
         raise EdgestackError(f"{meta_path} is damaged or edited ({problem}); re-export the bundle")
     if verify:
+        graph_metas = {f"{graph['folder']}/{META}" for graph in meta.get("graphs", {}).values()}
         for name, expected in meta["files"].items():
             path = bundle / name
+            if name in graph_metas and _graph_meta_with_a_plan(path, expected):
+                read_meta(path.parent, verify=True)  # the graph as its meta.json now records it, plan included
+                continue
             if not path.is_file():
                 raise EdgestackError(f"bundle {bundle} is missing {name}; re-export it")
             try:

@@ -322,6 +322,31 @@ def test_a_plan_added_to_a_sub_bundle_keeps_the_bundle_whole(bundle, tmp_path):
         load(copy / "text", backend="onnxruntime-int8")
 
 
+def test_a_bundle_of_an_earlier_version_takes_a_plan_in_a_sub_bundle_too(bundle, tmp_path):
+    # Earlier versions recorded each graph's meta.json by its sha256: a plan built in a graph since is accepted,
+    # as is the rest of that graph; any other change to its meta.json still is not.
+    import json as json_module
+
+    from edgestack import bundle as bundle_format
+
+    path, _ = bundle
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    meta = bundle_format.read_meta(old)
+    graph_files = {name for name in meta["files"] if "/" in name}
+    meta["files"] = {name: sha for name, sha in meta["files"].items() if name not in graph_files} | {
+        f"{graph}/meta.json": bundle_format.sha256(old / graph / "meta.json") for graph in ("text", "vision")}
+    bundle_format.write_meta(old, meta)
+    text = bundle_format.read_meta(old / "text")
+    bundle_format.replace_files(old / "text", text | {"tensorrt": {"source": "model.plugins.onnx"}},
+                                {bundle_format.PLAN: b"a plan built on a GPU"})
+    bundle_format.read_meta(old, verify=True)
+    other = json_module.loads((old / "vision" / "meta.json").read_text())
+    bundle_format.write_meta(old / "vision", other | {"preprocess": {"scale": 1.0}})  # another export's graph
+    with pytest.raises(EdgestackError, match="vision/meta.json does not match the sha256"):
+        bundle_format.read_meta(old, verify=True)
+
+
 def test_a_re_export_refuses_to_delete_what_was_put_in_a_sub_bundle(bundle, tmp_path):
     # `edgestack bench` writes into a sub-bundle (as its refusal of the top folder says); a re-export deleted that
     # and fine-tuned weights kept beside a graph, where the same files at the top were refused.
