@@ -12,9 +12,10 @@ inspected at a time (each takes tens of bytes per pixel while it is), the others
 memory stays near max_pending * max_bytes + IMAGES_AT_ONCE images of max_pixels. With a run folder,
 every authorised request's result (ERROR for a refused image) is in results.jsonl, fsync'd before the
 response is sent, as for `edgestack inspect`; the summary is written when the service stops. There a part id
-is judged once: an id that has a verdict (or is being judged) gets 409 with the recorded result, so a retry
-learns the verdict and a second camera's frame is not judged under the first one's name. On stop (SIGTERM,
-Ctrl-C) the images being inspected finish; those still waiting get 503 at once.
+is judged once: an id that has a verdict gets 409 with the recorded result, so a retry learns the verdict and a
+second camera's frame is not judged under the first one's name; one sent while that id is being judged waits
+for that request (a PLC that timed out and sent again) and then gets its verdict, or is judged if it got none.
+On stop (SIGTERM, Ctrl-C) the images being inspected finish; those still waiting get 503 at once.
 """
 
 import asyncio
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgestack.bundle import write_atomic
 from edgestack.errors import EdgestackError, EngineOutputError
 from edgestack.runtime.images import decode_image
 from edgestack.runtime.inspect import SUMMARY_EVERY_S, Inspector, RunWriter, error_result
@@ -120,7 +122,9 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     writer = open_run()  # here, not at startup: a folder in use or of another setup is refused before serving
     write_lock = threading.Lock()
-    judging: set[str] = set()  # ids whose verdict is being made: a second upload of one is refused, not judged
+    # ids whose verdict is being made, each with the event its request sets when it ends: a retry under that id
+    # waits for it (a PLC that timed out and sent again), then gets its verdict, or is judged when it got none
+    judging: dict[str, asyncio.Event] = {}
     # Requests without ?id= get one that stays unique across restarts into the same run folder.
     session = datetime.now().strftime("%Y%m%d-%H%M%S.%f")
     numbers = itertools.count()
@@ -173,7 +177,18 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
 
     @app.get("/health")
     def health():
-        # A service that cannot record answers every part 500: the line's monitoring must see that here too.
+        # A service that cannot record answers every part 500: the line's monitoring must see that here too. It
+        # looks again at each call (a probe file written and synced), as a probe in front takes the service out
+        # of rotation and no verdict would come to clear it.
+        nonlocal unrecorded
+        if unrecorded is not None:
+            probe = Path(run_dir) / ".health-probe"
+            try:
+                write_atomic(probe, b"ok")
+                probe.unlink()
+                unrecorded = None
+            except OSError:
+                pass
         if unrecorded is not None:
             return JSONResponse({"status": "cannot record verdicts", "error": unrecorded}, status_code=503)
         return {"status": "ok", "model": meta["model"]["config"], "backend": inspector.engine.description}
@@ -194,25 +209,27 @@ def create_app(inspector: Inspector, token: str | None = None, max_bytes: int = 
             return await reject(400, "bad_request", f"id must be 1..{MAX_ID_LENGTH} printable characters (it names "
                                                     "the result and its overlay file)")
         item_id = id if id is not None else f"request-{session}-{next(numbers):06d}"
-        if writer and (item_id in judging or item_id in writer.done):
-            return already_judged(item_id)
+        if writer:
+            while item_id in judging:
+                await judging[item_id].wait()
+            if item_id in writer.done:
+                return already_judged(item_id)
         nonlocal pending
         if pending >= max_pending:
             return await reject(503, "busy", f"{pending} requests in progress (limit {max_pending}); retry shortly",
                                 item_id, {"Retry-After": "1"})
         pending += 1
-        judging.add(item_id)
+        if writer:
+            judging[item_id] = asyncio.Event()
         try:
             return await inspect_body(request, item_id)
         finally:
             pending -= 1
-            judging.discard(item_id)
+            if writer:
+                judging.pop(item_id).set()
 
     def already_judged(item_id: str) -> JSONResponse:
         metrics.count("duplicate_id")
-        if item_id in judging:
-            message = f"part {item_id} is being judged for another request; its verdict answers that one"
-            return JSONResponse({"error": message}, status_code=409)
         recorded = writer.summarised.get(item_id, {})
         message = (f"part {item_id} has a verdict already ({recorded.get('status')}): a part is judged once; "
                    "send a new image under its own id")

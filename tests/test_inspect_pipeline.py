@@ -575,9 +575,11 @@ def test_service_refuses_beyond_max_pending_and_never_answers_unrecorded(inspect
         assert unrecorded.status_code == 500 and "could not record the result of c" in unrecorded.json()["error"]
         health = client.get("/health")  # the line's monitoring sees it, not only the part's answer
         assert health.status_code == 503 and "could not record the result of c" in health.json()["error"]
+        assert client.get("/health").status_code == 503  # looked at again: still full
         monkeypatch.undo()  # the disk has room again: the summary can be written at shutdown
-        assert client.post("/v1/inspect?id=d", content=image).status_code == 200
+        # Healthy again at once, before any verdict: a probe in front would otherwise keep it out of rotation.
         assert client.get("/health").json()["status"] == "ok"
+        assert client.post("/v1/inspect?id=d", content=image).status_code == 200
     assert [(r["id"], r["status"]) for r in records(run)][:2] == [("b", "ERROR"), ("a", first["r"].json()["status"])]
     assert "c" not in {r["id"] for r in records(run)}  # answered 500 "not recorded": never a verdict on disk later
     errors = json.loads((run / "summary.json").read_text())["errors"]  # b's retry is its result
@@ -942,8 +944,8 @@ def test_a_full_disk_under_the_overlays_costs_the_picture_not_the_verdict(inspec
     assert [r["id"] for r in records(tmp_path / "run")] == ["P1"] and "overlay" not in result
 
 
-def test_a_retry_while_the_verdict_is_being_made_is_refused_and_does_not_replace_it(inspector, tmp_path,
-                                                                                   monkeypatch):
+def test_a_retry_while_the_verdict_is_being_made_waits_for_it_and_does_not_replace_it(inspector, tmp_path,
+                                                                                     monkeypatch):
     from fastapi.testclient import TestClient
 
     from edgestack.runtime.inspect import RunWriter
@@ -970,12 +972,53 @@ def test_a_retry_while_the_verdict_is_being_made_is_refused_and_does_not_replace
         assert writing.wait(60)
         retry = threading.Thread(target=post, args=("retry", image))
         retry.start()
-        retry.join()
+        time.sleep(0.5)  # the retry waits while the verdict is being written
+        assert "retry" not in answers
         release.set()
         verdict.join()
+        retry.join()
     assert answers["verdict"].status_code == 200 and answers["retry"].status_code == 409
-    assert "is being judged for another request" in answers["retry"].json()["error"]
+    assert answers["retry"].json()["recorded"]["status"] == answers["verdict"].json()["status"]  # the PLC learns it
     assert [(r["id"], r["status"]) for r in records(run)] == [("P1", answers["verdict"].json()["status"])]
+
+
+def test_a_retry_waiting_on_a_request_that_got_no_verdict_is_judged(inspector, tmp_path, monkeypatch):
+    # A PLC timed out and sent again: its first request ended without a verdict (here: the engine failed on it),
+    # and the retry had been answered "being judged": the part ended with no verdict at all.
+    from fastapi.testclient import TestClient
+
+    from edgestack.runtime.service import create_app
+
+    entered, release, calls = threading.Event(), threading.Event(), []
+    inspect = inspector.inspect
+
+    def first_fails(image, item_id):
+        calls.append(item_id)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+            raise EdgestackError("the engine gave up on this frame")
+        return inspect(image, item_id)
+
+    monkeypatch.setattr(inspector, "inspect", first_fails)
+    run, answers = tmp_path / "run", {}
+    image = encoded(synthetic_images(1, 128, seed=2)[0].image)
+    with TestClient(create_app(inspector, run_dir=run)) as client:
+        def post(name):
+            answers[name] = client.post("/v1/inspect?id=P1", content=image)
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        assert entered.wait(60)
+        retry = threading.Thread(target=post, args=("retry",))
+        retry.start()
+        time.sleep(0.5)
+        release.set()
+        first.join()
+        retry.join()
+    assert answers["first"].status_code == 422 and answers["retry"].status_code == 200
+    verdict = answers["retry"].json()["status"]
+    assert [(r["id"], r["status"]) for r in records(run)] == [("P1", "ERROR"), ("P1", verdict)]
 
 
 def test_service_honours_a_pixel_limit_above_pillows_own(inspector):
