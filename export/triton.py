@@ -7,7 +7,6 @@ dims leave it out, and the model's other dynamic axes are -1.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -142,12 +141,22 @@ def _staged_beside(repo: Path, name: str) -> Path:
     """Where a model folder is staged: Triton takes every folder of its repository for a model, dot-named ones
     too, so a polling server would load a half-written `.NAME.staging`, and one left by a kill would stop a
     starting server (a model that fails to load ends tritonserver by default). Beside the repository, then, as
-    `.REPO.NAME.staging`; inside it only when its parent is another file system (the repository is a mount) or
-    not writable, where a rename could not move the folder in."""
+    `.REPO.NAME.staging`; inside it only where a folder cannot be renamed from there into it: a parent that is
+    not writable, or a repository that is a mount (a bind mount shares its parent's file system, and still
+    refuses the rename), as a rename of an empty folder shows first."""
     repo = repo.resolve()
-    if os.access(repo.parent, os.W_OK) and repo.parent.stat().st_dev == repo.stat().st_dev:
-        return repo.parent / f"{repo.name}.{name}"
-    return repo / name
+    beside = repo.parent / f"{repo.name}.{name}"
+    probe = beside.with_name(f".{beside.name}.probe")
+    try:
+        shutil.rmtree(probe, ignore_errors=True)  # what a kill left: ours by name
+        probe.mkdir()
+        probe.rename(repo / probe.name)
+        (repo / probe.name).rmdir()
+        return beside
+    except OSError:
+        shutil.rmtree(probe, ignore_errors=True)
+        shutil.rmtree(repo / probe.name, ignore_errors=True)
+        return repo / name
 
 
 def _write_model_folder(model_dir: Path, bundle: Path, meta: dict[str, Any], fmt: str, text: str) -> None:

@@ -1,6 +1,8 @@
 """Triton model repository: config.pbtxt parsed by Triton's own ModelConfig protobuf (from tritonclient)."""
 
+import errno
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -163,6 +165,20 @@ def test_the_model_folder_is_written_outside_the_repository_triton_watches(bundl
     write_repository(bundle, repo, cpu=True, max_batch=2, replace=True)
     assert seen["repository"] == ["pspnet-r18"]  # the old model only, until the new one is whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    # A repository bind-mounted into its parent's file system still refuses a rename across the mount (EXDEV):
+    # the folder is then staged inside it, as a rename from beside it could not move it in.
+    rename = Path.rename
+
+    def across_a_mount(self, target):
+        if Path(target).parent != self.parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", across_a_mount)
+    write_repository(bundle, repo, cpu=True, max_batch=4, replace=True)
+    assert seen["staging"].parent == repo and "max_batch_size: 4" in (repo / "pspnet-r18" / "config.pbtxt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"] and sorted(p.name for p in repo.iterdir()) == [
+        "pspnet-r18"]
 
 
 def test_each_graph_of_a_multi_graph_model_gets_its_own_name(bundle, tmp_path):
