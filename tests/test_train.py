@@ -173,15 +173,26 @@ def test_masks_are_read_as_labelling_tools_write_them(cds2k):
     assert len(scan.records) == 12 + 3 + 1
 
 
-def test_an_inverted_mask_is_refused_and_an_alpha_painted_one_is_read_by_its_alpha(tmp_path):
+def test_inverted_masks_are_refused_and_an_alpha_painted_one_is_read_by_its_alpha(tmp_path, caplog):
     # Read as drawn, both marked nearly the whole image as defect: the inverted one (defect black on white) and
-    # the one painted as opacity over plain white.
+    # the one painted as opacity over plain white. A folder whose masks are mostly so is drawn inverted; one such
+    # mask among right ones is a crop inside a large defect, and kept.
     defect = np.zeros((64, 64), np.uint8)
     defect[20:30, 20:30] = 255
-    cv2.imwrite(str(tmp_path / "inverted.png"), 255 - defect)
-    with pytest.raises(EdgestackError, match=r"inverted.png marks 98% of the image as defect, its whole border "
-                                             r"included: inverted\?"):
-        read_mask(tmp_path / "inverted.png")
+    for folder, inverted in (("line", 3), ("crops", 1)):
+        for sub in ("image", "mask"):
+            (tmp_path / folder / sub).mkdir(parents=True)
+        for i in range(4):
+            part = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / folder / "image" / f"p{i}.png"), part)
+            cv2.imwrite(str(tmp_path / folder / "mask" / f"p{i}.png"), 255 - defect if i < inverted else defect)
+    line = scan_folder(tmp_path / "line")
+    assert [Path(r.image).name for r in line.records] == ["p3.png"] and line.positives == 1
+    assert "p0.png" in line.skipped[0][0] and "marks 98% of the image as defect, its whole border included, as most " \
+        "masks here do: inverted?" in line.skipped[0][1]
+    crops = scan_folder(tmp_path / "crops")
+    assert len(crops.records) == 4 and crops.positives == 4 and "kept, as most masks here are not inverted" in \
+        caplog.text
     cv2.imwrite(str(tmp_path / "alpha.png"), np.dstack([np.full((64, 64, 3), 255, np.uint8), defect]))
     np.testing.assert_array_equal(read_mask(tmp_path / "alpha.png"), defect)
     cv2.imwrite(str(tmp_path / "opaque.png"), np.dstack([np.zeros((64, 64, 3), np.uint8), np.full_like(defect, 255)]))

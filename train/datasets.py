@@ -75,7 +75,7 @@ def _find(root: Path, *names: str) -> Path | None:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A 0/255 uint8 mask; EdgestackError if unreadable, not binary, or inverted. Labels are read as they are
+    """A 0/255 uint8 mask; EdgestackError if unreadable or not binary. Labels are read as they are
     drawn: 0/255, 0/1, or 16-bit 0/white (4095 for a 12-bit tool); colour masks by their brightest channel, or
     by their alpha where that alone varies (a defect painted as opacity over a plain colour)."""
     data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
@@ -102,12 +102,14 @@ def read_mask(path: Path) -> np.ndarray:
             f"mask {path} is not binary ({ambiguous:.0%} of pixels are between 32 and 223, the brightest is {peak}); "
             "masks must be 0 (background) and 255 (defect), or 0 and 1"
         )
-    mask = np.where(values > 128, 255, 0).astype(np.uint8)
+    return np.where(values > 128, 255, 0).astype(np.uint8)
+
+
+def looks_inverted(mask: np.ndarray) -> bool:
+    """White all round and over half the image: drawn with a white background, or a crop inside a large defect.
+    scan_folder tells the two apart by the folder: when most of its defect masks look so, they are inverted."""
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    if border.all() and mask.mean() > 127.5:  # white all round and over half the image: the background is white
-        raise EdgestackError(f"mask {path} marks {mask.mean() / 255:.0%} of the image as defect, its whole border "
-                             "included: inverted? Masks must be black (0) for background and white for defect")
-    return mask
+    return bool(border.all()) and mask.mean() > 127.5
 
 
 def load_pair(record: Record, bit_depth: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -157,7 +159,7 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
         for key in sorted(set(masks) - set(images)):
             scan.skip(masks[key], f"mask without an image in {image_dir}")
     if check:
-        good = []
+        good, inverted = [], []
         for record in scan.records:
             try:
                 _, mask = load_pair(record, bit_depth)
@@ -174,6 +176,19 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
             else:
                 good.append(record)
                 scan.positives += mask is not None and bool(mask.any())
+                if mask is not None and looks_inverted(mask):
+                    inverted.append((record, mask.mean() / 255))
+        most = 2 * len(inverted) > scan.positives  # most of the folder's defect masks: drawn inverted
+        for record, share in inverted:
+            if most:
+                good.remove(record)
+                scan.positives -= 1
+                scan.skip(record.image, f"its mask {record.mask} marks {share:.0%} of the image as defect, its whole "
+                                        "border included, as most masks here do: inverted? Masks must be black (0) "
+                                        "for background and white for defect")
+            else:
+                log.warning("%s: its mask marks %.0f%% of the image as defect, its border included; kept, as most "
+                            "masks here are not inverted", record.image, 100 * share)
         scan.records = good
     reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
     positives, masks = root / "Positive" / "Image", root / "Positive" / "GroundTruth"
