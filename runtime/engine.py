@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,14 @@ class TorchBackend:
 
         spec, config = resolve(meta["model"]["name"], meta["model"]["config"])
         cfg = spec.configs[config]
+        # The network is built from this edgestack's config: one exported by a version that built it otherwise
+        # would load its weights (same shapes) and compute something else than its own ONNX.
+        exported, current = meta["model"].get("settings"), json.loads(json.dumps(cfg))  # tuples as JSON has them
+        if exported is not None and exported != current:
+            changed = sorted(key for key in {*exported, *current} if exported.get(key) != current.get(key))
+            raise EdgestackError(f"bundle {bundle} was exported with other {config} settings than this edgestack "
+                                 f"builds ({', '.join(changed)}); run it on onnxruntime (its ONNX is the exported "
+                                 "network) or re-export it")
         model = spec.build(cfg)
         graph_spec = spec
         if "graph" in meta["model"]:  # one graph of a multi-graph model (e.g. vglaw's text or vision graph)

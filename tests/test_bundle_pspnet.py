@@ -162,6 +162,20 @@ def test_tampered_or_missing_bundle_files_are_refused(bundle, tmp_path):
         load(tmp_path / "nothing-here")
 
 
+def test_the_torch_backend_refuses_a_bundle_of_other_settings(bundle, tmp_path):
+    # The torch backend builds the network from this edgestack's config: a bundle from a version that built it
+    # otherwise (pspnet halved its first dilated block, with the same shapes) ran another network than its ONNX.
+    copy = tmp_path / "earlier"
+    shutil.copytree(bundle, copy)
+    meta = bundle_format.read_meta(copy)
+    settings = {key: value for key, value in meta["model"]["settings"].items() if key != "dilations"}
+    bundle_format.write_meta(copy, meta | {"model": meta["model"] | {"settings": settings}})
+    with pytest.raises(EdgestackError, match=r"exported with other pspnet-r18 settings than this edgestack builds "
+                                             r"\(dilations\); run it on onnxruntime"):
+        load(copy, backend="torch")
+    assert load(copy, backend="onnxruntime").backend.name == "onnxruntime"
+
+
 def test_a_bundle_is_readable_by_the_accounts_that_deploy_it(bundle, monkeypatch):
     # safetensors' save_file made weights.safetensors readable by its owner alone, and every load hashes every
     # file: a bundle exported by CI, or by root in a Dockerfile, loaded for no other account, on any backend.

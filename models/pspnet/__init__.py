@@ -11,11 +11,12 @@ from edgestack.models.registry import AxisRange, ModelSpec, TensorSpec, register
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # The paper's model: dilated ResNet-50, 2048-channel features, R = 512 per bin, ADE20K's 150 classes.
+    # Stages 3 and 4 dilated 2 and 4 in every block, as the official PSPNet (hszhao/semseg).
     "pspnet-r50": {"block": "bottleneck", "layers": (3, 4, 6, 3), "stem_width": 64, "head_channels": 512,
-                   "num_classes": 150},
+                   "num_classes": 150, "dilations": (2, 4)},
     # Edge/CPU size: dilated ResNet-18, 512-channel features, R = 128 per bin.
     "pspnet-r18": {"block": "basic", "layers": (2, 2, 2, 2), "stem_width": 32, "head_channels": 256,
-                   "num_classes": 150},
+                   "num_classes": 150, "dilations": (2, 4)},
 }
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

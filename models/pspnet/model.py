@@ -66,9 +66,10 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class DilatedResNet(nn.Module):
-    """ResNet with a three-conv deep stem; stages 3 and 4 keep stride 8 with dilation 2 and 4."""
+    """ResNet with a three-conv deep stem; stages 3 and 4 keep stride 8, dilated by `dilations` (2 and 4)."""
 
-    def __init__(self, block: str, layers: tuple[int, int, int, int], stem_width: int):
+    def __init__(self, block: str, layers: tuple[int, int, int, int], stem_width: int,
+                 dilations: tuple[int, int] = (2, 4)):
         super().__init__()
         block_cls = BLOCKS[block]
         self.stem = nn.Sequential(
@@ -80,8 +81,8 @@ class DilatedResNet(nn.Module):
         self.inplanes = stem_width * 2
         self.layer1 = self._make_layer(block_cls, 64, layers[0], stride=1, dilation=1)
         self.layer2 = self._make_layer(block_cls, 128, layers[1], stride=2, dilation=1)
-        self.layer3 = self._make_layer(block_cls, 256, layers[2], stride=1, dilation=2)
-        self.layer4 = self._make_layer(block_cls, 512, layers[3], stride=1, dilation=4)
+        self.layer3 = self._make_layer(block_cls, 256, layers[2], stride=1, dilation=dilations[0])
+        self.layer4 = self._make_layer(block_cls, 512, layers[3], stride=1, dilation=dilations[1])
         self.stage3_channels = 256 * block_cls.expansion
         self.out_channels = 512 * block_cls.expansion
 
@@ -148,9 +149,10 @@ class PSPNet(nn.Module):
         bins: tuple[int, ...] = (1, 2, 3, 6),
         dropout: float = 0.1,
         aux_weight: float = 0.4,
+        dilations: tuple[int, int] = (2, 4),
     ):
         super().__init__()
-        self.backbone = DilatedResNet(block, layers, stem_width)
+        self.backbone = DilatedResNet(block, layers, stem_width, tuple(dilations))
         channels = self.backbone.out_channels
         self.ppm = PyramidPoolingModule(channels, channels // len(bins), bins)
         self.head = nn.Sequential(
