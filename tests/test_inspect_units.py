@@ -482,6 +482,25 @@ def test_a_watched_file_read_before_it_was_whole_is_judged_again_once_it_settles
     assert len(notes) == 1
 
 
+def test_a_rewritten_file_whose_result_is_not_known_yet_waits_for_it(tmp_path, monkeypatch):
+    """With a slow engine the first result was still queued at the recheck: the file was taken for rewritten after
+    a verdict, noted, and never judged again, though its result then was an ERROR."""
+    clock = FakeClock(monkeypatch)
+    results, notes = {}, []
+    (tmp_path / "SN1.png").write_bytes(b"\0" * 16)
+    watch = arrivals(tmp_path, failed=lambda item_id: results.get(item_id), notes=notes)
+    assert until_item(watch).id == "SN1.png"
+    (tmp_path / "SN1.png").write_bytes(b"a whole image..")
+    clock.now += 10
+    for _ in range(30):  # rechecks while its result is not known: nothing decided, nothing noted
+        assert next(watch) is None
+        clock.now += 1
+    assert notes == []
+    results["SN1.png"] = True  # its ERROR is recorded
+    clock.now += 10
+    assert until_item(watch).retry and notes == []
+
+
 def test_folders_that_cannot_be_listed_are_reported_and_a_watched_share_that_goes_is_an_error(tmp_path,
                                                                                             monkeypatch):
     from edgestack.runtime import sources
