@@ -510,28 +510,25 @@ def test_folders_that_cannot_be_listed_are_reported_and_a_watched_share_that_goe
     (tmp_path / "lot2").mkdir()
     walk = os.walk
 
-    def lot2_unreadable(top, onerror=None):
-        for folder, folders, names in walk(top, onerror=onerror):
-            if os.path.basename(folder) == "lot2":
-                onerror(PermissionError(13, "Permission denied", folder))
-                continue
-            yield folder, folders, names
+    def lot2_failing(error):  # os.walk, with lot2's listing failing as `error` does
+        def failing_walk(top, onerror=None):
+            for folder, folders, names in walk(top, onerror=onerror):
+                if os.path.basename(folder) == "lot2":
+                    onerror(error(folder))
+                    continue
+                yield folder, folders, names
+        return failing_walk
 
-    monkeypatch.setattr(sources.os, "walk", lot2_unreadable)
+    monkeypatch.setattr(sources.os, "walk", lot2_failing(lambda folder: PermissionError(13, "Permission denied",
+                                                                                          folder)))
     notes = []
     items = sources.open_source(tmp_path, note=notes.append)
     assert [item.id for item in items] == ["lot1/a.png"]
     assert notes == [f"{tmp_path / 'lot2'}: a folder that cannot be listed (Permission denied), so its images were "
                      "NOT inspected"]
 
-    def lot2_removed(top, onerror=None):  # a camera's batch folder deleted between its parent's listing and its own
-        for folder, folders, names in walk(top, onerror=onerror):
-            if os.path.basename(folder) == "lot2":
-                onerror(FileNotFoundError(2, "No such file or directory", folder))
-                continue
-            yield folder, folders, names
-
-    monkeypatch.setattr(sources.os, "walk", lot2_removed)
+    # A camera's batch folder deleted between its parent's listing and its own: no failure, no note.
+    monkeypatch.setattr(sources.os, "walk", lot2_failing(lambda folder: FileNotFoundError(2, "No such file", folder)))
     notes.clear()
     assert [item.id for item in sources.open_source(tmp_path, note=notes.append)] == ["lot1/a.png"] and notes == []
     monkeypatch.undo()
