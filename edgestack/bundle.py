@@ -198,7 +198,8 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     if problem:
         raise EdgestackError(f"{meta_path} is damaged or edited ({problem}); re-export the bundle")
     if verify:
-        graph_metas = {f"{graph['folder']}/{META}" for graph in meta.get("graphs", {}).values()}
+        graph_metas = {f"{graph['folder']}/{META}" for graph in meta.get("graphs", {}).values()
+                       if isinstance(graph, dict) and "folder" in graph}
         for name, expected in meta["files"].items():
             path = bundle / name
             if name in graph_metas and _graph_meta_with_a_plan(path, expected):

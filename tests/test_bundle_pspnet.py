@@ -234,7 +234,14 @@ def test_only_files_meta_json_records_are_run(bundle, tmp_path):
     with pytest.raises(EdgestackError, match="has a model.int8.onnx that meta.json does not record"):
         load(copy, backend="onnxruntime-int8")
     meta = json.loads((copy / "meta.json").read_text())
-    meta["model"]["config"] = "pspnet-r50"  # the weights are pspnet-r18's
+    meta["model"]["config"] = "pspnet-r50"  # the weights and settings are pspnet-r18's
+    bundle_format.write_meta(copy, meta)
+    with pytest.raises(EdgestackError, match="exported with other pspnet-r50 settings .*or re-export it"):
+        load(copy, backend="torch")
+    from edgestack.models import resolve
+
+    spec, _ = resolve("pspnet-r50")
+    meta["model"]["settings"] = json.loads(json.dumps(spec.configs["pspnet-r50"]))  # the weights alone differ
     bundle_format.write_meta(copy, meta)
     with pytest.raises(EdgestackError, match="its weights do not fit pspnet-r50 .*re-export the bundle"):
         load(copy, backend="torch")
