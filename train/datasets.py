@@ -181,14 +181,16 @@ def scan_folder(root: str | Path, check: bool = True, bit_depth: int | None = No
         most = 2 * len(inverted) > scan.positives  # most of the folder's defect masks: drawn inverted
         for record, share in inverted:
             if most:
-                good.remove(record)
-                scan.positives -= 1
                 scan.skip(record.image, f"its mask {record.mask} marks {share:.0%} of the image as defect, its whole "
                                         "border included, as most masks here do: inverted? Masks must be black (0) "
                                         "for background and white for defect")
             else:
                 log.warning("%s: its mask marks %.0f%% of the image as defect, its border included; kept, as most "
                             "masks here are not inverted", record.image, 100 * share)
+        if most:  # filtered once: removing each from the list cost a pass over it per mask
+            dropped = {id(record) for record, _ in inverted}
+            good = [record for record in good if id(record) not in dropped]
+            scan.positives -= len(inverted)
         scan.records = good
     reasons = "; ".join(f"{p}: {r}" for p, r in scan.skipped[:5])
     positives, masks = root / "Positive" / "Image", root / "Positive" / "GroundTruth"
