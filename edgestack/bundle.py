@@ -202,9 +202,6 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
                        if isinstance(graph, dict) and "folder" in graph}
         for name, expected in meta["files"].items():
             path = bundle / name
-            if name in graph_metas and _graph_meta_with_a_plan(path, expected):
-                read_meta(path.parent, verify=True)  # the graph as its meta.json now records it, plan included
-                continue
             if not path.is_file():
                 raise EdgestackError(f"bundle {bundle} is missing {name}; re-export it")
             try:
@@ -212,7 +209,9 @@ def read_meta(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
             except OSError as exc:  # another account's export (a CI job, a Dockerfile run as root)
                 raise EdgestackError(f"cannot read bundle file {path} ({exc.strerror or exc}); make the bundle "
                                      "readable by this account (chmod -R a+rX)") from None
-            if actual != expected:
+            if actual != expected and name in graph_metas and _graph_meta_with_a_plan(path, expected):
+                read_meta(path.parent, verify=True)  # the graph as its meta.json now records it, plan included
+            elif actual != expected:
                 raise EdgestackError(
                     f"bundle file {path} does not match the sha256 recorded in {META} (modified or corrupted); "
                     "re-export the bundle"
