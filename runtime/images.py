@@ -136,9 +136,7 @@ def _animation_frames(buffer: np.ndarray) -> int:
     as PIL reads them from the file's header; 1 for every other image, which is not opened twice."""
     head = buffer[:21].tobytes()
     if head.startswith(b"\x89PNG"):
-        data = buffer.tobytes()
-        pixels = data.find(b"IDAT")
-        animated = b"acTL" in data[:pixels if pixels >= 0 else len(data)]
+        animated = _png_has_actl(buffer)
     else:
         animated = head.startswith(b"GIF8") or (head[8:16] == b"WEBPVP8X" and len(head) > 20 and head[20] & 0x02)
     if not animated:
@@ -150,6 +148,20 @@ def _animation_frames(buffer: np.ndarray) -> int:
             return int(getattr(image, "n_frames", 1))
     except Exception:  # whatever PIL cannot parse, OpenCV decoded: one image
         return 1
+
+
+def _png_has_actl(buffer: np.ndarray) -> bool:
+    """Whether a PNG has an acTL chunk, which APNG puts before the first IDAT: only the chunk headers up to the
+    pixels are read, not a copy of the whole file."""
+    position = 8  # past the signature; each chunk: length (4, big-endian), type (4), data, CRC (4)
+    while position + 8 <= buffer.size:
+        kind = buffer[position + 4 : position + 8].tobytes()
+        if kind == b"acTL":
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        position += 12 + int.from_bytes(buffer[position : position + 4].tobytes(), "big")
+    return False
 
 
 def _tiff_has_more_pages(buffer: np.ndarray) -> bool:
