@@ -154,10 +154,11 @@ class Inspector:
             raise EdgestackError("the run folder is an empty path; give a folder (or None for no run folder)")
         if run_dir and isinstance(source, (str, Path)) and not Path(source).is_file() \
                 and not is_camera(source):  # a folder or a glob
-            root, run = source_root(source).resolve(), Path(run_dir).resolve()
+            fixed = source_root(source)
+            root, run = fixed.resolve(), Path(run_dir).resolve()
             # A folder is walked whole; a glob without ** matches files at its own depth only (`*.png` never reaches
             # runs/line3/overlays/).
-            pattern = Path(source).parts[len(source_root(source).parts):]
+            pattern = Path(source).parts[len(fixed.parts):]
             reaches = Path(source).is_dir() or "**" in pattern or len(pattern) > len(run.parts) - len(root.parts)
             if root in [run, *run.parents] and reaches:
                 raise EdgestackError(f"run folder {run_dir} is inside the source {source}: its overlays would be "
