@@ -5,10 +5,12 @@ Export writes bundles and runtime reads them; both go through this module so the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +88,76 @@ def replace_files(bundle: Path, meta: dict[str, Any], files: dict[str, Path | by
         raise
 
 
+def exclusive_lock(path: Path, wait: bool = False):
+    """An open file holding an exclusive lock on `path` (created), or None where another process holds it and
+    `wait` is False. The lock goes with the file's close, or with the process when it dies, so a killed command
+    never leaves a folder locked. A holder may remove the file before it closes it: a waiter that then holds the
+    lock of a removed file tries again on the path."""
+    while True:
+        lock = open(path, "a+")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                return lock
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        except OSError:
+            lock.close()
+            return None
+        lock.close()
+
+
+_changing = threading.local()  # the folders this thread holds the change lock of: a nested change goes on
+
+
+@contextmanager
+def changing(folder: Path, wait: bool = False) -> Iterator[None]:
+    """Held while a command rewrites a bundle (export, build, quantize, a plan rebuild) or a Triton model folder:
+    two at once would share one staging folder, or one would drop what the other recorded in meta.json. The lock
+    is `.NAME.lock` beside the folder while it is held; a second command is refused, or with `wait` waits its turn
+    (the workers of one service rebuilding one plan)."""
+    held = _changing.__dict__.setdefault("folders", set())
+    key = os.path.abspath(folder)
+    if key in held:
+        yield
+        return
+    path = folder.with_name(f".{folder.name}.lock")
+    try:
+        lock = exclusive_lock(path, wait)
+        if lock is None:
+            raise EdgestackError(f"{folder} is being changed by another edgestack command (export, build, quantize "
+                                 "or triton); let it end, or write to another folder")
+    except OSError:  # a parent we may not write to: no export can stage a folder beside this one either
+        lock = None
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        if lock is not None:
+            if os.name != "nt":  # no lock file left beside the bundle (Windows cannot remove an open file)
+                path.unlink(missing_ok=True)
+            lock.close()
+
+
+def changes_bundle(command):
+    """`command(bundle, ...)`, which rewrites files of the bundle, run while it holds changing(bundle)."""
+
+    @functools.wraps(command)
+    def locked(bundle, *args, **kwargs):
+        with changing(Path(bundle)):
+            return command(bundle, *args, **kwargs)
+
+    return locked
+
+
 @contextmanager
 def folder_replaced(target: Path, beside: Path | None = None) -> Iterator[Path]:
     """A staging folder, put in `target`'s place whole when the block finishes without an error and removed when
@@ -94,14 +166,15 @@ def folder_replaced(target: Path, beside: Path | None = None) -> Iterator[Path]:
     name, as is the old folder moved aside to `.NAME.replaced` during the swap."""
     beside = beside or target
     staging = beside.with_name(f".{beside.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()  # the umask's mode, as `target` would have (a bundle or a model folder is meant to be shared)
-    try:
-        yield staging
-        _swap_in(staging, target, beside.with_name(f".{beside.name}.replaced"))
-    except BaseException:
+    with changing(beside):
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        staging.mkdir()  # the umask's mode, as `target` would have (a bundle or a model folder is meant to be shared)
+        try:
+            yield staging
+            _swap_in(staging, target, beside.with_name(f".{beside.name}.replaced"))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def _swap_in(staging: Path, target: Path, old: Path) -> None:

@@ -131,6 +131,7 @@ def _foreign_entries(folder: Path) -> list[str] | None:
         meta = json.loads((folder / bundle_format.META).read_text())
         recorded = {bundle_format.META, bundle_format.REPORT} | {Path(name).parts[0] for name in meta["files"]}
         subs = {graph["folder"] for graph in meta.get("graphs", {}).values()}
+        recorded |= {f".{sub}.lock" for sub in subs}  # what `edgestack build SUB-BUNDLE` locked
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     foreign = []

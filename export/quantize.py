@@ -127,6 +127,7 @@ def int8_parity(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict
     return figures
 
 
+@bundle_format.changes_bundle
 def quantize(
     bundle: str | Path,
     calib: str | Path | None = None,

@@ -137,6 +137,7 @@ def default_timing_cache(env: dict[str, str]) -> Path:
     return root / f"{slug.strip('-')}.timing"
 
 
+@bundle_format.changes_bundle
 def build_engine(
     bundle: str | Path,
     precision: str = "fp16",
@@ -305,22 +306,30 @@ def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> di
     return {"sizes": sizes, **compare(want, got, meta["model"]["task"])}
 
 
-def rebuild_plan(bundle: Path, meta: dict[str, Any]) -> None:
-    """Rebuild the bundle's plan for this machine with the precision, flags and profile recorded in meta.json."""
-    info = meta["tensorrt"]
-    source = bundle / info["source"]
-    if not source.is_file():
-        raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
+def rebuild_plan(bundle: Path) -> None:
+    """Rebuild the bundle's plan for this machine with the precision, flags and profile recorded in meta.json.
+    Several processes loading one bundle at once (a service's workers): the first rebuilds, the others wait for
+    it and take its plan."""
+    from edgestack.runtime.tensorrt import plan_problem
     from edgestack.tensorrt_env import current_environment, hardware_compatible_problem
 
-    # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a plain one.
-    hardware_compatible = (info["flags"]["hardware_compatible"]
-                           and not hardware_compatible_problem(current_environment()))
-    build_engine(
-        bundle,
-        precision=info["precision"],
-        workspace_mb=info.get("workspace_mb"),
-        profile=info["profile"],
-        version_compatible=info["flags"]["version_compatible"],
-        hardware_compatible=hardware_compatible,
-    )
+    with bundle_format.changing(bundle, wait=True):
+        meta = bundle_format.read_meta(bundle, verify=True)
+        if not plan_problem(meta, current_environment()):
+            return
+        info = meta["tensorrt"]
+        source = bundle / info["source"]
+        if not source.is_file():
+            raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
+        # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a
+        # plain one.
+        hardware_compatible = (info["flags"]["hardware_compatible"]
+                               and not hardware_compatible_problem(current_environment()))
+        build_engine(
+            bundle,
+            precision=info["precision"],
+            workspace_mb=info.get("workspace_mb"),
+            profile=info["profile"],
+            version_compatible=info["flags"]["version_compatible"],
+            hardware_compatible=hardware_compatible,
+        )

@@ -483,22 +483,12 @@ def judged_file(record: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def _lock_run_folder(run_dir: Path):
-    """An exclusive lock on the run folder for this process's run (released on close, or when the process
-    dies): two runs appending to one results.jsonl would record items twice."""
-    lock = open(run_dir / "run.lock", "a+")
-    try:
-        if os.name == "nt":
-            import msvcrt
-
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
+    """An exclusive lock on the run folder for this process's run: two runs appending to one results.jsonl would
+    record items twice."""
+    lock = bundle_format.exclusive_lock(run_dir / "run.lock")
+    if lock is None:
         raise EdgestackError(f"run folder {run_dir} is in use by another inspect or serve run; let it end, or give "
-                             "this run its own folder (--out)") from None
+                             "this run its own folder (--out)")
     return lock
 
 

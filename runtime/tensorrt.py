@@ -132,7 +132,7 @@ class TensorRTBackend:
             from edgestack.export.tensorrt import rebuild_plan
 
             log.warning("%s; rebuilding the plan for this machine", problem)
-            rebuild_plan(bundle, meta)
+            rebuild_plan(bundle)
             # The Engine holds this dict: refresh it in place so it describes the new plan.
             meta.clear()
             meta.update(bundle_format.read_meta(bundle, verify=True))

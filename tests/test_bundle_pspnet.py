@@ -338,6 +338,34 @@ def test_a_re_export_swaps_the_whole_bundle_in_even_when_stopped(tmp_path, monke
     assert _foreign_entries(out) == []
 
 
+def test_two_commands_never_change_one_bundle_at_once(tmp_path):
+    # Two exports into one --out shared one staging folder (the second deleted what the first had written); a build
+    # and a quantize at once each wrote the meta.json it had read, without the other's file.
+    import threading
+
+    from edgestack.export.quantize import quantize
+    from edgestack.export.tensorrt import build_engine
+
+    out = tmp_path / "bundle"
+    other = bundle_format.exclusive_lock(tmp_path / ".bundle.lock")  # held as another process holds it
+    for command in (lambda: bundle_format.folder_replaced(out).__enter__(), lambda: quantize(out),
+                    lambda: build_engine(out)):
+        with pytest.raises(EdgestackError, match="bundle is being changed by another edgestack command"):
+            command()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.lock"]  # no staging made or removed
+
+    def other_ends():  # as a process ends: its lock file removed, then closed
+        (tmp_path / ".bundle.lock").unlink()
+        other.close()
+
+    threading.Timer(0.3, other_ends).start()
+    with bundle_format.changing(out, wait=True):  # a service's workers rebuilding one plan wait their turn
+        assert (tmp_path / ".bundle.lock").is_file()  # taken again on the path, not on the removed file
+        with bundle_format.folder_replaced(out) as staging:  # within this thread's own change: goes on
+            (staging / "new").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"] and (out / "new").is_file()
+
+
 def test_checkpoint_roundtrip_and_misshaped_keys_listed(tmp_path):
     from edgestack.models import resolve
     from edgestack.models.checkpoints import load_checkpoint

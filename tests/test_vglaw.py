@@ -355,6 +355,7 @@ def test_a_re_export_refuses_to_delete_what_was_put_in_a_sub_bundle(bundle, tmp_
     path, _ = bundle
     copy = tmp_path / "vglaw"
     shutil.copytree(path, copy)
+    (copy / ".text.lock").touch()  # what a killed `edgestack build vglaw/text` left
     check_out_folder(copy)  # an earlier bundle as exported: replaced
     (copy / "text" / "bench").mkdir()
     (copy / "vision" / "my-finetuned.safetensors").write_bytes(b"weights")
