@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgestack.errors import EdgestackError, EngineOutputError
+from edgestack.errors import EdgestackError, check_finite_output
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +157,7 @@ def assess(prob: np.ndarray, rules: Rules) -> Assessment:
     about one labelling pass whatever its component count. A map holding NaN or Inf is refused: NaN compares
     below every threshold, so it would pass as OK, a missed defect. So are rules
     whose regions of interest all miss the image: nothing could ever count there."""
-    non_finite = int(np.count_nonzero(~np.isfinite(prob)))
-    if non_finite:
-        raise EngineOutputError(
-            f"the defect probability map holds {non_finite} NaN/Inf value(s) of {prob.size}, so no verdict: the "
-            "engine's output overflowed or the bundle is damaged; run the item on onnxruntime, or rebuild a TensorRT "
-            "plan with `edgestack build BUNDLE --precision fp32`")
+    check_finite_output(prob, "the defect probability map")
     height, width = prob.shape
     if rules.rois and not any(x0 < width and y0 < height and x1 > 0 and y1 > 0 for x0, y0, x1, y1 in rules.rois):
         raise EdgestackError(

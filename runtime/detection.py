@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, check_finite_output
 from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, palette, read_image, to_tensor
 
@@ -43,6 +43,8 @@ def detect(engine: Engine, image: ImageLike, gray_to_rgb: bool = False, min_scor
     padded[:, :, :height, :width] = x
     out = engine(padded)
     count = int(out[post["count"]][0])
+    for key in ("boxes", "scores"):  # a NaN box or score is dropped below: a missed detection, in silence
+        check_finite_output(out[post[key]][0, :count], f"the detected {key} of {name}")
     boxes, inside = clip_to_image(out[post["boxes"]][0, :count], height, width)
     detections = [
         {"box": [round(float(v), 1) for v in box], "score": float(score), "class": int(cls),

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edgestack import bundle as bundle_format
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, check_finite_output
 from edgestack.models.vglaw.tokenizer import Prompt, encode, load_tokenizer
 from edgestack.runtime.engine import Engine, load
 from edgestack.runtime.images import ImageLike, read_image, to_tensor
@@ -82,6 +82,8 @@ class Grounder:
             self.cache_misses += 1
         out = self.text_engine(prompt.ids[None], prompt.attention_mask[None])  # outside the lock: it takes time
         entry = (out["phi"], out["text_feature"])
+        for array in entry:  # before the cache keeps it for every later frame
+            check_finite_output(array, f"the text graph's output for {text!r}")
         with self._cache_lock:
             self._cache[key] = entry
             if len(self._cache) > self.cache_size:
@@ -115,12 +117,14 @@ class Grounder:
         for i, text in enumerate(texts):
             try:
                 encoded.append(self.encode(text))
-            except EdgestackError as exc:
-                raise EdgestackError(f"prompt {i + 1} of {len(texts)}: {exc}") from None
+            except EdgestackError as exc:  # of its type: a NaN output stays the engine's fault
+                raise type(exc)(f"prompt {i + 1} of {len(texts)}: {exc}") from None
         rgb, x = self.preprocess(image, gray_to_rgb, bit_depth)
         count = len(texts)
         out = self.vision_engine(np.repeat(x, count, axis=0), np.concatenate([e[1] for e in encoded]),
                                  np.concatenate([e[2] for e in encoded]))
+        for key in ("box", "mask"):  # a NaN mask is no mask at all and a NaN box is no box: not a found region
+            check_finite_output(out[key], f"the vision graph's {key}")
         height, width = rgb.shape[:2]
         scale = np.array([width / self.size[1], height / self.size[0]] * 2, np.float32)
         results = []

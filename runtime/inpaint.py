@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgestack import bundle as bundle_format
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, check_finite_output
 from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, decode_file, read_image
 
@@ -86,8 +86,8 @@ def inpaint(
     meta = engine.meta
     rgb = read_image(image, gray_to_rgb, bit_depth)
     height, width = rgb.shape[:2]
+    name = str(image) if isinstance(image, (str, Path)) else "image array"
     if min(height, width) < MIN_SIDE:
-        name = str(image) if isinstance(image, (str, Path)) else "image array"
         raise EdgestackError(f"{name} is {width}x{height}; inpainting needs at least {MIN_SIDE}x{MIN_SIDE}")
     hole = read_hole_mask(mask, (height, width), invert_mask)
     res = meta["default_size"][0]
@@ -126,6 +126,7 @@ def inpaint(
             mask=np.stack(keeps).astype(np.float32)[:, None],
             **{name: torch.cat([draw[name] for draw in draws]).numpy() for name in draws[0]},
         )[post["output"]]
+        check_finite_output(result, f"the inpainted windows of {name}")  # NaN would fill the holes with black
         result = np.clip(result.transpose(0, 2, 3, 1) * post["scale"] + post["offset"], *post["clip"])
         for (y, x, side, members), tile in zip(group, result):
             if side != res:

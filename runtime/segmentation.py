@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgestack.bundle import axis_problem
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, check_finite_output
 from edgestack.runtime.engine import Engine, require_task
 from edgestack.runtime.images import ImageLike, overlay, read_image, to_tensor
 
@@ -23,6 +23,7 @@ def segment(engine: Engine, image: ImageLike, gray_to_rgb: bool = False,
         if problem:
             raise EdgestackError(f"{name} is {rgb.shape[1]}x{rgb.shape[0]}: {problem}; resize or crop it to fit")
     logits = engine(x)[post["output"]]
+    check_finite_output(logits, f"the class scores of {name}")  # NaN's argmax is a class, in silence
     class_map = logits[0].argmax(0).astype(np.int32)
     return rgb, class_map
 

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import overflow_outputs
 from onnx.utils import Extractor
 
 from edgestack.cli import main
@@ -121,6 +122,26 @@ def test_infer_draws_boxes(bundle, tmp_path):
         with pytest.raises(EdgestackError, match="min_score must be a number from 0 to 1"):  # a TypeError
             detect(engine, image, min_score=min_score)
     assert detect(engine, image, min_score=np.float32(0.0))[1] == detect(engine, image)[1]  # any scalar number
+
+
+def test_an_engine_giving_nan_gives_no_result_rather_than_fewer_results(bundle, pspnet_bundle, mat_edge_bundle,
+                                                                        monkeypatch):
+    # NaN boxes and scores were dropped as slivers and low scores (no detection: a missed defect), NaN class
+    # scores became class 0, and NaN inpainting filled holes with black, each without a word.
+    from edgestack.errors import EngineOutputError
+    from edgestack.runtime.inpaint import inpaint
+    from edgestack.runtime.segmentation import segment
+
+    image = np.random.default_rng(0).integers(0, 255, (130, 150, 3), dtype=np.uint8)
+    hole = np.zeros((130, 150), np.uint8)
+    hole[40:60, 50:90] = 255
+    for path, run, what in ((bundle[0], detect, "detected boxes"), (pspnet_bundle, segment, "class scores"),
+                            (mat_edge_bundle, lambda engine, image: inpaint(engine, image, hole), "inpainted windows")):
+        engine = load(path, backend="onnxruntime")
+        run(engine, image)  # as it is: a result
+        overflow_outputs(engine, monkeypatch)
+        with pytest.raises(EngineOutputError, match=f"the {what} of image.* NaN/Inf value.*, so no result"):
+            run(engine, image)
 
 
 def test_infer_names_the_command_a_defect_bundle_needs(defectseg_bundle, tmp_path, capsys):

@@ -192,7 +192,7 @@ def test_rules_decide_ok_ng_and_say_why():
 def test_a_map_with_nan_or_inf_gets_no_verdict(bad):
     prob = np.zeros((10, 10), np.float32)  # would be OK: NaN compares below every threshold
     prob[3, 4] = bad
-    with pytest.raises(EdgestackError, match="holds 1 NaN/Inf value.* of 100, so no verdict"):
+    with pytest.raises(EdgestackError, match="holds 1 NaN/Inf value.* of 100, so no result"):
         assess(prob, Rules())
 
 

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import overflow_outputs
 
 from edgestack.cli import main
-from edgestack.errors import EdgestackError
+from edgestack.errors import EdgestackError, EngineOutputError
 from edgestack.models import resolve
 from edgestack.models.vglaw import SHIPPED
 from edgestack.models.vglaw.model import box_to_corners
@@ -391,6 +392,23 @@ def test_grounder_matches_pytorch_and_caches_prompts(bundle, model, tmp_path):
     phi, feature = grounder._cache[encode(tokenizer, texts[0]).ids.tobytes()]
     out = vision(x, phi, feature)
     np.testing.assert_allclose(out["box"][0] * 2, results[0].box, atol=0.06)
+
+
+def test_a_grounder_giving_nan_gives_no_result_and_keeps_no_such_prompt(bundle, monkeypatch):
+    # A NaN box came back as the answer (and NaN in JSON), a NaN mask as an empty one; a NaN text output stayed in
+    # the prompt cache for every later frame.
+    path, _ = bundle
+    grounder = Grounder(path, backend="onnxruntime")
+    frame = referring.make_referring(referring.SPLIT_SEEDS["test"], 0).image
+    overflow_outputs(grounder.vision_engine, monkeypatch)
+    with pytest.raises(EngineOutputError, match="the vision graph's box holds .*, so no result"):
+        grounder.ground(frame, "the largest stain")
+    monkeypatch.undo()
+    overflow_outputs(grounder.text_engine, monkeypatch)
+    with pytest.raises(EngineOutputError, match="prompt 1 of 1: the text graph's output for 'the long scratch' holds"):
+        grounder.ground(frame, "the long scratch")
+    monkeypatch.undo()
+    assert not grounder.ground(frame, "the long scratch")[0].cached_prompt
 
 
 def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
