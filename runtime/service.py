@@ -19,10 +19,12 @@ On stop (SIGTERM, Ctrl-C) the images being inspected finish; those still waiting
 """
 
 import asyncio
+import errno
 import hmac
 import io
 import itertools
 import logging
+import socket
 import sys
 import threading
 import time
@@ -314,20 +316,36 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
     import uvicorn
 
     server = None
-    app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending,
-                     body_timeout_s=body_timeout_s, stopping=lambda: server is not None and server.should_exit)
-    # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=body_timeout_s))
-    print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)  # the run folder is ours
-    try:
-        server.run()
-    except SystemExit:  # uvicorn's answer to a port it cannot listen on (logged above)
-        if server.started:
-            raise
-    except KeyboardInterrupt:  # uvicorn raises the stop signal again once it has stopped: a clean stop, exit 0
-        if not server.started:
-            raise
+    with listening_socket(host, port) as listener:  # before the run folder is taken: a port in use leaves it free
+        app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending,
+                         body_timeout_s=body_timeout_s, stopping=lambda: server is not None and server.should_exit)
+        # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=body_timeout_s))
+        print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)
+        try:
+            server.run(sockets=[listener])
+        except SystemExit:  # uvicorn's answer to a failed start (logged above)
+            if server.started:
+                raise
+        except KeyboardInterrupt:  # uvicorn raises the stop signal again once it has stopped: a clean stop, exit 0
+            if not server.started:
+                raise
     if not server.started:
-        raise EdgestackError(f"could not listen on {host}:{port} (in use by another program, or not an address of "
-                             "this machine); choose another --port or --host")
+        raise EdgestackError(f"the service on {host}:{port} did not start (see the log above)")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The service's socket, with TCP keep-alive, which its connections inherit: a client that lost power or its
+    cable mid-connection never closes that connection, and without probes the service would hold each such one
+    (a file descriptor) for ever; with them it goes after about 90 s of silence."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = "in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise EdgestackError(f"could not listen on {host}:{port} ({reason}); choose another --port or --host") from None
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux, and macOS from Python 3.10 on; elsewhere the system's own timing
+            listener.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return listener

@@ -737,6 +737,20 @@ def test_a_port_in_use_is_a_one_line_error(bundle, tmp_path, capsys):
     RunWriter(tmp_path / "run", "ng", {}).finish()  # the run folder was released
 
 
+def test_the_service_lets_go_of_connections_whose_client_went_silent():
+    # A client that lost power or its cable mid-connection never closes it: the service held each one for ever.
+    from edgestack.runtime.service import listening_socket
+
+    with listening_socket("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:  # as uvicorn accepts them: probed after a minute of silence
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    with pytest.raises(EdgestackError, match=r"could not listen on 192.0.2.1:8000 \(.*\); choose another --port"):
+        listening_socket("192.0.2.1", 8000)  # not an address of this machine
+
+
 def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
     run = tmp_path / "run"
