@@ -160,7 +160,26 @@ class Engine:
             array = np.ascontiguousarray(array, dtype=want)
         if want.kind == "f" and not np.isfinite(array).all():  # after the cast: 1e300 is Inf in float32
             raise EdgestackError(f"input {name!r} holds NaN or Inf values (as {want})")
+        if name == "image" and "scale" in self.meta.get("preprocess", {}) and array.size:
+            # 0..255 levels as float pass the dtype check, and read as a frame 255x too bright for the model
+            low, high = preprocessed_range(self.meta["preprocess"])
+            span = high - low
+            least, most = float(array.min()), float(array.max())
+            if least < low - span or most > high + span:
+                raise EdgestackError(
+                    f"input 'image' holds {least:g}..{most:g}, far outside the {low:.3g}..{high:.3g} its preprocessing "
+                    "gives: pass the preprocessed tensor (to_tensor(read_image(frame), meta['preprocess'])), not "
+                    "pixel levels")
         return array
+
+
+def preprocessed_range(preprocess: dict[str, Any]) -> tuple[float, float]:
+    """The lowest and highest value to_tensor gives with this preprocessing, over its channels."""
+    ends = np.array([0.0, 255.0])[:, None] * preprocess["scale"]
+    if "mean" in preprocess:
+        ends = (ends - np.asarray(preprocess["mean"])) / np.asarray(preprocess["std"])
+    ends = ends + preprocess.get("offset", 0.0)
+    return float(ends.min()), float(ends.max())
 
 
 def _host_array(name: str, value: Any) -> np.ndarray:

@@ -236,6 +236,11 @@ def check_min_size(image: np.ndarray, preprocess: dict[str, Any], name: str = "i
 
 def to_tensor(image: np.ndarray, preprocess: dict[str, Any], name: str = "image") -> np.ndarray:
     """RGB uint8 HxWx3 -> float32 1x3xHxW as the model was trained: x*scale, then (x-mean)/std or +offset."""
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        # float 0..1 would be 255x too dark (no defect), 16-bit levels 257x too bright (all defect)
+        shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+        raise EdgestackError(f"{name}: to_tensor takes an RGB uint8 HxWx3 array, got {dtype} of shape {shape}; "
+                             "read_image(image) makes one of a file or of any image array")
     check_min_size(image, preprocess, name)
     x = image.astype(np.float32) * np.float32(preprocess.get("scale", 1 / 255))
     if "mean" in preprocess:

@@ -16,6 +16,7 @@ from edgestack.cli import main
 from edgestack.errors import EdgestackError
 from edgestack.runtime import load
 from edgestack.runtime.bench import markdown_table
+from edgestack.runtime.images import to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,14 @@ def test_engine_checks_inputs(bundle):
             engine(raw)
     with pytest.raises(EdgestackError, match=r"NaN or Inf values \(as float32\)"):
         engine(np.full((1, 3, 97, 97), 1e300))  # finite in float64, Inf once cast
+    # Pixel levels as float passed, read as a frame 255x too bright; to_tensor took any array as uint8 RGB.
+    frame = np.random.default_rng(0).integers(30, 200, (97, 97, 3), dtype=np.uint8)
+    with pytest.raises(EdgestackError, match=r"input 'image' holds 30\.\.199, far outside the -2.12..2.64 its "):
+        engine(frame.transpose(2, 0, 1)[None].astype(np.float32))
+    engine(to_tensor(frame, engine.meta["preprocess"]))  # as it should be given
+    for wrong in (frame / 255.0, frame.astype(np.uint16) * 257, frame[..., 0]):  # 255x dark, 257x bright, gray
+        with pytest.raises(EdgestackError, match="to_tensor takes an RGB uint8 HxWx3 array, got .*; read_image"):
+            to_tensor(wrong, engine.meta["preprocess"])
 
 
 def test_engine_takes_torch_tensors(bundle):
