@@ -33,7 +33,7 @@ import numpy as np
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
-from edgestack.runtime.defects import Rules, assess, check_not_blank
+from edgestack.runtime.defects import Rules, assess, check_not_blank, load_rules
 from edgestack.runtime.engine import Engine, load, require_task
 from edgestack.runtime.images import check_bit_depth, check_min_size, read_image, to_tensor
 from edgestack.runtime.sources import Item, Watch, file_signature, is_camera, open_source, source_root
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 SUMMARY_EVERY_S = 60.0  # how often a watch or the service rewrites its summary while it runs
 CSV_FIELDS = ["id", "status", "rule", "defects", "max_score", "width", "height", "latency_ms", "error", "time"]
 _END = object()
+STOP_WAIT_S = 1.0  # how long a stopped run waits for its reader to finish the item it is reading
 # Text files a person reads (results.csv, skipped.txt, summary.md): UTF-8, and a file name that is not valid
 # UTF-8 (its bytes kept as surrogates by Python) written as \udcff escapes rather than failing the run.
 TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
@@ -62,7 +63,7 @@ class Inspector:
     def __init__(
         self,
         bundle: str | Path | Engine,
-        rules: Rules | None = None,
+        rules: Rules | str | Path | None = None,
         backend: str = "auto",
         batch: int = 4,
         overlap: int = 32,
@@ -77,7 +78,12 @@ class Inspector:
         batch, prefetch, overlap = int(batch), int(prefetch), int(overlap)  # numpy ints are not JSON (run.json)
         self.engine = defect_engine(bundle, backend)
         meta = self.engine.meta
-        self.rules = rules or Rules()
+        if isinstance(rules, (str, Path)):
+            rules = load_rules(rules)
+        elif rules is not None and not isinstance(rules, Rules):  # a dict failed at every item, {} judged by defaults
+            raise EdgestackError(f"rules must be a rules file's path or Rules (load_rules reads a file), got "
+                                 f"{type(rules).__name__}")
+        self.rules = rules if rules is not None else Rules()
         self.output = meta["postprocess"]["output"]
         self.tile = tuple(meta["default_size"])
         self.multiple = max(meta["axes"].get("height", {}).get("multiple_of", 1),
@@ -187,13 +193,16 @@ class Inspector:
                             result, prob = error_result(item.id, f"{exc.__class__.__name__}: {exc}"), None
                     else:
                         result, prob = error_result(item.id, error), None
-                    if item.signature is not None:
+                    if isinstance(item.signature, tuple):
                         result["file"] = {"size": item.signature[0], "mtime_ns": item.signature[1]}
+                    elif item.signature is not None:
+                        result["pixels_sha256"] = item.signature
                     if writer:
                         writer.write(result, image, prob)
-                    (errors.add if result["status"] == "ERROR" else errors.discard)(item.id)
-                    if not writer and result["status"] != "ERROR":
-                        done[item.id] = item.signature
+                    if not item.unique:  # a camera's frames are never asked about again: not kept for days
+                        (errors.add if result["status"] == "ERROR" else errors.discard)(item.id)
+                        if not writer and result["status"] != "ERROR":
+                            done[item.id] = item.signature
                     yield result
         except BaseException:
             if writer:
@@ -205,12 +214,13 @@ class Inspector:
         if writer:
             writer.finish()
 
-    def _prefetched(self, items: Iterator[Item | None], done: dict[str, tuple[int, int] | None],
+    def _prefetched(self, items: Iterator[Item | None], done: dict[str, tuple[int, int] | str | None],
                     note: Callable[[str], None]):
         """Decode items in a background thread into a bounded queue: (item, image or None, error or None).
         A None from the source is a poll with nothing new: a chance to see the stop. An item `done` in an earlier
-        run (id -> the file version its verdict judged) is skipped; a file changed since is reported, never passed
-        silently. An id seen twice in this run is reported and its second item not inspected."""
+        run (id -> the version its verdict judged: a file's, an (id, image) pair's pixels) is skipped; another
+        version is reported, never passed silently. An id seen twice in this run is reported and its second item
+        not inspected."""
         slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         changed: set[Path] = set()  # files changed since their verdicts: none of their items (frames) is inspected
@@ -218,40 +228,55 @@ class Inspector:
         # a repeated id was seen there would depend on timing.
         earlier, this_run = dict(done), set()
 
+        def offer(entry: Any) -> bool:
+            """Queue `entry` for the writer, unless the run stops first (then nobody takes it)."""
+            while not stop.is_set():
+                try:
+                    slots.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
         def produce():
             try:
                 for item in items:
                     if stop.is_set():
                         return
-                    if item is None:
-                        continue
-                    if item.path in changed:  # the rest of a video found changed
+                    if item is None or item.path in changed:  # a poll with nothing new; the rest of a changed video
                         continue
                     if item.id in this_run and not item.retry:
                         note(f"{item.id}: a second item with this id in one run, so it was NOT inspected; give "
                              "each part its own id")
                         continue
-                    if item.id in earlier:
+                    if item.id in earlier and item.path is not None:
                         judged = earlier[item.id]
-                        if judged is not None and item.path is not None \
-                                and file_signature(item.path) not in (None, judged):
+                        if judged is not None and file_signature(item.path) not in (None, judged):
                             changed.add(item.path)
                             note(f"{item.path}: changed since its verdict was recorded (another file under that "
                                  "name?), so it was NOT inspected; a line must write each image or video under a "
                                  "new file name")
                         continue
-                    this_run.add(item.id)
                     try:
-                        slots.put((item, item.load(), None))
+                        entry = (item, item.load(), None)
                     except EdgestackError as exc:
-                        slots.put((item, None, str(exc)))
+                        entry = (item, None, str(exc))
                     except Exception as exc:  # a decoder crash on one file must not end the run
-                        slots.put((item, None, f"{exc.__class__.__name__}: {exc}"))
-            except Exception as exc:  # the source itself failed (a camera stopped): the run ends with its error
-                slots.put(exc if isinstance(exc, EdgestackError) else
-                          EdgestackError(f"reading the source failed: {exc.__class__.__name__}: {exc}"))
+                        entry = (item, None, f"{exc.__class__.__name__}: {exc}")
+                    if item.id in earlier:  # an (id, image) pair: its pixels tell a rerun from a new capture
+                        if earlier[item.id] not in (None, item.signature):
+                            note(f"{item.id}: has a verdict in this run folder for another image, so this one was "
+                                 "NOT inspected; give each capture of a part its own id")
+                        continue
+                    if not item.unique:
+                        this_run.add(item.id)
+                    if not offer(entry):
+                        return
+            except BaseException as exc:  # the source itself failed (a camera stopped): the run ends with its error
+                offer(exc if isinstance(exc, EdgestackError) else
+                      EdgestackError(f"reading the source failed: {exc.__class__.__name__}: {exc}"))
             finally:
-                slots.put(_END)
+                offer(_END)
 
         thread = threading.Thread(target=produce, name="edgestack-reader", daemon=True)
         thread.start()
@@ -261,12 +286,10 @@ class Inspector:
                     raise entry
                 yield entry
         finally:
+            # A reader waiting in the source (a camera's next trigger while the line is paused) stops at its next
+            # item; the run does not wait for that.
             stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    slots.get_nowait()
-                except queue.Empty:
-                    thread.join(0.05)
+            thread.join(STOP_WAIT_S)
 
 
 def utc_now() -> str:
@@ -304,7 +327,7 @@ class RunWriter:
             records = self._recover()
             # An ERROR is no verdict (a file still being written, a share that came back): a rerun tries it again.
             # A verdict keeps the file version it judged, so a file changed since is reported on a rerun.
-            self.done = {r["id"]: judged_file(r) for r in records if r["status"] != "ERROR"}
+            self.done = {r["id"]: judged_version(r) for r in records if r["status"] != "ERROR"}
             self._keep_one_setup(setup, len(self.done))
             self.summary_every_s = summary_every_s
             self.summarised = {r["id"]: _summary_fields(r) for r in records}
@@ -415,7 +438,7 @@ class RunWriter:
                 self.summary_thread = threading.Thread(target=self._write_live_summaries, daemon=True)
                 self.summary_thread.start()
         if result["status"] != "ERROR":
-            self.done[result["id"]] = judged_file(result)
+            self.done[result["id"]] = judged_version(result)
         # The table and the summary are views of results.jsonl, rewritten by finish(): the result is recorded,
         # so failing them must not turn it into an unrecorded one.
         try:
@@ -475,11 +498,12 @@ class RunWriter:
             self.lock.close()  # another run may use the folder now
 
 
-def judged_file(record: dict[str, Any]) -> tuple[int, int] | None:
-    """(size, mtime_ns) of the image or video file a record's verdict judged, as file_signature gives it; None
-    for arrays, camera frames, and records written before files were recorded."""
+def judged_version(record: dict[str, Any]) -> tuple[int, int] | str | None:
+    """Which version of its item a record's verdict judged, as Item.signature gives it: a file's (size, mtime_ns),
+    an (id, image) pair's pixels_sha256; None for anonymous arrays, camera frames, and records written before
+    these were recorded."""
     file = record.get("file")
-    return (file.get("size"), file.get("mtime_ns")) if isinstance(file, dict) else None
+    return (file.get("size"), file.get("mtime_ns")) if isinstance(file, dict) else record.get("pixels_sha256")
 
 
 def _lock_run_folder(run_dir: Path):

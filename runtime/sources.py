@@ -9,6 +9,7 @@ None at every poll, so that the reader can be stopped while nothing arrives.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import math
 import os
@@ -43,8 +44,10 @@ class Item:
     load: Callable[[], np.ndarray]
     """-> RGB uint8 HxWx3; raises EdgestackError for an unreadable item."""
     path: Path | None = None  # the file of an image item or a video's frame
-    signature: tuple[int, int] | None = None  # its (size, mtime_ns) when it was read: which version was judged
+    # Which version was judged: a file's (size, mtime_ns) when it was read, an (id, image) pair's pixels_sha256.
+    signature: tuple[int, int] | str | None = None
     retry: bool = False  # a hot-folder file handed out again: read before it was whole, it got an ERROR
+    unique: bool = False  # an id no other item can have (a camera frame's, an anonymous array's): not kept
 
 
 @dataclass(frozen=True)
@@ -80,15 +83,40 @@ def _array_items(arrays: Iterable, gray_to_rgb: bool, bit_depth: int | None) -> 
     for index, entry in enumerate(arrays):
         item_id = f"item-{session}-{index:06d}"
         if not (isinstance(entry, tuple) and len(entry) == 2):
-            yield Item(item_id, lambda a=entry: read_image(a, gray_to_rgb, bit_depth))
+            yield Item(item_id, partial(_owned_image, entry, gray_to_rgb, bit_depth), unique=True)
             continue
         given, array = entry
         if isinstance(given, str) and given or isinstance(given, Integral) and not isinstance(given, bool):
-            yield Item(str(given), lambda a=array: read_image(a, gray_to_rgb, bit_depth))
+            yield _pair_item(str(given), array, gray_to_rgb, bit_depth)
         else:
             yield Item(item_id, partial(_refuse, f"the id {given!r} ({type(given).__name__}) of (id, image) pair "
                                                  f"number {index} is not a non-empty string or an int; give each "
                                                  "part its serial number or name"))
+
+
+def _pair_item(item_id: str, array: Any, gray_to_rgb: bool, bit_depth: int | None) -> Item:
+    def load() -> np.ndarray:
+        image = _owned_image(array, gray_to_rgb, bit_depth)
+        item.signature = pixels_sha256(image)
+        return image
+
+    item = Item(item_id, load)
+    return item
+
+
+def _owned_image(array: Any, gray_to_rgb: bool, bit_depth: int | None) -> np.ndarray:
+    """read_image of an array, in memory of its own: the reader runs ahead of the engine, and a camera SDK's
+    generator fills one buffer again for each frame it yields."""
+    image = read_image(array, gray_to_rgb, bit_depth)
+    return image.copy() if isinstance(array, np.ndarray) and np.may_share_memory(image, array) else image
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """Which picture an (id, image) pair's verdict judged: a new capture under that id is told from a rerun of
+    the same (the hash takes milliseconds a frame, in the reader thread, beside the engine)."""
+    digest = hashlib.sha256(repr(image.shape).encode())
+    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+    return digest.hexdigest()
 
 
 def _refuse(message: str) -> np.ndarray:
@@ -98,7 +126,7 @@ def _refuse(message: str) -> np.ndarray:
 def _frame_item(item_id: str, bgr: np.ndarray, path: Path | None = None,
                 signature: tuple[int, int] | None = None) -> Item:
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return Item(item_id, lambda: rgb, path, signature)
+    return Item(item_id, lambda: rgb, path, signature, unique=path is None)
 
 
 def _frames(capture: cv2.VideoCapture, path: Path, max_frames: int | None,
@@ -329,8 +357,8 @@ def open_source(
         if not capture.isOpened():
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
         return _camera_frames(capture, int(source), max_frames)
-    if isinstance(source, np.ndarray) and source.ndim < 4:
-        raise EdgestackError(f"source is one array of shape {source.shape}: inspect one image with "
+    if len(getattr(source, "shape", (0,) * 4)) < 4:  # numpy, torch, CuPy: one image's rows were items
+        raise EdgestackError(f"source is one array of shape {tuple(source.shape)}: inspect one image with "
                              "Inspector.inspect(image), or pass a list of images or an N x H x W x C array")
     if not isinstance(source, (str, Path)):
         return _array_items(source, gray_to_rgb, bit_depth)

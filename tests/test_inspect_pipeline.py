@@ -145,6 +145,79 @@ def test_part_ids_given_with_arrays_are_checked_and_never_judged_twice_in_a_run(
     assert "the id None (NoneType) of (id, image) pair number 2" in results[2]["error"]
 
 
+def test_arrays_are_judged_as_yielded_and_a_recapture_under_a_judged_id_is_reported(inspector, tmp_path):
+    # A camera SDK fills one buffer for every frame it yields: the reader ran ahead of the engine, so frames were
+    # judged with a later frame's pixels under their own ids. An (id, array) sent again with another image got
+    # no result and no word.
+    frames = [plain_frame(128, 128, 120, seed=i) for i in range(6)]
+    frames[1][40:80, 40:80] = 250  # a bright blotch: a defect
+    alone = [inspector.inspect(frame)[0]["max_score"] for frame in frames]
+    buffer = np.empty_like(frames[0])
+
+    def camera():
+        for i, frame in enumerate(frames):
+            buffer[...] = frame
+            yield f"SN-{i}", buffer
+
+    run = tmp_path / "run"
+    assert [r["max_score"] for r in inspector.run(camera(), run)] == pytest.approx(alone)
+    assert list(inspector.run([("SN-0", frames[0].copy())], run)) == []  # the same image: a resume, in silence
+    assert "SN-0" not in (run / "skipped.txt").read_text()
+    assert list(inspector.run([("SN-0", frames[1])], run)) == []
+    assert "SN-0: has a verdict in this run folder for another image, so this one was NOT inspected" in (
+        run / "skipped.txt").read_text()
+    assert records(run)[0]["pixels_sha256"] == sources.pixels_sha256(frames[0])
+
+
+def test_a_run_ends_at_once_when_stopped_and_a_failing_source_is_never_taken_for_an_ended_one(inspector, tmp_path):
+    # Stopping a run waited until the source yielded again (a camera waiting for its next trigger: for ever); a
+    # source ending with a BaseException (asyncio's CancelledError) ended the run as if it had no more parts.
+    import asyncio
+
+    import torch
+
+    trigger = threading.Event()
+
+    def camera():
+        yield plain_frame(128, 128, 120)
+        trigger.wait(60)  # the line stopped: no trigger comes
+        yield plain_frame(128, 128, 120)
+
+    results = inspector.run(camera(), tmp_path / "run")
+    started = time.monotonic()
+    assert next(results)["status"] == "OK"
+    results.close()
+    assert time.monotonic() - started < 10
+    trigger.set()
+    assert bundle_format.exclusive_lock(tmp_path / "run" / "run.lock") is not None  # the run folder is free
+
+    def cancelled():
+        yield plain_frame(128, 128, 120)
+        raise asyncio.CancelledError()
+
+    with pytest.raises(EdgestackError, match="reading the source failed: CancelledError"):
+        list(inspector.run(cancelled()))
+    with pytest.raises(EdgestackError, match=r"one array of shape \(128, 128, 3\): inspect one image with"):
+        list(inspector.run(torch.from_numpy(plain_frame(128, 128))))  # not 128 items, one per row
+
+
+def test_a_long_run_without_a_run_folder_keeps_no_record_of_its_camera_frames(inspector, monkeypatch):
+    # Every anonymous or camera id was kept, though no other item can have it: ~190 B a frame, for ever.
+    import tracemalloc
+
+    monkeypatch.setattr(inspector, "inspect", lambda image, item_id=None: ({"status": "OK"}, None))
+    frame = plain_frame(8, 8)
+    list(inspector.run(frame for _ in range(500)))  # warmed up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        list(inspector.run(frame for _ in range(5000)))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000
+
+
 def test_inspector_options_are_checked_when_made_not_at_the_first_image(bundle, tmp_path):
     # batch=2.5 failed every inspect() with a TypeError; prefetch=0 made the read-ahead queue unbounded.
     for option, value in (("batch", 2.5), ("batch", 0), ("prefetch", 0), ("prefetch", -1), ("overlap", 1.5),
@@ -155,6 +228,11 @@ def test_inspector_options_are_checked_when_made_not_at_the_first_image(bundle, 
     assert numpy_ints.batch == 2 and json.dumps(numpy_ints.setup())  # run.json takes them
     with pytest.raises(EdgestackError, match="is a folder; pass one image file"):
         read_image(tmp_path)
+    # A rules file's path failed at every item with an AttributeError; a dict of rules was judged by the defaults.
+    (tmp_path / "rules.json").write_text(json.dumps({"threshold": 0.7}))
+    assert Inspector(bundle, tmp_path / "rules.json", backend="onnxruntime").rules.threshold == 0.7
+    with pytest.raises(EdgestackError, match="rules must be a rules file's path or Rules .*got dict"):
+        Inspector(bundle, {"threshold": 0.7}, backend="onnxruntime")
 
 
 def test_inspect_checks_an_array_as_run_does(inspector):
