@@ -197,10 +197,22 @@ def test_an_interrupted_detector_run_keeps_its_last_epoch_and_resumes(tmp_path):
             detection.save_checkpoint(out / "last.pt", Detector(**_config("detector-student")), "x", {})
     assert (out / "last.pt").read_bytes() == before and not list(out.glob("*.tmp"))
     messages = []
-    summary = detection.train_command(epochs=2, resume=True, log=messages.append, **common)
+
+    def stopped_in_the_final_evaluation(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:  # the final weights were written after it: a stop there lost them
+        patch.setattr(detection, "evaluate", stopped_in_the_final_evaluation)
+        with pytest.raises(KeyboardInterrupt):
+            detection.train_command(epochs=2, resume=True, log=messages.append, **common)
     assert messages[0] == f"resumed {out / 'last.pt'} after epoch 1" and messages[1].startswith("epoch 2/2")
+    resumed = torch.load(out / "best.pt", weights_only=True)
+    assert resumed["config"] == "detector-student" and not (out / "summary.json").exists()
+    # Resumed, the run went on with epoch 2's shuffles and augmentations: the weights of a run never stopped.
+    summary = detection.train_command(epochs=2, log=lambda m: None, **(common | {"out": tmp_path / "whole"}))
+    whole = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    assert all(torch.equal(resumed["state_dict"][key], value) for key, value in whole["state_dict"].items())
     assert [h["epoch"] for h in summary["history"]] == [1, 2] and summary["history"][0] == state["history"][0]
-    assert torch.load(out / "best.pt", weights_only=True)["config"] == "detector-student"
     with pytest.raises(EdgestackError, match="already holds 2 epoch"):
         detection.train_command(epochs=2, resume=True, log=lambda m: None, **common)
     for damaged, why in ((b"not a checkpoint", "not a readable torch file"),

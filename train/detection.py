@@ -35,6 +35,8 @@ from edgestack.train.datasets import DefectDataset, load_datasets, to_tensors
 from edgestack.train.loop import (
     check_epochs_left,
     check_finite_loss,
+    random_state,
+    restore_random_state,
     run_folder,
     save_checkpoint_file,
     starting_state,
@@ -193,7 +195,7 @@ def train_detector(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total))
     history, done = [], 0
     if state is not None:
-        history, done = _resume(last, state, distill, model, optimizer, scheduler)
+        history, done = _resume(last, state, distill, model, optimizer, scheduler, loader)
         log(f"resumed {last} after epoch {done}")
     check_epochs_left(epochs, done, last)
     for epoch in range(done, epochs):
@@ -225,13 +227,16 @@ def train_detector(
             save_checkpoint_file({"state_dict": model.state_dict(), "config": config_name, "epoch": epoch + 1,
                                   "history": history, "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "args": args or {},
-                                  "distill": distill.state_dict() if distill is not None else None}, last)
+                                  "distill": distill.state_dict() if distill is not None else None,
+                                  "random": random_state(loader)}, last)
         log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     return model.eval(), history
 
 
-def _resume(last: Path, state: dict[str, Any], distill, model, optimizer, scheduler) -> tuple[list[dict], int]:
-    """Load a detector run's `state` (of `last`); returns (history, epochs done)."""
+def _resume(last: Path, state: dict[str, Any], distill, model, optimizer, scheduler,
+            loader: torch.utils.data.DataLoader) -> tuple[list[dict], int]:
+    """Load a detector run's `state` (of `last`), its random streams too (a last.pt written before they were
+    saved goes on without them); returns (history, epochs done)."""
     if (state["distill"] is None) != (distill is None):
         raise EdgestackError(f"{last} was trained {'without' if state['distill'] is None else 'with'} TBD; "
                              "resume it with the same --teacher/--distill")
@@ -240,6 +245,8 @@ def _resume(last: Path, state: dict[str, Any], distill, model, optimizer, schedu
         distill.load_state_dict(state["distill"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "random" in state:
+        restore_random_state(state["random"], loader)
     return state["history"], state["epoch"]
 
 
@@ -349,11 +356,12 @@ def train_command(
     train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count, bit_depth=bit_depth)
     model, history = train_detector(spec.configs[config_name], train_set, epochs, batch_size, lr, seed,
                                     teacher_model, log, last, state, config_name, args)
+    # Before the evaluation: a run stopped during it has nothing left to train, and keeps its weights here.
+    save_checkpoint(out / "best.pt", model, config_name, {"epochs": epochs})
     images = np.stack(val_set.images)
     val = evaluate(model, images, [boxes_from_mask(m) for m in val_set.masks])
     summary = {"config": config_name, "distill": distill, "teacher": teacher, "data": info, "epochs": epochs,
                "train_seconds": sum(h["seconds"] for h in history), "history": history, "val": val}
-    save_checkpoint(out / "best.pt", model, config_name, {"epochs": epochs})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
