@@ -90,6 +90,19 @@ def test_nms_reference_semantics():
     assert out_boxes[0, 1:].abs().sum() == 0 and classes.tolist() == [[0, 0, 0]]
 
 
+@pytest.mark.gpu
+def test_nms_on_cuda_tensors_gives_the_hosts_detections_on_the_device():
+    # Its working tensors were made on the host: the torch backend of a detector bundle failed on any CUDA machine.
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(2, 300, 2, generator=generator) * 200
+    boxes = torch.cat([corners, corners + 5 + torch.rand(2, 300, 2, generator=generator) * 40], dim=2)
+    scores = torch.rand(2, 300, 3, generator=generator)
+    on_host = torch.ops.edgestack.detection_nms(boxes, scores, 50, 0.5, 0.3)
+    on_cuda = torch.ops.edgestack.detection_nms(boxes.cuda(), scores.cuda(), 50, 0.5, 0.3)
+    for want, got in zip(on_host, on_cuda):
+        assert got.device.type == "cuda" and torch.equal(got.cpu(), want)
+
+
 def test_harmony_table_bins():
     table = detection.harmony_table(torch.tensor([0.1, 0.5, 0.95, 0.7, 1.0, 0.69]))
     assert table["easy_predictions"] == 6

@@ -53,6 +53,9 @@ def nms_indices(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
 def detection_nms(
     boxes: torch.Tensor, scores: torch.Tensor, max_detections: int, iou_threshold: float, score_threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # On the host, where its loop of data-dependent steps runs without a device sync per box (the torch backend
+    # runs the model on CUDA); the outputs go back to the inputs' device.
+    device, boxes, scores = boxes.device, boxes.cpu(), scores.cpu()
     batch, count, classes = scores.shape
     dense = torch.full((batch, classes * count), -1.0)
     for b in range(batch):
@@ -65,12 +68,9 @@ def detection_nms(
     top, index = top[:, :max_detections], index[:, :max_detections]
     valid = top >= 0
     picked = torch.gather(boxes, 1, (index % count)[..., None].expand(-1, -1, 4))
-    return (
-        picked * valid[..., None],
-        torch.where(valid, top, 0.0),
-        torch.where(valid, index // count, 0),
-        valid.sum(1),
-    )
+    outputs = (picked * valid[..., None], torch.where(valid, top, 0.0), torch.where(valid, index // count, 0),
+               valid.sum(1))
+    return tuple(output.to(device) for output in outputs)
 
 
 @detection_nms.register_fake
