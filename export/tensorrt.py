@@ -299,7 +299,7 @@ def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> di
     from edgestack.export.parity import compare
     from edgestack.runtime.engine import load, random_feed
 
-    feed = random_feed(meta["inputs"], sizes)  # integer inputs in range: vglaw's text graph refuses negative ids
+    feed = random_feed(meta, sizes)  # integer inputs in range: vglaw's text graph refuses negative ids
     name = meta["outputs"][0]["name"]
     got = load(bundle, backend="tensorrt")(**feed)[name]
     want = load(bundle, backend="onnxruntime")(**feed)[name]

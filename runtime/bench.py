@@ -41,7 +41,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float
 
 def random_inputs(engine: Engine, batch: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the right shapes; batch/height/width fill the dynamic axes of those names."""
-    return random_feed(engine.inputs, {"batch": batch, "height": height, "width": width}, seed)
+    return random_feed(engine.meta, {"batch": batch, "height": height, "width": width}, seed)
 
 
 def check_request(bundle: str | Path, backends: list[str], batches: list[int], sizes: list[tuple[int, int]],

@@ -240,14 +240,17 @@ def _make_backend(name: str, bundle: Path, meta: dict[str, Any], **tensorrt_opti
     return TensorRTBackend(bundle, meta, **tensorrt_options)
 
 
-def random_feed(inputs: list[dict[str, Any]], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """A random feed for meta.json's `inputs`, `sizes` filling their named axes: normal floats, and 0 or 1 for
-    integer inputs (token ids and attention masks: valid for both, and they cost what any id costs)."""
+def random_feed(meta: dict[str, Any], sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """A random feed for meta.json's `inputs`, `sizes` filling their named axes: the image uniform over what its
+    preprocessing gives (the engine refuses far more), other floats normal, and 0 or 1 for integer inputs (token
+    ids and attention masks: valid for both, and they cost what any id costs)."""
     rng = np.random.default_rng(seed)
     feed = {}
-    for spec in inputs:
+    for spec in meta["inputs"]:
         shape = [d if isinstance(d, int) else sizes[d] for d in spec["shape"]]
-        if np.dtype(spec["dtype"]).kind == "f":
+        if spec["name"] == "image" and "scale" in meta.get("preprocess", {}):
+            feed["image"] = rng.uniform(*preprocessed_range(meta["preprocess"]), shape).astype(spec["dtype"])
+        elif np.dtype(spec["dtype"]).kind == "f":
             feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
         else:
             feed[spec["name"]] = rng.integers(0, 2, shape).astype(spec["dtype"])

@@ -306,6 +306,15 @@ def test_bench_writes_json_markdown_and_plot(bundle, tmp_path):
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_times_mat_on_inputs_its_engine_takes(mat_edge_bundle):
+    # The benchmark's random image was normal noise; MAT's engine refuses an image far outside its -1..1, so its
+    # latency table (the quickstart's export) held only failures, and `edgestack build` would fail its plan check.
+    from edgestack.runtime.bench import bench_bundle
+
+    records = bench_bundle(mat_edge_bundle, ["onnxruntime"], [1], [(256, 256)], warmup=1, runs=1)
+    assert len(records) == 1 and "error" not in records[0] and records[0]["median_ms"] > 0
+
+
 def test_export_with_a_wrong_checkpoint_leaves_no_bundle(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)

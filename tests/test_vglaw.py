@@ -494,7 +494,7 @@ def test_the_random_feed_of_plan_checks_and_benchmarks_is_valid_text_input(bundl
 
     path, _ = bundle
     text = load(path / "text", backend="onnxruntime")
-    outputs = text(**random_feed(text.inputs, {"batch": 2}))
+    outputs = text(**random_feed(text.meta, {"batch": 2}))
     assert outputs["text_feature"].shape[0] == 2
 
 
