@@ -139,6 +139,14 @@ def test_calibrated_rules_give_inspect_the_verdicts_eval_reported(defectseg_bund
         evaluate_defects(count=1, tiled=True, out=tmp_path / "x")
     with pytest.raises(EdgestackError, match="pass --target-recall"):
         evaluate_defects(count=1, rules_out=rules_path, out=tmp_path / "x")
+    # Calibrating again into a rules file the line has added to would drop its additions (a lenient file here).
+    for added in (lenient, tmp_path / "report.md"):
+        if added.suffix == ".md":
+            added.write_text("# notes")
+        with pytest.raises(EdgestackError, match=f"--rules-out {added} exists and holds more than a calibrated rule"):
+            evaluate_defects(count=1, target_recall=0.5, rules_out=added, out=tmp_path / "x",
+                             bundle=defectseg_bundle, backend="onnxruntime", tiled=True)
+    assert "max_count" in lenient.read_text()
     with pytest.raises(EdgestackError, match="calibrate without --rules"):  # it would drop the file's rois
         evaluate_defects(count=1, target_recall=0.5, rules=rules_path, rules_out=rules_path, out=tmp_path / "x",
                          bundle=defectseg_bundle, backend="onnxruntime", tiled=True)

@@ -580,17 +580,19 @@ def test_calibration_finds_the_rule_with_fewest_false_rejects_at_the_target_reca
         metrics.update(prob, mask)
     # Every positive: the faint 36-px find needs threshold <= 0.3 and the 16-px one min area <= 16; at 0.3 the
     # 25-px false find (0.25) is gone and the 9-px one is under 16 px. Below 0.3 the 25-px one is a false reject.
+    # Any min area from 10 to 16 px scores so: the rule takes the gap's geometric middle, 13 px, not its top,
+    # where a defect a pixel smaller than the 16-px one would pass.
     all_found = metrics.calibrate(1.0)
-    assert (all_found["threshold"], all_found["min_area_px"]) == (0.3, 16)
+    assert (all_found["threshold"], all_found["min_area_px"], all_found["margin"]) == (0.3, 13, 1.6)
     assert (all_found["recall"], all_found["fp"], all_found["fn"], all_found["reachable"]) == (1.0, 0, 0, True)
     # Two of three asked: 36 px would do, but 16 px finds all three at no false reject, and more found wins.
     two = metrics.calibrate(0.6)
-    assert (two["threshold"], two["min_area_px"], two["recall"], two["fp"]) == (0.3, 16, 1.0, 0)
-    # With a 16-px false find at 0.3 and above, 16 px costs a false reject: the larger 36 px is the rule then.
+    assert (two["threshold"], two["min_area_px"], two["recall"], two["fp"]) == (0.3, 13, 1.0, 0)
+    # With a 16-px false find at 0.3 and above, 16 px costs a false reject: the 36-px find's gap, 17..36, then.
     metrics.update(blob(0.95, 4), None)
     costly = metrics.calibrate(0.6)
     assert (costly["threshold"], costly["min_area_px"], costly["recall"], costly["fp"]) == (
-        0.3, 36, pytest.approx(2 / 3), 0)
+        0.3, 25, pytest.approx(2 / 3), 0)
     # The rule as inspect applies it (runtime.defects with the written keys) gives the calibrated verdicts.
     from edgestack.runtime.defects import Rules, assess
 

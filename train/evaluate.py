@@ -199,7 +199,8 @@ def markdown(results: dict[str, Any], title: str, by_area: list[dict[str, Any]],
     if calibration and calibration["reachable"]:
         c = calibration
         lines += ["", f"Calibrated for recall >= {c['target_recall']:g} (fewest false rejects over thresholds "
-                  f"0.05-0.95 and every min area): threshold {c['threshold']}, min_area_px {c['min_area_px']}: recall "
+                  f"0.05-0.95 and every min area): threshold {c['threshold']}, min_area_px {c['min_area_px']} (margin "
+                  f"{c['margin']}x: the middle of the min areas that score alike here): recall "
                   f"{c['recall']:.3f}, precision {c['precision']:.3f}, accuracy {c['accuracy']:.3f}, missed "
                   f"{c['fn']}, false rejects {c['fp']}. Chosen on these images: check it on others before a line "
                   "relies on it."]
@@ -232,6 +233,24 @@ def worst_grid(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]
     from edgestack.runtime.images import write_image
 
     write_image(path, np.vstack(rows) if rows else np.zeros((cell, 3 * cell, 3), np.uint8))
+
+
+CALIBRATED_KEYS = ("threshold", "min_area_px", "min_score")  # what --rules-out writes
+
+
+def check_rules_out(path: Path) -> None:
+    """An existing --rules-out is replaced only when it holds what calibration writes: regions, mm² sizes or
+    counts added to it since (as the README says to) would be dropped in silence, and any other file lost."""
+    if not path.exists():
+        return
+    try:
+        rules = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        rules = None
+    if not isinstance(rules, dict) or set(rules) - set(CALIBRATED_KEYS):
+        raise EdgestackError(f"--rules-out {path} exists and holds more than a calibrated rule (regions, mm² "
+                             "sizes, counts, or no rules file at all), which the new file would drop; write it to "
+                             "another path and carry the new threshold, min_area_px and min_score over by hand")
 
 
 def evaluate_defects(
@@ -271,6 +290,8 @@ def evaluate_defects(
                              "`edgestack export defectseg --checkpoint CKPT` first)")
     if tiled and bundle is None:
         raise EdgestackError("--tiled runs an exported bundle as `edgestack inspect` does; pass --bundle")
+    if rules_out is not None:
+        check_rules_out(Path(rules_out))
     line_rules = load_rules(rules) if rules is not None else None
     torch.set_num_threads(threads)
     if bundle is not None:
@@ -353,7 +374,7 @@ def evaluate_defects(
                                  "Add good parts: Negative/Image, or images whose masks are all black")
         paths["rules"] = Path(rules_out)
         chosen = area_rule(calibration["threshold"], calibration["min_area_px"])  # the rule it was calibrated as
-        rule = {"threshold": chosen.threshold, "min_area_px": chosen.min_area_px, "min_score": chosen.min_score}
+        rule = {key: getattr(chosen, key) for key in CALIBRATED_KEYS}
         try:
             paths["rules"].parent.mkdir(parents=True, exist_ok=True)
             write_atomic(paths["rules"], (json.dumps(rule, indent=2) + "\n").encode())  # the old rules or the new

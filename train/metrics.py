@@ -161,12 +161,16 @@ class DefectMetrics:
 
     def calibrate(self, target_recall: float) -> dict[str, Any]:
         """The threshold and min area (px) whose NG rule finds at least `target_recall` of the positives with the
-        fewest false rejects; ties go to the higher recall, then the larger min area, then the higher threshold.
+        fewest false rejects; ties go to the higher recall, then the wider margin, then the higher threshold.
 
         At each threshold every min area that still finds k = ceil(target * positives) of them is tried: each
         positive's largest area up to the k-th largest (a smaller min area can find more positives at no cost in
-        false rejects, when the good parts' specks are smaller still). Returns the chosen rule with its figures,
-        `reachable` False (and the best recall any threshold gives at min area 1) when no threshold finds k."""
+        false rejects, when the good parts' specks are smaller still). The best of them stands for a gap: every min
+        area above the largest good-part speck (or missed positive) below it and up to its own defect scores the
+        same here. The rule takes the gap's geometric middle, not its top, where a defect a pixel smaller than the
+        smallest one calibrated on would pass; the margin is the gap's top over its bottom. Returns the chosen rule
+        with its figures, `reachable` False (and the best recall any threshold gives at min area 1) when no
+        threshold finds k."""
         truth, areas = self._largest_areas()
         if not truth.any():
             raise EdgestackError("calibration needs defective (positive) images with masks; this data has none")
@@ -180,12 +184,15 @@ class DefectMetrics:
             if not len(candidates):  # fewer than k positives show any area at this threshold
                 continue
             rejected = len(negatives) - np.searchsorted(negatives, candidates)
-            pick = np.lexsort((candidates, found, -rejected))[-1]  # fewest false rejects, most found, largest area
-            min_area = int(candidates[pick])
+            top = int(candidates[np.lexsort((candidates, found, -rejected))[-1]])  # fewest false rejects, most found
+            below = np.concatenate([[0], positives[positives < top], negatives[negatives < top]])
+            bottom = int(below.max()) + 1
+            min_area = min(max(round(math.sqrt(bottom * top)), bottom), top)
             figures = verdict_figures(truth, areas[:, column] >= min_area)
-            key = (-figures["fp"], figures["recall"], min_area, threshold)
+            key = (-figures["fp"], figures["recall"], top / bottom, threshold)
             if best is None or key > best[0]:
-                best = (key, {"threshold": threshold, "min_area_px": min_area} | figures)
+                best = (key, {"threshold": threshold, "min_area_px": min_area, "margin": round(top / bottom, 2)}
+                        | figures)
         if best is None:
             found = max(float((areas[truth, column] >= 1).mean()) for column in range(len(SWEEP_THRESHOLDS)))
             return {"target_recall": target_recall, "reachable": False, "best_recall": found}
