@@ -295,7 +295,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     figures = record["parity_vs_fp32"]
     print(f"wrote {Path(args.bundle) / record['file']} ({record['quantization']['qdq_nodes']} Q/DQ nodes); "
           f"vs fp32 on {figures['images']} images ({figures['source']}): rel L2 {figures['rel_l2']:.3g}"
-          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32")
+          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32",
+                                                        "fp32_detections_kept", "int8_detections_in_fp32")
                     if k in figures))
 
 

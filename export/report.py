@@ -76,6 +76,11 @@ def int8_section(meta: dict[str, Any]) -> str:
                  ("mIoU int8 vs fp32 argmax (mIoU-drop proxy, no labels)", f"{figures['miou_vs_fp32']:.4f}")]
     if "psnr_db_vs_fp32" in figures:
         rows.append(("PSNR vs fp32 output", f"{figures['psnr_db_vs_fp32']:.2f} dB"))
+    if "fp32_detections_kept" in figures:
+        rows += [(f"fp32's {figures['detections_fp32']} detections int8 also makes (same class, IoU >= 0.5)",
+                  f"{figures['fp32_detections_kept']:.2%}"),
+                 (f"int8's {figures['detections_int8']} detections fp32 also makes",
+                  f"{figures['int8_detections_in_fp32']:.2%}")]
     table = "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
     return (
         f"{INT8_HEADING}\n\n`{record['file']}`: activations {record['quantization']['activations']}; weights "

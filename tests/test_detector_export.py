@@ -124,6 +124,18 @@ def test_infer_draws_boxes(bundle, tmp_path):
     assert detect(engine, image, min_score=np.float32(0.0))[1] == detect(engine, image)[1]  # any scalar number
 
 
+def test_an_int8_detector_is_judged_by_the_detections_it_keeps(bundle, tmp_path):
+    import shutil
+
+    from edgestack.export.quantize import quantize
+
+    copy = tmp_path / "detector"
+    shutil.copytree(bundle[0], copy)
+    figures = quantize(copy, samples=2, progress=lambda message: None)["parity_vs_fp32"]
+    assert figures["detections_fp32"] > 0 and 0 <= figures["fp32_detections_kept"] <= 1
+    assert "detections int8 also makes" in (copy / "report.md").read_text()
+
+
 def test_an_engine_giving_nan_gives_no_result_rather_than_fewer_results(bundle, pspnet_bundle, mat_edge_bundle,
                                                                         monkeypatch):
     # NaN boxes and scores were dropped as slivers and low scores (no detection: a missed defect), NaN class
