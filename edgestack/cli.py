@@ -281,7 +281,9 @@ def cmd_build(args: argparse.Namespace) -> None:
                           args.version_compatible, args.hardware_compatible)
     figures = record["parity_vs_onnxruntime"]
     print(f"plan: TensorRT {record['version']}, {record['gpu']} (sm {record['compute_capability']}), "
-          f"{record['precision']}; vs onnxruntime fp32: max abs / max ref {figures['max_abs_over_max_ref']:.3g}")
+          f"{record['precision']}; vs onnxruntime fp32: max abs / max ref {figures['max_abs_over_max_ref']:.3g}"
+          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32",
+                                                        "fp32_detections_kept") if k in figures))
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

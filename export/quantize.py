@@ -115,8 +115,9 @@ def miou(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(ious))
 
 
-def int8_parity(reference: list[np.ndarray], candidate: list[np.ndarray], task: str) -> dict[str, Any]:
-    """parity.compare figures of the first outputs plus the task's quality proxy against the fp32 outputs."""
+def parity_vs_fp32(reference: list[np.ndarray], candidate: list[np.ndarray], task: str) -> dict[str, Any]:
+    """The outputs of an int8 model or a TensorRT plan (`candidate`) against fp32's: parity.compare figures of
+    the first outputs plus the task's quality proxy."""
     figures = parity.compare(reference[0], candidate[0], task)
     if task == "segmentation":
         # No labels here: mIoU of the int8 argmax against the fp32 argmax stands in for the mIoU drop.
@@ -285,4 +286,4 @@ def _compare(meta: dict[str, Any], fp32: Path, int8: Path, feeds: list[dict[str,
         session = parity.onnx_session(str(path))
         runs = [session.run(None, feed) for feed in feeds]
         outputs.append([np.concatenate(output) for output in zip(*runs)])
-    return int8_parity(outputs[0], outputs[1], meta["model"]["task"])
+    return parity_vs_fp32(outputs[0], outputs[1], meta["model"]["task"])

@@ -296,14 +296,15 @@ def save_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) 
 
 def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
     """The new plan against the portable ONNX on onnxruntime, on one random input at the profile's opt shape."""
-    from edgestack.export.parity import compare
+    from edgestack.export.quantize import parity_vs_fp32
     from edgestack.runtime.engine import load, random_feed
 
     feed = random_feed(meta, sizes)  # integer inputs in range: vglaw's text graph refuses negative ids
-    name = meta["outputs"][0]["name"]
-    got = load(bundle, backend="tensorrt")(**feed)[name]
-    want = load(bundle, backend="onnxruntime")(**feed)[name]
-    return {"sizes": sizes, **compare(want, got, meta["model"]["task"])}
+    names = [output["name"] for output in meta["outputs"]]
+    got = load(bundle, backend="tensorrt")(**feed)
+    want = load(bundle, backend="onnxruntime")(**feed)
+    return {"sizes": sizes, **parity_vs_fp32([want[n] for n in names], [got[n] for n in names],
+                                             meta["model"]["task"])}
 
 
 def rebuild_plan(bundle: Path) -> None:

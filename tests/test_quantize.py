@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from edgestack import bundle as bundle_format
 from edgestack.cli import main
 from edgestack.errors import EdgestackError
-from edgestack.export.quantize import int8_parity, miou, quantize, synthetic_images
+from edgestack.export.quantize import miou, parity_vs_fp32, quantize, synthetic_images
 from edgestack.runtime import load
 from edgestack.runtime.images import to_tensor
 
@@ -88,7 +88,7 @@ def test_quality_proxies():
     assert miou(labels, labels) == 1.0
     assert miou(labels, np.array([[0, 1, 1, 1]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
     reference = np.linspace(-1, 1, 1000, dtype=np.float32).reshape(1, 1, 10, 100)
-    figures = int8_parity([reference], [reference + 0.02], "inpainting")
+    figures = parity_vs_fp32([reference], [reference + 0.02], "inpainting")
     assert figures["psnr_db_vs_fp32"] == pytest.approx(10 * np.log10(4 / 0.02**2), rel=1e-4)  # peak = range 2
     # A detector's padded boxes compared rank by rank said nothing of which detections int8 keeps: two near-equal
     # scores swapped made a large error, a lost detection could make none.
@@ -97,7 +97,7 @@ def test_quality_proxies():
     fp32 = [boxes, np.array([[0.9, 0.8, 0.7, 0]]), np.array([[0, 1, 0, 0]]), np.array([3])]
     swapped = boxes[:, [1, 0, 3, 3]] + 1  # the first two swapped and shifted a pixel, the third lost
     int8 = [swapped, np.array([[0.85, 0.84, 0, 0]]), np.array([[1, 0, 0, 0]]), np.array([2])]
-    figures = int8_parity(fp32, int8, "detection")
+    figures = parity_vs_fp32(fp32, int8, "detection")
     assert (figures["detections_fp32"], figures["detections_int8"]) == (3, 2)
     assert figures["fp32_detections_kept"] == pytest.approx(2 / 3) and figures["int8_detections_in_fp32"] == 1.0
 
