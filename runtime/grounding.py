@@ -70,8 +70,6 @@ class Grounder:
     def encode(self, text: str) -> tuple[Prompt, np.ndarray, np.ndarray, bool]:
         """(prompt, phi, text feature, from cache) — runs the text graph only for a prompt not seen lately."""
         prompt = encode(self.tokenizer, text)
-        for warning in prompt.warnings:
-            log.warning("prompt %r: %s", text, warning)
         key = prompt.ids.tobytes()
         with self._cache_lock:
             entry = self._cache.get(key)
@@ -80,6 +78,8 @@ class Grounder:
                 self.cache_hits += 1
                 return prompt, *entry, True
             self.cache_misses += 1
+        for warning in prompt.warnings:  # once per prompt the text graph reads, not on every frame that asks it
+            log.warning("prompt %r: %s", text, warning)
         out = self.text_engine(prompt.ids[None], prompt.attention_mask[None])  # outside the lock: it takes time
         entry = (out["phi"], out["text_feature"])
         for array in entry:  # before the cache keeps it for every later frame

@@ -411,6 +411,15 @@ def test_a_grounder_giving_nan_gives_no_result_and_keeps_no_such_prompt(bundle, 
     assert not grounder.ground(frame, "the long scratch")[0].cached_prompt
 
 
+def test_a_prompts_warning_is_logged_when_it_is_read_not_at_every_frame(bundle, caplog):
+    path, _ = bundle
+    grounder = Grounder(path, backend="onnxruntime")
+    frame = referring.make_referring(referring.SPLIT_SEEDS["test"], 0).image
+    results = [grounder.ground(frame, "the scratchy dent")[0] for _ in range(3)]
+    assert all(result.warnings for result in results)  # each result still says so
+    assert sum("'scratchy'" in record.getMessage() for record in caplog.records) == 1
+
+
 def test_ground_cli_json_overlay_and_errors(bundle, tmp_path, capsys):
     path, _ = bundle
     sample = referring.make_referring(referring.SPLIT_SEEDS["test"], 1)
