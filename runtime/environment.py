@@ -80,7 +80,13 @@ def _kernels() -> Finding:
     if library is None:
         return Finding("CUDA kernels", "missing", f"{loader.LIBRARY_NAME} not built: the torch backend runs the "
                        "PyTorch references (build: cmake -S . -B build && cmake --build build)")
-    return Finding("CUDA kernels", "ok", str(next(p for p in loader.candidates() if p.is_file())))
+    path = next(p for p in loader.candidates() if p.is_file())
+    import torch
+
+    if not torch.cuda.is_available():  # built, but they run on CUDA tensors only
+        return Finding("CUDA kernels", "missing", f"{path} is built, but torch sees no CUDA device, so the torch "
+                       "backend runs the PyTorch references")
+    return Finding("CUDA kernels", "ok", str(path))
 
 
 def _distribution_version(*names: str) -> str | None:

@@ -32,6 +32,11 @@ def test_this_machine(capsys, monkeypatch):
     assert code == 0
     assert "CPUExecutionProvider" in found["onnxruntime"]["detail"]
     assert found["torch"]["status"] == "ok"
+    import torch
+
+    if not torch.cuda.is_available():  # a kernels library built here was reported ok, though it can never run
+        assert found["CUDA kernels"]["status"] == "missing" and "the PyTorch references" in found["CUDA kernels"][
+            "detail"]
     if not HAS_TENSORRT:
         assert found["TensorRT"]["status"] == "missing" and '"tensorrt-cu12>=10.3,<11"' in found["TensorRT"]["detail"]
 
