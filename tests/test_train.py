@@ -265,7 +265,7 @@ def test_a_folder_without_any_defect_is_refused_for_training_and_calibration(tmp
     assert scan_folder(tmp_path / "line").positives == 1
 
 
-def test_a_defect_that_vanishes_at_the_training_size_is_reported_not_learnt_as_good(tmp_path):
+def test_a_defect_that_vanishes_at_the_training_size_is_reported_not_learnt_as_good(tmp_path, caplog):
     # A 2 px scratch on a 512 px image has no pixel left at --size 64 (nearest-neighbour mask): it trained and
     # validated as a good part, with nothing in the skipped list.
     from edgestack.train.datasets import load_datasets
@@ -280,7 +280,11 @@ def test_a_defect_that_vanishes_at_the_training_size_is_reported_not_learnt_as_g
     train_set, val_set, info = load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0)
     assert info["count"] == 2 and [Path(p).name for p, _ in info["skipped"]] == ["scratch.png"]
     assert "its defect (800 px of 512x512) vanishes at --size 64; train at a larger --size" in info["skipped"][0][1]
+    # Shrunk 8x, the defects the model learns look 8x smaller than inspect will show them: said, not silent.
+    assert info["shrunk_by"] == 8.0 and "shrunk 8.0x (median) to --size 64 for training" in caplog.text
+    caplog.clear()
     assert load_datasets(str(tmp_path / "line"), 512, val_fraction=0.0)[2]["count"] == 3
+    assert "shrunk" not in caplog.text
     (tmp_path / "line" / "image" / "stain.png").unlink()
     (tmp_path / "line" / "mask" / "stain.png").unlink()
     with pytest.raises(EdgestackError, match="every defect under .*line vanishes when its image is resized to --size"):

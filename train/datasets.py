@@ -355,6 +355,9 @@ def refuse_bit_depth_for_synthetic(data: str, bit_depth: int | None) -> None:
         raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
 
 
+SHRINK_WARNING = 1.5  # a median shrink from the frames' own size to --size that changes what a defect looks like
+
+
 def load_datasets(
     data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None,
     workers: int = 1, bit_depth: int | None = None,
@@ -372,9 +375,10 @@ def load_datasets(
         if not scan.positives:  # trained on good parts alone, the model learns that nothing is ever a defect
             raise EdgestackError(f"none of the {len(scan.records)} usable images under {scan.root} has a mask that "
                                  "marks a defect (white pixels); add images of defective parts with their masks")
-        pairs = []
+        pairs, shrinks = [], []
         for i, record in enumerate(scan.records):
             image, mask = load_pair(record, bit_depth)
+            shrinks.append(max(image.shape[:2]) / size)
             small = resize_pair(image, mask, size)
             if mask is not None and mask.any() and not small[1].any():  # it would teach "no defect here"
                 scan.skip(record.image, f"its defect ({int(np.count_nonzero(mask))} px of {image.shape[1]}x"
@@ -387,8 +391,14 @@ def load_datasets(
         if not any(mask.any() for _, mask in pairs):
             raise EdgestackError(f"every defect under {scan.root} vanishes when its image is resized to --size {size}; "
                                  "train at a larger --size, or on crops around the parts")
+        shrink = float(np.median(shrinks))
+        if shrink >= SHRINK_WARNING:
+            log.warning("the images under %s are shrunk %.1fx (median) to --size %d for training, but inspect and "
+                        "infer judge frames at their own scale, where each defect looks %.1fx larger than any the "
+                        "model learnt; train at a --size near the frames' own, or on crops of the parts at the "
+                        "line's scale", scan.root, shrink, size, shrink)
         info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped,
-                "bit_depth": bit_depth}
+                "bit_depth": bit_depth, "shrunk_by": round(shrink, 2)}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
     info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
     make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed,  # noqa: E731
