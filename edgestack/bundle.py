@@ -5,14 +5,16 @@ Export writes bundles and runtime reads them; both go through this module so the
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,26 +94,40 @@ def exclusive_lock(path: Path, wait: bool = False):
     """An open file holding an exclusive lock on `path` (created), or None where another process holds it and
     `wait` is False. The lock goes with the file's close, or with the process when it dies, so a killed command
     never leaves a folder locked. A holder may remove the file before it closes it: a waiter that then holds the
-    lock of a removed file tries again on the path."""
+    lock of a removed file tries again on the path. A file system that cannot lock (NFS without its lock
+    daemon) raises its OSError: not another holder."""
     while True:
         lock = open(path, "a+")
         try:
-            if os.name == "nt":
-                import msvcrt
-
-                msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _lock(lock.fileno(), wait)
             if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
                 return lock
         except FileNotFoundError:  # removed by the holder we waited for
             pass
-        except OSError:
+        except OSError as exc:
             lock.close()
-            return None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):  # held by another
+                return None
+            raise
         lock.close()
+
+
+def _lock(descriptor: int, wait: bool) -> None:
+    if os.name != "nt":
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return
+    import msvcrt
+
+    while True:  # LK_LOCK itself gives up after 10 s, and a plan build takes minutes
+        try:
+            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+            return
+        except OSError:
+            if not wait:
+                raise
+            time.sleep(0.5)
 
 
 _changing = threading.local()  # the folders this thread holds the change lock of: a nested change goes on
@@ -121,30 +137,43 @@ _changing = threading.local()  # the folders this thread holds the change lock o
 def changing(folder: Path, wait: bool = False) -> Iterator[None]:
     """Held while a command rewrites a bundle (export, build, quantize, a plan rebuild) or a Triton model folder:
     two at once would share one staging folder, or one would drop what the other recorded in meta.json. The lock
-    is `.NAME.lock` beside the folder while it is held; a second command is refused, or with `wait` waits its turn
-    (the workers of one service rebuilding one plan)."""
+    is `.NAME.lock` beside the folder (its real path: `.` or a link name the same one) while it is held, and a
+    graph of a multi-graph bundle holds its parent's too (a re-export swaps the whole parent); a second command
+    is refused, or with `wait` waits its turn (the workers of one service rebuilding one plan)."""
     held = _changing.__dict__.setdefault("folders", set())
-    key = os.path.abspath(folder)
-    if key in held:
+    real = Path(folder).resolve()
+    if real in held:
         yield
         return
-    path = folder.with_name(f".{folder.name}.lock")
+    with ExitStack() as stack:
+        if _is_a_graph_folder(real):
+            stack.enter_context(changing(real.parent, wait))
+        path = real.with_name(f".{real.name}.lock")
+        try:
+            lock = exclusive_lock(path, wait)
+            if lock is None:
+                raise EdgestackError(f"{folder} is being changed by another edgestack command (export, build, "
+                                     "quantize or triton); let it end, or write to another folder")
+        except OSError:  # a parent we may not write to (no export can stage beside it either), or no locks there
+            lock = None
+        held.add(real)
+        try:
+            yield
+        finally:
+            held.discard(real)
+            if lock is not None:
+                if os.name != "nt":  # no lock file left beside the bundle (Windows cannot remove an open file)
+                    path.unlink(missing_ok=True)
+                lock.close()
+
+
+def _is_a_graph_folder(folder: Path) -> bool:
+    """Whether `folder` is one graph of a multi-graph bundle (vglaw's text/ or vision/)."""
     try:
-        lock = exclusive_lock(path, wait)
-        if lock is None:
-            raise EdgestackError(f"{folder} is being changed by another edgestack command (export, build, quantize "
-                                 "or triton); let it end, or write to another folder")
-    except OSError:  # a parent we may not write to: no export can stage a folder beside this one either
-        lock = None
-    held.add(key)
-    try:
-        yield
-    finally:
-        held.discard(key)
-        if lock is not None:
-            if os.name != "nt":  # no lock file left beside the bundle (Windows cannot remove an open file)
-                path.unlink(missing_ok=True)
-            lock.close()
+        graphs = json.loads((folder.parent / META).read_text()).get("graphs", {})
+        return any(graph.get("folder") == folder.name for graph in graphs.values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def changes_bundle(command):

@@ -24,6 +24,7 @@ import hmac
 import io
 import itertools
 import logging
+import os
 import socket
 import sys
 import threading
@@ -316,36 +317,52 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
     import uvicorn
 
     server = None
-    with listening_socket(host, port) as listener:  # before the run folder is taken: a port in use leaves it free
+    listeners = listening_sockets(host, port)  # before the run folder is taken: a port in use leaves it free
+    try:
         app = create_app(inspector, token, max_bytes, max_pixels, run_dir, overlay, max_pending,
                          body_timeout_s=body_timeout_s, stopping=lambda: server is not None and server.should_exit)
         # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=body_timeout_s))
         print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)
         try:
-            server.run(sockets=[listener])
+            server.run(sockets=listeners)
         except SystemExit:  # uvicorn's answer to a failed start (logged above)
             if server.started:
                 raise
         except KeyboardInterrupt:  # uvicorn raises the stop signal again once it has stopped: a clean stop, exit 0
             if not server.started:
                 raise
+    finally:
+        for listener in listeners:
+            listener.close()
     if not server.started:
         raise EdgestackError(f"the service on {host}:{port} did not start (see the log above)")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The service's socket, with TCP keep-alive, which its connections inherit: a client that lost power or its
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The service's sockets, one per address `host` names (`localhost`: 127.0.0.1 and ::1 on most systems, as
+    uvicorn itself binds), with TCP keep-alive, which their connections inherit: a client that lost power or its
     cable mid-connection never closes that connection, and without probes the service would hold each such one
     (a file descriptor) for ever; with them it goes after about 90 s of silence."""
+    listeners = []
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        listener = socket.create_server((host, port), family=family)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listeners.append(listener)
+            if os.name != "nt":  # a restart must not wait for the old connections' TIME_WAIT
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # ::1 beside 127.0.0.1, not over it
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, option):  # Linux, and macOS from Python 3.10 on; elsewhere the system's timing
+                    listener.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+            listener.bind(address)
+            listener.listen(2048)
     except OSError as exc:
+        for listener in listeners:
+            listener.close()
         reason = "in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         raise EdgestackError(f"could not listen on {host}:{port} ({reason}); choose another --port or --host") from None
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):  # Linux, and macOS from Python 3.10 on; elsewhere the system's own timing
-            listener.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-    return listener
+    return listeners

@@ -356,7 +356,7 @@ def test_a_re_export_swaps_the_whole_bundle_in_even_when_stopped(tmp_path, monke
     assert _foreign_entries(out) == []
 
 
-def test_two_commands_never_change_one_bundle_at_once(tmp_path):
+def test_two_commands_never_change_one_bundle_at_once(tmp_path, monkeypatch):
     # Two exports into one --out shared one staging folder (the second deleted what the first had written); a build
     # and a quantize at once each wrote the meta.json it had read, without the other's file.
     import threading
@@ -382,6 +382,20 @@ def test_two_commands_never_change_one_bundle_at_once(tmp_path):
         with bundle_format.folder_replaced(out) as staging:  # within this thread's own change: goes on
             (staging / "new").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"] and (out / "new").is_file()
+    # The lock is the folder's, however it is named: `.` from inside it (was a ValueError), a link to it (was
+    # another lock); a graph of a multi-graph bundle takes its parent's too, which a re-export swaps whole.
+    (tmp_path / "current").symlink_to(out)
+    (out / "meta.json").write_text(json.dumps({"graphs": {"text": {"folder": "text"}}}))
+    (out / "text").mkdir()
+    other = bundle_format.exclusive_lock(tmp_path / ".bundle.lock")
+    for name in (tmp_path / "current", out / "text", Path(".")):
+        with pytest.raises(EdgestackError, match="is being changed by another edgestack command"):
+            monkeypatch.chdir(out)
+            with bundle_format.changing(name):
+                pass
+    other.close()
+    with bundle_format.changing(Path(".")):
+        assert (tmp_path / ".bundle.lock").is_file()
 
 
 def test_checkpoint_roundtrip_and_misshaped_keys_listed(tmp_path):

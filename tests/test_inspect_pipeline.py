@@ -817,16 +817,25 @@ def test_a_port_in_use_is_a_one_line_error(bundle, tmp_path, capsys):
 
 def test_the_service_lets_go_of_connections_whose_client_went_silent():
     # A client that lost power or its cable mid-connection never closes it: the service held each one for ever.
-    from edgestack.runtime.service import listening_socket
+    from edgestack.runtime.service import listening_sockets
 
-    with listening_socket("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()):
-        accepted, _ = listener.accept()
-        with accepted:  # as uvicorn accepts them: probed after a minute of silence
-            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-            if hasattr(socket, "TCP_KEEPIDLE"):
-                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    port = free_port()
+    listeners = listening_sockets("localhost", port)
+    try:  # every address localhost names is served (one socket for ::1 only refused clients of 127.0.0.1)
+        addresses = {info[4][:2] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+        assert {listener.getsockname()[:2] for listener in listeners} == addresses
+        for listener in listeners:
+            with socket.create_connection(listener.getsockname()[:2]):
+                accepted, _ = listener.accept()
+                with accepted:  # as uvicorn accepts them: probed after a minute of silence
+                    assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                    if hasattr(socket, "TCP_KEEPIDLE"):
+                        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    finally:
+        for listener in listeners:
+            listener.close()
     with pytest.raises(EdgestackError, match=r"could not listen on 192.0.2.1:8000 \(.*\); choose another --port"):
-        listening_socket("192.0.2.1", 8000)  # not an address of this machine
+        listening_sockets("192.0.2.1", 8000)  # not an address of this machine
 
 
 def test_service_under_concurrent_clients(bundle, tmp_path):
