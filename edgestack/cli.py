@@ -331,6 +331,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     grounding = _is_grounding(args.model, args.config)
     if args.bf16 and (grounding or _is_detector(args.model, args.config)):
         raise EdgestackError("--bf16 applies to defectseg only; drop it for vglaw and the detector")
+    if args.native_scale and grounding:
+        raise EdgestackError("--native-scale applies to camera folders; vglaw trains on its synthetic set only")
     if args.bit_depth is not None and grounding:
         raise EdgestackError("--bit-depth applies to camera folders; vglaw trains on its synthetic set only")
     if args.init is not None and grounding:  # it was accepted and the run trained from random weights
@@ -366,7 +368,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = args.out or f"runs/{args.config or args.model}"
         summary = train_command(args.model, args.config, args.data, out, args.epochs, args.batch_size, args.size,
                                 args.lr, args.synthetic_count, args.seed, args.teacher, args.distill, args.threads,
-                                args.resume, bit_depth=args.bit_depth)
+                                args.resume, bit_depth=args.bit_depth, native_scale=args.native_scale)
         val = summary["val"]
         print(f"trained {summary['config']}{' with TBD' if args.distill else ''} for {summary['epochs']} epochs in "
               f"{summary['train_seconds']:.0f} s; val {_map_text(val)}; {out}/best.pt")
@@ -377,7 +379,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train(args.model, args.config, args.data, args.out or f"runs/{args.config or args.model}", args.epochs,
                     args.batch_size, args.size, args.lr, synthetic_count=args.synthetic_count, seed=args.seed,
                     resume=args.resume, init=args.init, threads=args.threads, device=args.device,
-                    workers=args.workers, bf16=args.bf16, bit_depth=args.bit_depth)
+                    workers=args.workers, bf16=args.bf16, bit_depth=args.bit_depth, native_scale=args.native_scale)
     best = summary["best_val"]
     print(f"trained {summary['config']} for {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val "
           f"S {best.get('S', float('nan')):.4f}, MAE {best.get('MAE', float('nan')):.4f}, OK/NG acc "
@@ -627,6 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "CPUs with AVX512-BF16/AMX and Ampere+ GPUs; refused "
                                                        "where bf16 would be emulated)")
     p.add_argument("--bit-depth", type=int, help="defectseg and detector folders: " + BIT_DEPTH_HELP)
+    p.add_argument("--native-scale", action="store_true",
+                   help="defectseg and detector folders: train on SIZE x SIZE windows of the images at their own "
+                        "scale, as inspect and infer see them, instead of the images resized to SIZE (frames "
+                        "larger than SIZE); half of a defective image's windows hold a defect")
     p.add_argument("--teacher", help="detector: trained teacher checkpoint to distill from (with --distill)")
     p.add_argument("--distill", choices=["tbd"], help="detector: distillation method (Task-Balanced Distillation)")
     p.set_defaults(func=cmd_train)

@@ -307,30 +307,22 @@ def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> di
                                              meta["model"]["task"])}
 
 
-def rebuild_plan(bundle: Path) -> None:
-    """Rebuild the bundle's plan for this machine with the precision, flags and profile recorded in meta.json.
-    Several processes loading one bundle at once (a service's workers): the first rebuilds, the others wait for
-    it and take its plan."""
-    from edgestack.runtime.tensorrt import plan_problem
+def rebuild_plan(bundle: Path, meta: dict[str, Any]) -> None:
+    """Rebuild the bundle's plan for this machine with the precision, flags and profile recorded in meta.json."""
+    info = meta["tensorrt"]
+    source = bundle / info["source"]
+    if not source.is_file():
+        raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
     from edgestack.tensorrt_env import current_environment, hardware_compatible_problem
 
-    with bundle_format.changing(bundle, wait=True):
-        meta = bundle_format.read_meta(bundle, verify=True)
-        if not plan_problem(meta, current_environment()):
-            return
-        info = meta["tensorrt"]
-        source = bundle / info["source"]
-        if not source.is_file():
-            raise EdgestackError(f"cannot rebuild the plan: {source} is missing; re-export the bundle")
-        # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a
-        # plain one.
-        hardware_compatible = (info["flags"]["hardware_compatible"]
-                               and not hardware_compatible_problem(current_environment()))
-        build_engine(
-            bundle,
-            precision=info["precision"],
-            workspace_mb=info.get("workspace_mb"),
-            profile=info["profile"],
-            version_compatible=info["flags"]["version_compatible"],
-            hardware_compatible=hardware_compatible,
-        )
+    # The rebuild is for this GPU: where a hardware-compatible plan cannot run (Jetson, pre-Ampere), build a plain one.
+    hardware_compatible = (info["flags"]["hardware_compatible"]
+                           and not hardware_compatible_problem(current_environment()))
+    build_engine(
+        bundle,
+        precision=info["precision"],
+        workspace_mb=info.get("workspace_mb"),
+        profile=info["profile"],
+        version_compatible=info["flags"]["version_compatible"],
+        hardware_compatible=hardware_compatible,
+    )

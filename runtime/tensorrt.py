@@ -132,10 +132,15 @@ class TensorRTBackend:
             from edgestack.export.tensorrt import rebuild_plan
 
             log.warning("%s; rebuilding the plan for this machine", problem)
-            rebuild_plan(bundle)
-            # The Engine holds this dict: refresh it in place so it describes the new plan.
-            meta.clear()
-            meta.update(bundle_format.read_meta(bundle, verify=True))
+            # The Engine holds this dict: refreshed in place so it describes the plan loaded. Workers of one service
+            # loading together: the first rebuilds, the others wait for it and take its plan.
+            with bundle_format.changing(bundle, wait=True):
+                meta.clear()
+                meta.update(bundle_format.read_meta(bundle, verify=True))
+                if plan_problem(meta, env):
+                    rebuild_plan(bundle, meta)
+                    meta.clear()
+                    meta.update(bundle_format.read_meta(bundle, verify=True))
             problem = plan_problem(meta, env)
         if problem:
             raise EdgestackError(

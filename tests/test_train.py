@@ -291,6 +291,55 @@ def test_a_defect_that_vanishes_at_the_training_size_is_reported_not_learnt_as_g
         load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0)
 
 
+def test_native_scale_windows_show_defects_at_their_own_size(tmp_path, capsys):
+    # Resized to --size, a large frame's defects shrank by the frame's factor, while inspect judges them at their
+    # own scale: windows of the frame at its own scale, half of a defective one's on a defect, are what it sees.
+    from edgestack.train.datasets import DEFECT_WINDOW_SHARE, defect_anchors, load_datasets, native_window
+
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[:300, :500]
+    image = np.dstack([ys % 256, xs % 256, ys // 256 * 2 + xs // 256]).astype(np.uint8)  # each pixel says where
+    mask = np.zeros((300, 500), np.uint8)
+    mask[200:210, 400:410] = 255  # 100 px in a corner of the frame
+    anchors = defect_anchors(mask, 0)
+    windows = [native_window(image, mask, anchors, 64, rng) for _ in range(400)]
+    held = [window_mask.any() for _, window_mask in windows]
+    assert DEFECT_WINDOW_SHARE - 0.1 < np.mean(held) < DEFECT_WINDOW_SHARE + 0.1  # uniform windows: ~3% would
+    assert all(window.shape == (64, 64, 3) and window_mask.shape == (64, 64) for window, window_mask in windows)
+    for window, window_mask in windows:  # each window is a piece of the frame, pixel for pixel
+        top = int(window[0, 0, 0]) + 256 * (int(window[0, 0, 2]) // 2)
+        left = int(window[0, 0, 1]) + 256 * (int(window[0, 0, 2]) % 2)
+        assert (window == image[top : top + 64, left : left + 64]).all()
+        assert (window_mask == mask[top : top + 64, left : left + 64]).all()
+    window, window_mask = native_window(image, mask, anchors, 64, None)  # validation: centred on the defect
+    assert np.count_nonzero(window_mask) == 100 and (window == image[172:236, 372:436]).all()
+    small, small_mask = native_window(image[:40, :50], mask[:40, :50], defect_anchors(mask[:40, :50], 0), 64, None)
+    assert small.shape == (64, 64, 3) and (small[:40, :50] == image[:40, :50]).all()  # padded by reflection
+    # A folder so read keeps each image at its own size; a run trains and validates on its windows.
+    for sub in ("image", "mask"):
+        (tmp_path / "line" / sub).mkdir(parents=True)
+    for i in range(6):
+        frame_mask = np.zeros((300, 500), np.uint8)
+        if i % 2:
+            frame_mask[50 * i : 50 * i + 12, 60 * i : 60 * i + 20] = 255
+        cv2.imwrite(str(tmp_path / "line" / "image" / f"f{i}.png"), rng.integers(60, 120, (300, 500, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / "line" / "mask" / f"f{i}.png"), frame_mask)
+    train_set, _, info = load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0, native_scale=True)
+    assert info["native_scale"] and train_set.images[0].shape == (300, 500, 3)
+    assert train_set[0][0].shape == (3, 64, 64)
+    with pytest.raises(EdgestackError, match="--native-scale is for a folder of the line's frames"):
+        load_datasets("synthetic", 64, native_scale=True)
+    args = ["train", "defectseg-s", "--data", str(tmp_path / "line"), "--size", "64", "--epochs", "1",
+            "--batch-size", "2", "--threads", "1", "--native-scale"]
+    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["native_scale"] and summary["data"]["shrunk_by"] is None
+    args[1] = "detector-student"
+    assert main(args + ["--out", str(tmp_path / "detector")]) == 0
+    assert main(["train", "vglaw", "--data", "synthetic", "--epochs", "1", "--native-scale"]) == 2
+    assert "--native-scale applies to camera folders" in capsys.readouterr().err
+
+
 def test_twelve_bit_camera_folders_train_and_evaluate_with_their_bit_depth(cds2k, tmp_path):
     # 12-bit camera data stored as 16-bit PNGs (what inspect takes with --bit-depth 12): the same images as the
     # 8-bit set once scaled by their bit depth; without it every image is refused with that hint, never read dark.

@@ -323,24 +323,73 @@ def on_backdrop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
 
 
 class DefectDataset(torch.utils.data.Dataset):
-    """Images and masks in memory at `size` x `size`; augmented when `train`, a share of them shown on a plain
-    backdrop when `backdrops` (synthetic data; a line's own images carry its real background)."""
+    """Images and masks in memory; augmented when `train`, a share of them shown on a plain backdrop when
+    `backdrops` (synthetic data; a line's own images carry its real background). At `size` x `size` already, or
+    with `window` (native scale) at their own size, each item a `window` x `window` part of its image
+    (native_window)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], train: bool, seed: int = 0,
-                 backdrops: bool = False):
+                 backdrops: bool = False, window: int | None = None):
         self.images, self.masks, self.train, self.backdrops = images, masks, train, backdrops
         self.rng = np.random.default_rng(seed)
+        self.window = window
+        # Up to 4096 defect pixels per image, found once: a window is placed on one of them.
+        self.anchors = [defect_anchors(mask, seed) for mask in masks] if window else None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def unaugmented(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image, mask) of an item as validation sees it: the image, or its window at its own scale."""
         image, mask = self.images[index], self.masks[index]
+        if self.window:
+            image, mask = native_window(image, mask, self.anchors[index], self.window,
+                                        self.rng if self.train else None)
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.unaugmented(index)
         if self.train:
             if self.backdrops and self.rng.random() < BACKDROP_SHARE:
                 image, mask = on_backdrop(image, mask, self.rng)
             image, mask = augment(image, mask, self.rng)
         return to_tensors(image, mask)
+
+
+DEFECT_WINDOW_SHARE = 0.5  # of a defective image's training windows placed on a defect
+
+
+def defect_anchors(mask: np.ndarray, seed: int, most: int = 4096) -> np.ndarray:
+    """[N, 2] (y, x) of the mask's defect pixels, at most `most` of them drawn evenly (a large stain's millions
+    of pixels need not all be kept)."""
+    pixels = np.argwhere(mask > 0)
+    if len(pixels) > most:
+        pixels = pixels[np.random.default_rng(seed).choice(len(pixels), most, replace=False)]
+    return pixels
+
+
+def native_window(image: np.ndarray, mask: np.ndarray, anchors: np.ndarray, size: int,
+                  rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """A `size` x `size` part of an image at its own scale, as inspect's tiles see it (an axis shorter than `size`
+    padded by reflection). In training (`rng`), DEFECT_WINDOW_SHARE of a defective image's windows hold one of its
+    defect pixels, anywhere in the window (a defect is a small part of a large frame, which windows drawn
+    anywhere would mostly miss), the rest lie anywhere; for validation (no `rng`) the window is centred on the
+    defect pixels' middle, or on the image."""
+    pad_h, pad_w = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
+    if pad_h or pad_w:
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+        mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+    height, width = mask.shape
+    if rng is None:
+        centre = anchors.mean(0) if len(anchors) else np.array([height / 2, width / 2])
+        top, left = (int(round(c - size / 2)) for c in centre)
+    elif len(anchors) and rng.random() < DEFECT_WINDOW_SHARE:
+        y, x = anchors[rng.integers(len(anchors))]
+        top, left = y - rng.integers(size), x - rng.integers(size)
+    else:
+        top, left = rng.integers(height - size + 1), rng.integers(width - size + 1)
+    top, left = min(max(top, 0), height - size), min(max(left, 0), width - size)
+    return image[top : top + size, left : left + size], mask[top : top + size, left : left + size]
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -360,11 +409,15 @@ SHRINK_WARNING = 1.5  # a median shrink from the frames' own size to --size that
 
 def load_datasets(
     data: str, size: int, val_fraction: float = 0.1, seed: int = 0, synthetic_count: int = 3000, progress=None,
-    workers: int = 1, bit_depth: int | None = None,
+    workers: int = 1, bit_depth: int | None = None, native_scale: bool = False,
 ) -> tuple[DefectDataset, DefectDataset, dict]:
     """(train, val, info) for a folder or `synthetic` (samples 0..count-1 of the training seed, generated in
-    `workers` processes)."""
+    `workers` processes). A folder's images are resized to `size`, or with `native_scale` kept at their own size
+    and seen through `size` x `size` windows (native_window), as inspect and infer see them."""
     refuse_bit_depth_for_synthetic(data, bit_depth)
+    if native_scale and data == "synthetic":
+        raise EdgestackError("--native-scale is for a folder of the line's frames; synthetic parts are made at "
+                             "--size, their own scale")
     if data == "synthetic":
         make = partial(synthetic.make_sample, synthetic.TRAIN_SEED, size=size)
         samples = generate(make, synthetic_count, workers, progress)
@@ -379,6 +432,11 @@ def load_datasets(
         for i, record in enumerate(scan.records):
             image, mask = load_pair(record, bit_depth)
             shrinks.append(max(image.shape[:2]) / size)
+            if native_scale:
+                pairs.append((image, np.zeros(image.shape[:2], np.uint8) if mask is None else mask))
+                if progress:
+                    progress(i + 1, len(scan.records))
+                continue
             small = resize_pair(image, mask, size)
             if mask is not None and mask.any() and not small[1].any():  # it would teach "no defect here"
                 scan.skip(record.image, f"its defect ({int(np.count_nonzero(mask))} px of {image.shape[1]}x"
@@ -392,15 +450,16 @@ def load_datasets(
             raise EdgestackError(f"every defect under {scan.root} vanishes when its image is resized to --size {size}; "
                                  "train at a larger --size, or on crops around the parts")
         shrink = float(np.median(shrinks))
-        if shrink >= SHRINK_WARNING:
+        if shrink >= SHRINK_WARNING and not native_scale:
             log.warning("the images under %s are shrunk %.1fx (median) to --size %d for training, but inspect and "
                         "infer judge frames at their own scale, where each defect looks %.1fx larger than any the "
-                        "model learnt; train at a --size near the frames' own, or on crops of the parts at the "
-                        "line's scale", scan.root, shrink, size, shrink)
+                        "model learnt; train with --native-scale (windows of the frames at their own scale), "
+                        "or at a --size near the frames' own", scan.root, shrink, size, shrink)
         info = {"data": str(scan.root), "layout": scan.layout, "count": len(pairs), "skipped": scan.skipped,
-                "bit_depth": bit_depth, "shrunk_by": round(shrink, 2)}
+                "bit_depth": bit_depth, "shrunk_by": None if native_scale else round(shrink, 2),
+                "native_scale": native_scale}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
     info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
     make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed,  # noqa: E731
-                                            backdrops=data == "synthetic")
+                                            backdrops=data == "synthetic", window=size if native_scale else None)
     return make(train_idx, True), make(val_idx, False), info

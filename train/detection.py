@@ -334,6 +334,7 @@ def train_command(
     model_name: str, config: str | None, data: str, out: str | Path, epochs: int, batch_size: int, size: int,
     lr: float, synthetic_count: int, seed: int, teacher: str | None, distill: str | None, threads: int,
     resume: bool = False, log: Callable[[str], None] = print, bit_depth: int | None = None,
+    native_scale: bool = False,
 ) -> dict[str, Any]:
     """`edgestack train detector-...`: train (OUT/last.pt after every epoch), evaluate mAP on the validation split,
     write OUT/best.pt (the final weights) + summary.json. `bit_depth`: of a folder's 16-bit camera images."""
@@ -351,15 +352,17 @@ def train_command(
     # What the run is: a resume with other options (data, lr, another teacher) is refused before the data loads.
     args = {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
             "synthetic_count": synthetic_count, "seed": seed, "bit_depth": bit_depth, "distill": distill,
-            "teacher": teacher_config, "teacher_sha256": sha256(Path(teacher)) if teacher else None}
+            "teacher": teacher_config, "teacher_sha256": sha256(Path(teacher)) if teacher else None,
+            "native_scale": native_scale}
     state = starting_state(last, config_name, args, resume)
-    train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count, bit_depth=bit_depth)
+    train_set, val_set, info = load_datasets(data, size, 0.1, seed, synthetic_count, bit_depth=bit_depth,
+                                             native_scale=native_scale)
     model, history = train_detector(spec.configs[config_name], train_set, epochs, batch_size, lr, seed,
                                     teacher_model, log, last, state, config_name, args)
     # Before the evaluation: a run stopped during it has nothing left to train, and keeps its weights here.
     save_checkpoint(out / "best.pt", model, config_name, {"epochs": epochs})
-    images = np.stack(val_set.images)
-    val = evaluate(model, images, [boxes_from_mask(m) for m in val_set.masks])
+    images, masks = zip(*(val_set.unaugmented(i) for i in range(len(val_set))))  # native scale: their windows
+    val = evaluate(model, np.stack(images), [boxes_from_mask(m) for m in masks])
     summary = {"config": config_name, "distill": distill, "teacher": teacher, "data": info, "epochs": epochs,
                "train_seconds": sum(h["seconds"] for h in history), "history": history, "val": val}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

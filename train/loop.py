@@ -294,6 +294,7 @@ def train(
     workers: int = 1,
     bf16: bool = False,
     bit_depth: int | None = None,
+    native_scale: bool = False,
     log=lambda message: print(message, flush=True),  # flushed: runs are often logged to a file
 ) -> dict[str, Any]:
     """Train; returns the final summary (also written to OUT/summary.json).
@@ -303,7 +304,9 @@ def train(
     CUDA when available; `workers` processes generate the synthetic samples and load batches. `bf16`: bfloat16
     autocast for the forward pass (weights, optimizer and loss stay fp32), ~1.6x faster on CPUs with AVX512-BF16 or
     AMX and on Ampere+ GPUs, refused elsewhere (emulated, it is slower than fp32); validation and the checkpoints
-    are fp32. `bit_depth`: of the folder's 16-bit camera images (as inspect --bit-depth)."""
+    are fp32. `bit_depth`: of the folder's 16-bit camera images (as inspect --bit-depth). `native_scale`: train on
+    `size` x `size` windows of the folder's images at their own scale (as inspect tiles them), not on the images
+    resized to `size`."""
     spec, config_name = resolve(model_name, config)
     if spec.name != "defectseg":
         raise EdgestackError(f"`edgestack train` supports defectseg only, not {spec.name!r}")
@@ -319,7 +322,8 @@ def train(
     out, last = run_folder(out, resume)
     args = {"data": data, "size": size, "batch_size": batch_size, "lr": lr, "epochs": epochs,
             "weight_decay": weight_decay, "synthetic_count": synthetic_count, "seed": seed,
-            "init": None if init is None else str(init), "device": device_name(device), "bf16": bf16}
+            "init": None if init is None else str(init), "device": device_name(device), "bf16": bf16,
+            "native_scale": native_scale}
     state = starting_state(last, config_name, args, resume)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -337,6 +341,7 @@ def train(
         train_set, val_set, data_info = load_datasets(
             data, size, val_fraction, seed, synthetic_count,
             progress=lambda i, n: bar.update(task, completed=i, total=n), workers=workers, bit_depth=bit_depth,
+            native_scale=native_scale,
         )
     log(f"data: {data_info['train']} train / {data_info['val']} val ({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {len(data_info['skipped'])} files (see summary.json)" if data_info["skipped"] else ""))
