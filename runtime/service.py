@@ -323,7 +323,9 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
                          body_timeout_s=body_timeout_s, stopping=lambda: server is not None and server.should_exit)
         # SIGTERM: requests in progress get this long to finish (a stalled upload would otherwise hold the stop).
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=body_timeout_s))
-        print(f"serving {inspector.engine.description} on http://{host}:{port}", file=sys.stderr)
+        names = [listener.getsockname()[:2] for listener in listeners]  # --port 0: the port it was given
+        where = ", ".join(f"http://[{ip}]:{bound}" if ":" in ip else f"http://{ip}:{bound}" for ip, bound in names)
+        print(f"serving {inspector.engine.description} on {where}", file=sys.stderr)
         try:
             server.run(sockets=listeners)
         except SystemExit:  # uvicorn's answer to a failed start (logged above)
@@ -341,15 +343,26 @@ def serve(inspector: Inspector, host: str = "127.0.0.1", port: int = 8000, token
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """The service's sockets, one per address `host` names (`localhost`: 127.0.0.1 and ::1 on most systems, as
-    uvicorn itself binds), with TCP keep-alive, which their connections inherit: a client that lost power or its
-    cable mid-connection never closes that connection, and without probes the service would hold each such one
-    (a file descriptor) for ever; with them it goes after about 90 s of silence."""
-    listeners = []
+    uvicorn itself binds), all on one port (`--port 0`: the one the first got), with TCP keep-alive, which their
+    connections inherit: a client that lost power or its cable mid-connection never closes that connection, and
+    without probes the service would hold each such one (a file descriptor) for ever; with them it goes after
+    about 90 s of silence. An address this machine cannot take (::1 in a container without IPv6) is left out, as
+    asyncio leaves it out; none at all is an error."""
+    listeners: list[socket.socket] = []
+    problem = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+    except OSError as exc:
+        infos, problem = [], exc
+    for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+        if listeners:  # --port 0: the port the first socket was given
+            address = (address[0], listeners[0].getsockname()[1], *address[2:])
+        try:
             listener = socket.socket(family, socket.SOCK_STREAM)
-            listeners.append(listener)
+        except OSError as exc:  # EAFNOSUPPORT: a kernel without IPv6
+            problem = exc
+            continue
+        try:
             if os.name != "nt":  # a restart must not wait for the old connections' TIME_WAIT
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # ::1 beside 127.0.0.1, not over it
@@ -360,9 +373,17 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
                     listener.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
             listener.bind(address)
             listener.listen(2048)
-    except OSError as exc:
-        for listener in listeners:
+            listeners.append(listener)
+        except OSError as exc:
             listener.close()
-        reason = "in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        raise EdgestackError(f"could not listen on {host}:{port} ({reason}); choose another --port or --host") from None
+            if exc.errno != errno.EADDRNOTAVAIL:  # a port in use on one address is in use: no half service
+                for other in listeners:
+                    other.close()
+                listeners, problem = [], exc
+                break
+            problem = exc
+    if not listeners:
+        reason = ("in use by another program" if getattr(problem, "errno", None) == errno.EADDRINUSE else
+                  getattr(problem, "strerror", None) or str(problem or "it names no address"))
+        raise EdgestackError(f"could not listen on {host}:{port} ({reason}); choose another --port or --host")
     return listeners

@@ -838,6 +838,27 @@ def test_the_service_lets_go_of_connections_whose_client_went_silent():
         listening_sockets("192.0.2.1", 8000)  # not an address of this machine
 
 
+def test_the_service_takes_the_addresses_it_can_and_one_port_for_all(monkeypatch):
+    # A host naming an address this machine cannot take (::1 in a container without IPv6) stopped the service;
+    # --port 0 gave each address a port of its own.
+    from edgestack.runtime.service import listening_sockets
+
+    def names(*addresses):
+        return lambda host, port, **kwargs: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", names("127.0.0.1", "192.0.2.1"))
+    listeners = listening_sockets("line-pc", 0)
+    assert [listener.getsockname()[0] for listener in listeners] == ["127.0.0.1"]
+    listeners[0].close()
+    monkeypatch.setattr(socket, "getaddrinfo", names("127.0.0.1", "127.0.0.2"))
+    listeners = listening_sockets("line-pc", 0)
+    try:
+        assert len({listener.getsockname()[1] for listener in listeners}) == 1 and len(listeners) == 2
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
 def test_service_under_concurrent_clients(bundle, tmp_path):
     port = free_port()
     run = tmp_path / "run"
