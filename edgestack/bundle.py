@@ -124,8 +124,8 @@ def _lock(descriptor: int, wait: bool) -> None:
         try:
             msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
             return
-        except OSError:
-            if not wait:
+        except OSError as exc:
+            if not wait or exc.errno not in (errno.EACCES, errno.EDEADLK):  # only another holder is waited for
                 raise
             time.sleep(0.5)
 

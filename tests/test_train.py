@@ -313,6 +313,9 @@ def test_native_scale_windows_show_defects_at_their_own_size(tmp_path, capsys):
         assert (window_mask == mask[top : top + 64, left : left + 64]).all()
     window, window_mask = native_window(image, mask, anchors, 64, None)  # validation: centred on the defect
     assert np.count_nonzero(window_mask) == 100 and (window == image[172:236, 372:436]).all()
+    two = mask.copy()
+    two[20:50, 20:50] = 255  # a larger defect far away: the middle of both held neither
+    assert np.count_nonzero(native_window(image, two, None, 64, None)[1]) == 900
     small, small_mask = native_window(image[:40, :50], mask[:40, :50], defect_anchors(mask[:40, :50], 0), 64, None)
     assert small.shape == (64, 64, 3) and (small[:40, :50] == image[:40, :50]).all()  # padded by reflection
     # A folder so read keeps each image at its own size; a run trains and validates on its windows.
@@ -324,9 +327,11 @@ def test_native_scale_windows_show_defects_at_their_own_size(tmp_path, capsys):
             frame_mask[50 * i : 50 * i + 12, 60 * i : 60 * i + 20] = 255
         cv2.imwrite(str(tmp_path / "line" / "image" / f"f{i}.png"), rng.integers(60, 120, (300, 500, 3), np.uint8))
         cv2.imwrite(str(tmp_path / "line" / "mask" / f"f{i}.png"), frame_mask)
-    train_set, _, info = load_datasets(str(tmp_path / "line"), 64, val_fraction=0.0, native_scale=True)
+    train_set, val_set, info = load_datasets(str(tmp_path / "line"), 64, val_fraction=0.5, native_scale=True)
     assert info["native_scale"] and train_set.images[0].shape == (300, 500, 3)
     assert train_set[0][0].shape == (3, 64, 64)
+    assert all(image.shape == (64, 64, 3) for image in val_set.images)  # validation keeps its windows alone
+    assert all(mask is None or mask.any() for mask in train_set.masks)  # a good frame holds no mask of zeros
     with pytest.raises(EdgestackError, match="--native-scale is for a folder of the line's frames"):
         load_datasets("synthetic", 64, native_scale=True)
     args = ["train", "defectseg-s", "--data", str(tmp_path / "line"), "--size", "64", "--epochs", "1",
@@ -336,6 +341,13 @@ def test_native_scale_windows_show_defects_at_their_own_size(tmp_path, capsys):
     assert summary["data"]["native_scale"] and summary["data"]["shrunk_by"] is None
     args[1] = "detector-student"
     assert main(args + ["--out", str(tmp_path / "detector")]) == 0
+    # A run made before the option existed trained on resized frames: resumed with it, it would mix both.
+    last = tmp_path / "detector" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["args"]["native_scale"]
+    torch.save(state, last)
+    assert main(args + ["--epochs", "2", "--resume", "--out", str(tmp_path / "detector")]) == 2
+    assert "was trained with other options (native_scale False -> True)" in capsys.readouterr().err
     assert main(["train", "vglaw", "--data", "synthetic", "--epochs", "1", "--native-scale"]) == 2
     assert "--native-scale applies to camera folders" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import unicodedata
 from collections.abc import Callable
@@ -328,9 +329,9 @@ class DefectDataset(torch.utils.data.Dataset):
     with `window` (native scale) at their own size, each item a `window` x `window` part of its image
     (native_window)."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], train: bool, seed: int = 0,
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray | None], train: bool, seed: int = 0,
                  backdrops: bool = False, window: int | None = None):
-        self.images, self.masks, self.train, self.backdrops = images, masks, train, backdrops
+        self.images, self.masks, self.train, self.backdrops = images, masks, train, backdrops  # None: a good part
         self.rng = np.random.default_rng(seed)
         self.window = window
         # Up to 4096 defect pixels per image, found once: a window is placed on one of them.
@@ -359,31 +360,34 @@ class DefectDataset(torch.utils.data.Dataset):
 DEFECT_WINDOW_SHARE = 0.5  # of a defective image's training windows placed on a defect
 
 
-def defect_anchors(mask: np.ndarray, seed: int, most: int = 4096) -> np.ndarray:
+def defect_anchors(mask: np.ndarray | None, seed: int, most: int = 4096) -> np.ndarray:
     """[N, 2] (y, x) of the mask's defect pixels, at most `most` of them drawn evenly (a large stain's millions
-    of pixels need not all be kept)."""
-    pixels = np.argwhere(mask > 0)
+    of pixels need not all be kept); none for a good part's (None)."""
+    pixels = np.argwhere(mask > 0) if mask is not None else np.zeros((0, 2), np.int64)
     if len(pixels) > most:
         pixels = pixels[np.random.default_rng(seed).choice(len(pixels), most, replace=False)]
     return pixels
 
 
-def native_window(image: np.ndarray, mask: np.ndarray, anchors: np.ndarray, size: int,
+def native_window(image: np.ndarray, mask: np.ndarray | None, anchors: np.ndarray | None, size: int,
                   rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
     """A `size` x `size` part of an image at its own scale, as inspect's tiles see it (an axis shorter than `size`
     padded by reflection). In training (`rng`), DEFECT_WINDOW_SHARE of a defective image's windows hold one of its
     defect pixels, anywhere in the window (a defect is a small part of a large frame, which windows drawn
     anywhere would mostly miss), the rest lie anywhere; for validation (no `rng`) the window is centred on the
-    defect pixels' middle, or on the image."""
+    largest defect (the middle of several far apart can hold none of them), or on the image."""
+    if mask is None:  # a good part
+        mask = np.zeros(image.shape[:2], np.uint8)
     pad_h, pad_w = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
     if pad_h or pad_w:
         image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
         mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
     height, width = mask.shape
     if rng is None:
-        centre = anchors.mean(0) if len(anchors) else np.array([height / 2, width / 2])
-        top, left = (int(round(c - size / 2)) for c in centre)
-    elif len(anchors) and rng.random() < DEFECT_WINDOW_SHARE:
+        count, _, stats, centroids = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+        x, y = centroids[1 + stats[1:, cv2.CC_STAT_AREA].argmax()] if count > 1 else (width / 2, height / 2)
+        top, left = round(y - size / 2), round(x - size / 2)
+    elif anchors is not None and len(anchors) and rng.random() < DEFECT_WINDOW_SHARE:
         y, x = anchors[rng.integers(len(anchors))]
         top, left = y - rng.integers(size), x - rng.integers(size)
     else:
@@ -402,6 +406,19 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
 def refuse_bit_depth_for_synthetic(data: str, bit_depth: int | None) -> None:
     if data == "synthetic" and bit_depth is not None:
         raise EdgestackError("--bit-depth is for folders of 16-bit camera images; the synthetic set is 8-bit")
+
+
+def warn_of_frames_in_memory(pairs: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """--native-scale keeps the training frames in memory as decoded: said when that is over half the RAM."""
+    held = sum(image.nbytes + (0 if mask is None else mask.nbytes) for image, mask in pairs)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows: no sysconf
+        return
+    if held > total / 2:
+        log.warning("--native-scale holds the %d training frames in memory as decoded: %.1f GB of this machine's "
+                    "%.1f GB; train on fewer frames, or on crops of the parts, if memory runs short", len(pairs),
+                    held / 1e9, total / 1e9)
 
 
 SHRINK_WARNING = 1.5  # a median shrink from the frames' own size to --size that changes what a defect looks like
@@ -433,7 +450,7 @@ def load_datasets(
             image, mask = load_pair(record, bit_depth)
             shrinks.append(max(image.shape[:2]) / size)
             if native_scale:
-                pairs.append((image, np.zeros(image.shape[:2], np.uint8) if mask is None else mask))
+                pairs.append((image, mask if mask is not None and mask.any() else None))
                 if progress:
                     progress(i + 1, len(scan.records))
                 continue
@@ -446,7 +463,7 @@ def load_datasets(
                 pairs.append(small)
             if progress:
                 progress(i + 1, len(scan.records))
-        if not any(mask.any() for _, mask in pairs):
+        if not any(mask is not None and mask.any() for _, mask in pairs):
             raise EdgestackError(f"every defect under {scan.root} vanishes when its image is resized to --size {size}; "
                                  "train at a larger --size, or on crops around the parts")
         shrink = float(np.median(shrinks))
@@ -460,6 +477,10 @@ def load_datasets(
                 "native_scale": native_scale}
     train_idx, val_idx = split(len(pairs), val_fraction, seed)
     info |= {"train": len(train_idx), "val": len(val_idx), "split_seed": seed}
+    if native_scale:  # validation sees one window of a frame: kept alone, and the frames held for training told
+        for i in val_idx:
+            pairs[i] = native_window(*pairs[i], None, size, None)
+        warn_of_frames_in_memory([pairs[i] for i in train_idx])
     make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed,  # noqa: E731
                                             backdrops=data == "synthetic", window=size if native_scale else None)
     return make(train_idx, True), make(val_idx, False), info

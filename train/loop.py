@@ -157,6 +157,7 @@ def check_epochs_left(epochs: int, done: int, out: Path) -> None:
 # need not repeat it). Any other change (data, size, batch size, lr, ...) would make one run of two setups, and
 # the restored optimizer and schedule would ignore a new --lr.
 RESUME_MAY_CHANGE = ("epochs", "device", "bf16", "init")
+BEFORE_RECORDED = {"native_scale": False}  # options a run made before they existed ran with
 
 
 def starting_state(last: Path, config_name: str, args: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -166,9 +167,10 @@ def starting_state(last: Path, config_name: str, args: dict[str, Any], resume: b
     state = None
     if resume:
         state = run_state(last, config_name)
-        saved = state.get("args", {})  # an option that an older run did not record counts as unchanged
+        saved = state.get("args", {})  # an option an older run did not record: as it ran then, or unchanged
+        saved = {key: saved.get(key, BEFORE_RECORDED.get(key, value)) for key, value in args.items()}
         changed = [f"{key} {saved[key]} -> {value}" for key, value in args.items()
-                   if key not in RESUME_MAY_CHANGE and saved.get(key, value) != value]
+                   if key not in RESUME_MAY_CHANGE and saved[key] != value]
         if changed:
             raise EdgestackError(f"--resume: {last} was trained with other options ({'; '.join(changed)}); resume "
                                  "it with the run's own options, or start a new run with another --out")
