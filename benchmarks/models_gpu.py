@@ -266,7 +266,7 @@ def main() -> None:
                         row = measure(name, dtype, variant, args.runs, args.warmup)
                     except Exception as error:  # one failed variant (e.g. a graph capture) must not lose the rest
                         row = {"model": name, "dtype": dtype, "variant": variant, "status": "failed",
-                               "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+                               "reason": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"}
                     torch.cuda.empty_cache()
                 key = (name, dtype, variant)
                 results["rows"] = [r for r in results["rows"] if (r["model"], r["dtype"], r["variant"]) != key]
