@@ -282,8 +282,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     figures = record["parity_vs_onnxruntime"]
     print(f"plan: TensorRT {record['version']}, {record['gpu']} (sm {record['compute_capability']}), "
           f"{record['precision']}; vs onnxruntime fp32: max abs / max ref {figures['max_abs_over_max_ref']:.3g}"
-          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32",
-                                                        "fp32_detections_kept") if k in figures))
+          + _quality_figures(figures))
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -297,9 +296,14 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     figures = record["parity_vs_fp32"]
     print(f"wrote {Path(args.bundle) / record['file']} ({record['quantization']['qdq_nodes']} Q/DQ nodes); "
           f"vs fp32 on {figures['images']} images ({figures['source']}): rel L2 {figures['rel_l2']:.3g}"
-          + "".join(f", {k} {figures[k]:.4f}" for k in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32",
-                                                        "fp32_detections_kept", "int8_detections_in_fp32")
-                    if k in figures))
+          + _quality_figures(figures))
+
+
+def _quality_figures(figures: dict) -> str:
+    """The task's figures against fp32 (parity_vs_fp32) of an int8 model or a plan, as `, name value` text."""
+    return "".join(f", {key} {figures[key]:.4f}" for key in ("argmax_agreement", "miou_vs_fp32", "psnr_db_vs_fp32",
+                                                             "fp32_detections_kept", "detections_in_fp32")
+                   if key in figures)
 
 
 def cmd_triton(args: argparse.Namespace) -> None:

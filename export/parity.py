@@ -18,6 +18,7 @@ from edgestack.errors import EdgestackError
 from edgestack.export.onnx_ops import PLUGIN_DOMAIN
 from edgestack.interrupts import interrupts_held
 from edgestack.kernels import custom_ops
+from edgestack.models.detector.nms import box_iou
 
 _EXTENSIONS_DOMAIN = "ai.onnx.contrib"
 
@@ -94,6 +95,51 @@ def compare(reference: np.ndarray, candidate: np.ndarray, task: str) -> dict[str
     if task == "segmentation":
         figures["argmax_agreement"] = float((reference.argmax(1) == candidate.argmax(1)).mean())
     return figures
+
+
+def miou(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean IoU between two label maps over the classes either one uses."""
+    ious = []
+    for c in np.union1d(reference, candidate):
+        a, b = reference == c, candidate == c
+        ious.append((a & b).sum() / (a | b).sum())
+    return float(np.mean(ious))
+
+
+def parity_vs_fp32(reference: list[np.ndarray], candidate: list[np.ndarray], task: str) -> dict[str, Any]:
+    """The outputs of an int8 model or a TensorRT plan (`candidate`) against fp32's: compare figures of
+    the first outputs plus the task's quality proxy."""
+    figures = compare(reference[0], candidate[0], task)
+    if task == "segmentation":
+        # No labels here: mIoU of the candidate's argmax against fp32's stands in for the mIoU drop.
+        figures["miou_vs_fp32"] = miou(reference[0].argmax(1), candidate[0].argmax(1))
+        figures["miou_drop_proxy"] = 1.0 - figures["miou_vs_fp32"]
+    elif task == "inpainting":
+        mse = float(np.mean((reference[0].astype(np.float64) - candidate[0]) ** 2))
+        peak = float(reference[0].max() - reference[0].min()) or 1.0  # the fp32 output's own range
+        figures["psnr_db_vs_fp32"] = float(10 * np.log10(peak**2 / max(mse, 1e-20)))
+    elif task == "detection":  # padded boxes compared rank by rank say little: which detections it keeps
+        figures |= detections_vs_fp32(reference, candidate)
+    return figures
+
+
+def detections_vs_fp32(reference: list[np.ndarray], candidate: list[np.ndarray], iou: float = 0.5) -> dict[str, Any]:
+    """Of (boxes, scores, classes, count) per image: the share of fp32's detections that the candidate also makes
+    (same class, IoU >= `iou`, at any rank) and the share of the candidate's that fp32 makes (1.0 when there are
+    none)."""
+    totals = {"fp32": 0, "candidate": 0}
+    matched = {"fp32": 0, "candidate": 0}
+    for image in range(len(reference[3])):
+        n, m = int(reference[3][image]), int(candidate[3][image])
+        overlap = box_iou(torch.from_numpy(reference[0][image, :n]), torch.from_numpy(candidate[0][image, :m])).numpy()
+        same = (overlap >= iou) & (reference[2][image, :n, None] == candidate[2][image, None, :m])
+        totals["fp32"] += n
+        totals["candidate"] += m
+        matched["fp32"] += int(same.any(1).sum())
+        matched["candidate"] += int(same.any(0).sum())
+    return {"detections_fp32": totals["fp32"], "detections": totals["candidate"],
+            "fp32_detections_kept": matched["fp32"] / totals["fp32"] if totals["fp32"] else 1.0,
+            "detections_in_fp32": matched["candidate"] / totals["candidate"] if totals["candidate"] else 1.0}
 
 
 def run_torch(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:

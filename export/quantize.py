@@ -19,14 +19,12 @@ import cv2
 import numpy as np
 import onnx
 import onnxruntime
-import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgestack import bundle as bundle_format
 from edgestack.errors import EdgestackError
 from edgestack.export import parity
-from edgestack.models.detector.nms import box_iou
 from edgestack.runtime.images import IMAGE_SUFFIXES, read_image, to_tensor
 
 # The ops whose int8 kernels carry the speed-up on onnxruntime CPU and TensorRT; the rest stays float.
@@ -104,50 +102,6 @@ def model_feeds(bundle: Path, meta: dict[str, Any], images: list[np.ndarray], se
                 raise EdgestackError(f"cannot make calibration data for input {spec['name']!r}; only image and mask")
         feeds.append(feed)
     return feeds
-
-
-def miou(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean IoU between two label maps over the classes either one uses."""
-    ious = []
-    for c in np.union1d(reference, candidate):
-        a, b = reference == c, candidate == c
-        ious.append((a & b).sum() / (a | b).sum())
-    return float(np.mean(ious))
-
-
-def parity_vs_fp32(reference: list[np.ndarray], candidate: list[np.ndarray], task: str) -> dict[str, Any]:
-    """The outputs of an int8 model or a TensorRT plan (`candidate`) against fp32's: parity.compare figures of
-    the first outputs plus the task's quality proxy."""
-    figures = parity.compare(reference[0], candidate[0], task)
-    if task == "segmentation":
-        # No labels here: mIoU of the int8 argmax against the fp32 argmax stands in for the mIoU drop.
-        figures["miou_vs_fp32"] = miou(reference[0].argmax(1), candidate[0].argmax(1))
-        figures["miou_drop_proxy"] = 1.0 - figures["miou_vs_fp32"]
-    elif task == "inpainting":
-        mse = float(np.mean((reference[0].astype(np.float64) - candidate[0]) ** 2))
-        peak = float(reference[0].max() - reference[0].min()) or 1.0  # the fp32 output's own range
-        figures["psnr_db_vs_fp32"] = float(10 * np.log10(peak**2 / max(mse, 1e-20)))
-    elif task == "detection":  # padded boxes compared rank by rank say little: which detections int8 keeps
-        figures |= detections_vs_fp32(reference, candidate)
-    return figures
-
-
-def detections_vs_fp32(reference: list[np.ndarray], candidate: list[np.ndarray], iou: float = 0.5) -> dict[str, Any]:
-    """Of (boxes, scores, classes, count) per image: the share of fp32's detections that int8 also makes (same
-    class, IoU >= `iou`, at any rank) and the share of int8's that fp32 makes (1.0 when there are none)."""
-    totals = {"fp32": 0, "int8": 0}
-    matched = {"fp32": 0, "int8": 0}
-    for image in range(len(reference[3])):
-        n, m = int(reference[3][image]), int(candidate[3][image])
-        overlap = box_iou(torch.from_numpy(reference[0][image, :n]), torch.from_numpy(candidate[0][image, :m])).numpy()
-        same = (overlap >= iou) & (reference[2][image, :n, None] == candidate[2][image, None, :m])
-        totals["fp32"] += n
-        totals["int8"] += m
-        matched["fp32"] += int(same.any(1).sum())
-        matched["int8"] += int(same.any(0).sum())
-    return {"detections_fp32": totals["fp32"], "detections_int8": totals["int8"],
-            "fp32_detections_kept": matched["fp32"] / totals["fp32"] if totals["fp32"] else 1.0,
-            "int8_detections_in_fp32": matched["int8"] / totals["int8"] if totals["int8"] else 1.0}
 
 
 @bundle_format.changes_bundle
@@ -286,4 +240,4 @@ def _compare(meta: dict[str, Any], fp32: Path, int8: Path, feeds: list[dict[str,
         session = parity.onnx_session(str(path))
         runs = [session.run(None, feed) for feed in feeds]
         outputs.append([np.concatenate(output) for output in zip(*runs)])
-    return parity_vs_fp32(outputs[0], outputs[1], meta["model"]["task"])
+    return parity.parity_vs_fp32(outputs[0], outputs[1], meta["model"]["task"])

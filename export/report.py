@@ -79,8 +79,8 @@ def int8_section(meta: dict[str, Any]) -> str:
     if "fp32_detections_kept" in figures:
         rows += [(f"fp32's {figures['detections_fp32']} detections int8 also makes (same class, IoU >= 0.5)",
                   f"{figures['fp32_detections_kept']:.2%}"),
-                 (f"int8's {figures['detections_int8']} detections fp32 also makes",
-                  f"{figures['int8_detections_in_fp32']:.2%}")]
+                 (f"int8's {figures['detections']} detections fp32 also makes",
+                  f"{figures['detections_in_fp32']:.2%}")]
     table = "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
     return (
         f"{INT8_HEADING}\n\n`{record['file']}`: activations {record['quantization']['activations']}; weights "

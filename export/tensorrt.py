@@ -296,7 +296,7 @@ def save_timing_cache(config: Any, path: Path, progress: Callable[[str], None]) 
 
 def verify_plan(bundle: Path, meta: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
     """The new plan against the portable ONNX on onnxruntime, on one random input at the profile's opt shape."""
-    from edgestack.export.quantize import parity_vs_fp32
+    from edgestack.export.parity import parity_vs_fp32
     from edgestack.runtime.engine import load, random_feed
 
     feed = random_feed(meta, sizes)  # integer inputs in range: vglaw's text graph refuses negative ids
