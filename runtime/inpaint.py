@@ -104,7 +104,7 @@ def inpaint(
     padded_labels = cv2.copyMakeBorder(labels, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
     settings = meta["model"]["settings"]
     with safe_open(str(engine.bundle / bundle_format.WEIGHTS), "numpy") as file:  # the noise maps, not 241 MB
-        weights = {name: file.get_tensor(name) for name in noise_const_names(settings)}
+        weights = {key: file.get_tensor(key) for key in noise_const_names(settings)}
     pre, post = meta["preprocess"], meta["postprocess"]
     batch = meta["axes"]["batch"]["max"]
     out = padded.copy()
@@ -125,7 +125,7 @@ def inpaint(
         result = engine(
             image=(np.stack(crops).astype(np.float32) * pre["scale"] + pre["offset"]).transpose(0, 3, 1, 2),
             mask=np.stack(keeps).astype(np.float32)[:, None],
-            **{name: torch.cat([draw[name] for draw in draws]).numpy() for name in draws[0]},
+            **{key: torch.cat([draw[key] for draw in draws]).numpy() for key in draws[0]},
         )[post["output"]]
         check_finite_output(result, f"the inpainted windows of {name}")  # NaN would fill the holes with black
         result = np.clip(result.transpose(0, 2, 3, 1) * post["scale"] + post["offset"], *post["clip"])

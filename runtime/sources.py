@@ -357,8 +357,9 @@ def open_source(
         if not capture.isOpened():
             raise EdgestackError(f"camera {source} could not be opened; check the index and that it is connected")
         return _camera_frames(capture, int(source), max_frames)
-    if len(getattr(source, "shape", (0,) * 4)) < 4:  # numpy, torch, CuPy: one image's rows were items
-        raise EdgestackError(f"source is one array of shape {tuple(source.shape)}: inspect one image with "
+    shape = getattr(source, "shape", None)  # numpy, torch, CuPy
+    if shape is not None and len(shape) < 4:  # one image: its rows were items
+        raise EdgestackError(f"source is one array of shape {tuple(shape)}: inspect one image with "
                              "Inspector.inspect(image), or pass a list of images or an N x H x W x C array")
     if not isinstance(source, (str, Path)):
         return _array_items(source, gray_to_rgb, bit_depth)

@@ -326,8 +326,8 @@ def on_backdrop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
 class DefectDataset(torch.utils.data.Dataset):
     """Images and masks in memory; augmented when `train`, a share of them shown on a plain backdrop when
     `backdrops` (synthetic data; a line's own images carry its real background). At `size` x `size` already, or
-    with `window` (native scale) at their own size, each item a `window` x `window` part of its image
-    (native_window)."""
+    with `window` (native-scale training) at their own size, each item a random `window` x `window` part of its
+    image (native_window)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray | None], train: bool, seed: int = 0,
                  backdrops: bool = False, window: int | None = None):
@@ -340,16 +340,10 @@ class DefectDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def unaugmented(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image, mask) of an item as validation sees it: the image, or its window at its own scale."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.images[index], self.masks[index]
         if self.window:
-            image, mask = native_window(image, mask, self.anchors[index], self.window,
-                                        self.rng if self.train else None)
-        return image, mask
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.unaugmented(index)
+            image, mask = native_window(image, mask, self.anchors[index], self.window, self.rng)
         if self.train:
             if self.backdrops and self.rng.random() < BACKDROP_SHARE:
                 image, mask = on_backdrop(image, mask, self.rng)
@@ -451,16 +445,14 @@ def load_datasets(
             shrinks.append(max(image.shape[:2]) / size)
             if native_scale:
                 pairs.append((image, mask if mask is not None and mask.any() else None))
-                if progress:
-                    progress(i + 1, len(scan.records))
-                continue
-            small = resize_pair(image, mask, size)
-            if mask is not None and mask.any() and not small[1].any():  # it would teach "no defect here"
-                scan.skip(record.image, f"its defect ({int(np.count_nonzero(mask))} px of {image.shape[1]}x"
-                                        f"{image.shape[0]}) vanishes at --size {size}; train at a larger --size, or "
-                                        "on crops around the part")
             else:
-                pairs.append(small)
+                small = resize_pair(image, mask, size)
+                if mask is not None and mask.any() and not small[1].any():  # it would teach "no defect here"
+                    scan.skip(record.image, f"its defect ({int(np.count_nonzero(mask))} px of {image.shape[1]}x"
+                                            f"{image.shape[0]}) vanishes at --size {size}; train at a larger "
+                                            "--size, or on crops around the part")
+                else:
+                    pairs.append(small)
             if progress:
                 progress(i + 1, len(scan.records))
         if not any(mask is not None and mask.any() for _, mask in pairs):
@@ -482,5 +474,6 @@ def load_datasets(
             pairs[i] = native_window(*pairs[i], None, size, None)
         warn_of_frames_in_memory([pairs[i] for i in train_idx])
     make = lambda idx, train: DefectDataset([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], train, seed,  # noqa: E731
-                                            backdrops=data == "synthetic", window=size if native_scale else None)
+                                            backdrops=data == "synthetic",
+                                            window=size if native_scale and train else None)
     return make(train_idx, True), make(val_idx, False), info

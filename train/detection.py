@@ -361,8 +361,8 @@ def train_command(
                                     teacher_model, log, last, state, config_name, args)
     # Before the evaluation: a run stopped during it has nothing left to train, and keeps its weights here.
     save_checkpoint(out / "best.pt", model, config_name, {"epochs": epochs})
-    images, masks = zip(*(val_set.unaugmented(i) for i in range(len(val_set))))  # native scale: their windows
-    val = evaluate(model, np.stack(images), [boxes_from_mask(m) for m in masks])
+    images = np.stack(val_set.images)  # native scale: each frame's validation window
+    val = evaluate(model, images, [boxes_from_mask(m) for m in val_set.masks])
     summary = {"config": config_name, "distill": distill, "teacher": teacher, "data": info, "epochs": epochs,
                "train_seconds": sum(h["seconds"] for h in history), "history": history, "val": val}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -187,12 +187,11 @@ class DefectMetrics:
             top = int(candidates[np.lexsort((candidates, found, -rejected))[-1]])  # fewest false rejects, most found
             below = np.concatenate([[0], positives[positives < top], negatives[negatives < top]])
             bottom = int(below.max()) + 1
-            min_area = min(max(round(math.sqrt(bottom * top)), bottom), top)
+            min_area, margin = min(max(round(math.sqrt(bottom * top)), bottom), top), top / bottom
             figures = verdict_figures(truth, areas[:, column] >= min_area)
-            key = (-figures["fp"], figures["recall"], top / bottom, threshold)
+            key = (-figures["fp"], figures["recall"], margin, threshold)
             if best is None or key > best[0]:
-                best = (key, {"threshold": threshold, "min_area_px": min_area, "margin": round(top / bottom, 2)}
-                        | figures)
+                best = (key, {"threshold": threshold, "min_area_px": min_area, "margin": round(margin, 2)} | figures)
         if best is None:
             found = max(float((areas[truth, column] >= 1).mean()) for column in range(len(SWEEP_THRESHOLDS)))
             return {"target_recall": target_recall, "reachable": False, "best_recall": found}
