@@ -264,7 +264,7 @@ class Inspector:
                     except Exception as exc:  # a decoder crash on one file must not end the run
                         entry = (item, None, f"{exc.__class__.__name__}: {exc}")
                     if item.id in earlier:  # an (id, image) pair: its pixels tell a rerun from a new capture
-                        if earlier[item.id] not in (None, item.signature):
+                        if item.signature is not None and earlier[item.id] not in (None, item.signature):
                             note(f"{item.id}: has a verdict in this run folder for another image, so this one was "
                                  "NOT inspected; give each capture of a part its own id")
                         continue

@@ -162,6 +162,7 @@ def test_arrays_are_judged_as_yielded_and_a_recapture_under_a_judged_id_is_repor
     run = tmp_path / "run"
     assert [r["max_score"] for r in inspector.run(camera(), run)] == pytest.approx(alone)
     assert list(inspector.run([("SN-0", frames[0].copy())], run)) == []  # the same image: a resume, in silence
+    assert list(inspector.run([("SN-0", np.zeros(5, np.uint8))], run)) == []  # unreadable: no other image shown
     assert "SN-0" not in (run / "skipped.txt").read_text()
     assert list(inspector.run([("SN-0", frames[1])], run)) == []
     assert "SN-0: has a verdict in this run folder for another image, so this one was NOT inspected" in (
